@@ -1,0 +1,202 @@
+"""Frozen model configuration.
+
+`Owl3Config.from_hf(dict)` is the ONE place that reads the keys of an official `config.json`;
+`to_hf()` writes them back. Everything else in owl3 reads these dataclasses. Named presets
+(`preset("tiny")`, ...) give random-weight models for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from owl3.errors import Owl3Error
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower."""
+
+    dim: int = 1152
+    hidden_dim: int = 4304
+    n_layers: int = 27
+    n_heads: int = 16
+    patch_size: int = 14
+    image_size: int = 384
+    layer_norm_eps: float = 1e-6
+    # which hidden state the LLM sees: -2 = output of the second-to-last encoder layer (official)
+    select_layer: int = -2
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size  # valid-padding conv drops the remainder pixels
+
+    @property
+    def n_tokens(self) -> int:
+        """Visual tokens per image (729 for 384-px SigLIP so400m)."""
+        return self.grid * self.grid
+
+    @property
+    def n_layers_used(self) -> int:
+        """Encoder layers that run: the ones up to the selected hidden state."""
+        return self.n_layers + 1 + self.select_layer if self.select_layer < 0 else self.select_layer
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Qwen2 decoder with Hyper Attention layers."""
+
+    vocab_size: int = 151851
+    dim: int = 3584
+    hidden_dim: int = 18944
+    n_layers: int = 28
+    n_heads: int = 28
+    n_kv_heads: int = 4
+    head_dim: int = 128
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    # 1-based as in config.json: layer i (0-based) is a hyper layer iff i + 1 in hyper_layers
+    hyper_layers: tuple[int, ...] = (1, 9, 17, 25)
+
+    def is_hyper(self, i: int) -> bool:
+        return i + 1 in self.hyper_layers
+
+
+@dataclass(frozen=True)
+class Owl3Config:
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: str = "linear"  # "linear" (240728 family) or "mlp2x_gelu" (241101)
+    attention: str = "gated"  # "gated" parallel cross-attention (240728) or "fused" (241101)
+    bos_token_id: int = 151643
+    eos_token_id: int = 151645
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    # ------------------------------------------------------------------ official config.json
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> Owl3Config:
+        """Read an official mPLUG-Owl3 `config.json` dict."""
+        if d.get("model_type") != "mplugowl3":
+            raise Owl3Error(
+                f"config.json has model_type {d.get('model_type')!r}, expected 'mplugowl3': "
+                "point --model at an mPLUG-Owl3 checkpoint folder"
+            )
+        try:
+            v = d["vision_config"]
+            vision = VisionConfig(
+                dim=v.get("hidden_size", 1152),
+                hidden_dim=v.get("intermediate_size", 4304),
+                n_layers=v.get("num_hidden_layers", 27),
+                n_heads=v.get("num_attention_heads", 16),
+                patch_size=v.get("patch_size", 14),
+                image_size=v.get("image_size", d.get("image_size", 384)),
+                layer_norm_eps=v.get("layer_norm_eps", 1e-6),
+            )
+            n_heads = d["num_attention_heads"]
+            text = TextConfig(
+                vocab_size=d["vocab_size"],
+                dim=d["hidden_size"],
+                hidden_dim=d["intermediate_size"],
+                n_layers=d["num_hidden_layers"],
+                n_heads=n_heads,
+                n_kv_heads=d.get("num_key_value_heads", n_heads),
+                head_dim=d.get("head_dim") or d["hidden_size"] // n_heads,
+                rope_theta=float(d.get("rope_theta", 1e6)),
+                rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+                max_position_embeddings=d.get("max_position_embeddings", 32768),
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                hyper_layers=tuple(d.get("hyper_layers", (1, 9, 17, 25))),
+            )
+        except KeyError as e:
+            raise Owl3Error(f"config.json lacks the field {e.args[0]!r}; is it an mPLUG-Owl3 checkpoint?") from e
+        fused = "vision_batch_size" in d  # only the 241101 family has it (docs/mplug-owl3.md §1)
+        return cls(
+            text=text,
+            vision=vision,
+            projector="mlp2x_gelu" if fused else "linear",
+            attention="fused" if fused else "gated",
+            bos_token_id=d.get("bos_token_id", 151643),
+            eos_token_id=d.get("eos_token_id", 151645),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The official `config.json` dict (240728 layout)."""
+        t, v = self.text, self.vision
+        return {
+            "architectures": ["mPLUGOwl3Model"],
+            "model_type": "mplugowl3",
+            "hidden_act": "silu",
+            "hidden_size": t.dim,
+            "intermediate_size": t.hidden_dim,
+            "num_hidden_layers": t.n_layers,
+            "num_attention_heads": t.n_heads,
+            "num_key_value_heads": t.n_kv_heads,
+            "hyper_layers": list(t.hyper_layers),
+            "vocab_size": t.vocab_size,
+            "rope_theta": t.rope_theta,
+            "rms_norm_eps": t.rms_norm_eps,
+            "max_position_embeddings": t.max_position_embeddings,
+            "tie_word_embeddings": t.tie_word_embeddings,
+            "image_size": v.image_size,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "torch_dtype": "float32",
+            "use_cache": True,
+            "vision_config": {
+                "model_type": "siglip_vision_model",
+                "hidden_size": v.dim,
+                "intermediate_size": v.hidden_dim,
+                "num_hidden_layers": v.n_layers,
+                "num_attention_heads": v.n_heads,
+                "patch_size": v.patch_size,
+                "image_size": v.image_size,
+                "layer_norm_eps": v.layer_norm_eps,
+            },
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------- presets
+_PRESETS: dict[str, Owl3Config] = {
+    # exactly the released 7B-240728 shape
+    "7b": Owl3Config(),
+    # exactly the released 1B-241014 shape
+    "1b": Owl3Config(
+        text=TextConfig(
+            dim=896, hidden_dim=4864, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+            tie_word_embeddings=True, hyper_layers=(6, 13, 20, 22),
+        )
+    ),
+    # unit tests: the fixture's proportions
+    "tiny": Owl3Config(
+        text=TextConfig(
+            vocab_size=488, dim=64, hidden_dim=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16,
+            max_position_embeddings=4096, hyper_layers=(1, 3),
+        ),
+        vision=VisionConfig(dim=32, hidden_dim=64, n_layers=3, n_heads=4, image_size=56),
+        bos_token_id=420,
+        eos_token_id=422,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> Owl3Config:
+    """A named configuration; `overrides` replace top-level fields."""
+    if name not in _PRESETS:
+        raise Owl3Error(f"unknown preset {name!r}; choose one of {', '.join(sorted(_PRESETS))}")
+    return replace(_PRESETS[name], **overrides)
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)

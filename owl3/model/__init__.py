@@ -1,0 +1,6 @@
+"""nn.Modules only: pure forwards, no tokenizers, no PIL, no serving."""
+
+from owl3.model.hyper import VisualContext
+from owl3.model.owl3 import Owl3Model
+
+__all__ = ["Owl3Model", "VisualContext"]

@@ -1,0 +1,70 @@
+"""mPLUG-Owl3: SigLIP tower -> projector -> Qwen2 with Hyper Attention layers.
+
+`encode_media(pixels)` turns images into visual features (N, T, D); `forward(tokens, ...)` runs the
+language model with those features reachable from the hyper layers. Pure tensors in, tensors out: no
+tokenizer, no PIL, no cache policy (that is owl3.inference).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from owl3.config import Owl3Config
+from owl3.model.hyper import VisualContext
+from owl3.model.text import Cache, Qwen2ForCausalLM
+from owl3.model.vision import SiglipVisionModel
+
+
+class Owl3Model(nn.Module):
+    def __init__(self, cfg: Owl3Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision_model = SiglipVisionModel(cfg.vision)
+        if cfg.projector == "linear":
+            self.vision2text_model: nn.Module = nn.Linear(cfg.vision.dim, cfg.text.dim)
+        else:  # 241101: Linear, GELU, Linear
+            self.vision2text_model = nn.Sequential(
+                nn.Linear(cfg.vision.dim, cfg.text.dim), nn.GELU(), nn.Linear(cfg.text.dim, cfg.text.dim)
+            )
+        self.language_model = Qwen2ForCausalLM(cfg.text)
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.lm_head.weight.dtype
+
+    def encode_media(self, pixels: Tensor, chunk_size: int | None = 64) -> Tensor:
+        """(N, 3, S, S) pixels -> (N, T, D) projected visual features, `chunk_size` images at a time."""
+        vdtype = self.vision_model.embeddings.patch_embedding.weight.dtype
+        pixels = pixels.to(self.device, vdtype)
+        step = chunk_size or max(1, pixels.shape[0])
+        out = [self.vision2text_model(self.vision_model(c)) for c in pixels.split(step)]
+        return torch.cat(out).to(self.dtype)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.language_model.model.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: Cache | None = None,
+        visual: VisualContext | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
+        """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.
+
+        positions (B, T): raw token positions (default 0..T-1); mask (B, 1, T, S) bool or None for plain
+        causal; cache: text KV cache to read and extend; visual: the batch's visual context.
+        """
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        h = self.language_model.model(self.embed(input_ids), positions, mask, cache, visual)
+        if last_only:
+            h = h[:, -1:]
+        return self.language_model.lm_head(h)

@@ -1,0 +1,117 @@
+"""The language model: Qwen2 decoder layers, some of them Hyper Attention layers.
+
+Layer i (0-based) is a hyper layer iff i + 1 is in `TextConfig.hyper_layers` (1-based, as config.json).
+Module and parameter names follow the checkpoint (`language_model.model.layers.{i}.self_attn.q_proj`,
+...), so loading is a name-for-name copy. A forward with no visual context (text-only input) never
+touches the cross branch.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from owl3.config import TextConfig
+from owl3.model.hyper import VisualContext, cross_attention, gate, visual_kv
+from owl3.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, repeat_kv
+
+
+class Cache(Protocol):
+    """What a decoder layer needs of a text KV cache (see owl3.inference.kv_cache)."""
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.is_hyper = cfg.is_hyper(layer_idx)
+        if self.is_hyper:
+            self.v_kv_proj = nn.Linear(cfg.dim, 2 * cfg.n_kv_heads * cfg.head_dim)
+            self.gate_proj = nn.Sequential(nn.Linear(cfg.head_dim, cfg.head_dim), nn.Sigmoid())
+
+    def forward(
+        self,
+        h: Tensor,
+        positions: Tensor,
+        rope: RotaryEmbedding,
+        mask: Tensor | None,
+        cache: Cache | None,
+        visual: VisualContext | None,
+        norm: nn.Module,
+    ) -> Tensor:
+        b, t, _ = h.shape
+        q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, d)
+        v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rope(positions, h.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, kv, S, d)
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        if mask is None:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.is_hyper and visual is not None:
+            vk, vv = visual_kv(visual, self.layer_idx, norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim)
+            a_cross, seen = cross_attention(q, vk, vv, visual.key_starts, positions)
+            a = gate(a, a_cross, seen, self.gate_proj)
+        return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
+
+    def forward(self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, mask: Tensor | None,
+                cache: Cache | None, visual: VisualContext | None) -> Tensor:
+        # the layer's own input RMSNorm is shared by text and visual tokens
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, mask, cache, visual, self.input_layernorm)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, cache: Cache | None = None,
+                visual: VisualContext | None = None) -> Tensor:
+        # x (B, T, D) embeddings -> (B, T, D) final-normed hidden states
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, positions, self.rope, mask, cache, visual, use_reentrant=False
+                )
+            else:
+                x = layer(x, positions, self.rope, mask, cache, visual)
+        return self.norm(x)
+
+
+class Qwen2ForCausalLM(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = Qwen2Model(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
