@@ -117,7 +117,9 @@ class Owl3Config:
                 hyper_layers=tuple(d.get("hyper_layers", (1, 9, 17, 25))),
             )
         except KeyError as e:
-            raise Owl3Error(f"config.json lacks the field {e.args[0]!r}; is it an mPLUG-Owl3 checkpoint?") from e
+            raise Owl3Error(
+                f"config.json lacks the field {e.args[0]!r}; is it an mPLUG-Owl3 checkpoint?"
+            ) from e
         fused = "vision_batch_size" in d  # only the 241101 family has it (docs/mplug-owl3.md §1)
         return cls(
             text=text,
@@ -174,15 +176,28 @@ _PRESETS: dict[str, Owl3Config] = {
     # exactly the released 1B-241014 shape
     "1b": Owl3Config(
         text=TextConfig(
-            dim=896, hidden_dim=4864, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
-            tie_word_embeddings=True, hyper_layers=(6, 13, 20, 22),
+            dim=896,
+            hidden_dim=4864,
+            n_layers=24,
+            n_heads=14,
+            n_kv_heads=2,
+            head_dim=64,
+            tie_word_embeddings=True,
+            hyper_layers=(6, 13, 20, 22),
         )
     ),
     # unit tests: the fixture's proportions
     "tiny": Owl3Config(
         text=TextConfig(
-            vocab_size=488, dim=64, hidden_dim=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16,
-            max_position_embeddings=4096, hyper_layers=(1, 3),
+            vocab_size=488,
+            dim=64,
+            hidden_dim=128,
+            n_layers=4,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            hyper_layers=(1, 3),
         ),
         vision=VisionConfig(dim=32, hidden_dim=64, n_layers=3, n_heads=4, image_size=56),
         bos_token_id=420,

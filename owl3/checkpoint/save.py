@@ -17,7 +17,12 @@ from safetensors.torch import save_file
 from owl3.checkpoint.names import to_checkpoint
 from owl3.model import Owl3Model
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 
 def save_model(

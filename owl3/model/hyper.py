@@ -69,8 +69,13 @@ class VisualContext:
 
 
 def visual_kv(
-    ctx: VisualContext, layer_idx: int, norm: nn.Module, v_kv_proj: nn.Linear, rope: RotaryEmbedding,
-    n_kv_heads: int, head_dim: int,
+    ctx: VisualContext,
+    layer_idx: int,
+    norm: nn.Module,
+    v_kv_proj: nn.Linear,
+    rope: RotaryEmbedding,
+    n_kv_heads: int,
+    head_dim: int,
 ) -> tuple[Tensor, Tensor]:
     """Rotated visual keys and values of one hyper layer, computed once per request."""
     if not ctx.recompute and layer_idx in ctx.kv:

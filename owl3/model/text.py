@@ -64,7 +64,9 @@ class Attention(nn.Module):
         else:
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if self.is_hyper and visual is not None:
-            vk, vv = visual_kv(visual, self.layer_idx, norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim)
+            vk, vv = visual_kv(
+                visual, self.layer_idx, norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim
+            )
             a_cross, seen = cross_attention(q, vk, vv, visual.key_starts, positions)
             a = gate(a, a_cross, seen, self.gate_proj)
         return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))
@@ -78,10 +80,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, mask: Tensor | None,
-                cache: Cache | None, visual: VisualContext | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        rope: RotaryEmbedding,
+        mask: Tensor | None,
+        cache: Cache | None,
+        visual: VisualContext | None,
+    ) -> Tensor:
         # the layer's own input RMSNorm is shared by text and visual tokens
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, mask, cache, visual, self.input_layernorm)
+        x = x + self.self_attn(
+            self.input_layernorm(x), positions, rope, mask, cache, visual, self.input_layernorm
+        )
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -94,8 +105,14 @@ class Qwen2Model(nn.Module):
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, cache: Cache | None = None,
-                visual: VisualContext | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        mask: Tensor | None = None,
+        cache: Cache | None = None,
+        visual: VisualContext | None = None,
+    ) -> Tensor:
         # x (B, T, D) embeddings -> (B, T, D) final-normed hidden states
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:

@@ -1,0 +1,171 @@
+"""The generation engine: batched prefill, cached decode, events as a generator.
+
+A batch of encoded requests is left-padded into one (B, L) prompt; each row keeps its own raw positions
+(0..len-1), so RoPE, MI-RoPE and the `s_k < p` image mask are exactly those of the row run alone. The
+visual features of all images of the batch are encoded in one chunked pass, and every hyper layer turns
+them into keys/values once, at prefill; each decode step then costs one token through the LLM.
+
+The engine knows tensors and token ids only: templates and text are the processor's and the API's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from owl3.errors import Owl3Error
+from owl3.inference.kv_cache import KVCache
+from owl3.inference.sampling import SamplingParams, make_generator, sample
+from owl3.model import Owl3Model, VisualContext
+from owl3.model.layers import causal_mask
+from owl3.processing import Encoding
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token of request `index`; `finish_reason` is "stop" or "length" on its last token."""
+
+    index: int
+    token_id: int
+    finish_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Prefill:
+    """A padded batch ready for the model."""
+
+    input_ids: Tensor  # (B, L) left-padded
+    positions: Tensor  # (B, L) raw positions per row (padding: 0)
+    key_valid: Tensor  # (B, max_len) bool: slot holds a real token
+    visual: VisualContext | None
+    lengths: list[int]
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Owl3Model,
+        stop_token_ids: Sequence[int],
+        pad_token_id: int,
+        vision_chunk_size: int = 64,
+        reuse_visual_kv: bool = True,
+        max_positions: int | None = None,
+    ) -> None:
+        self.model = model
+        self.stop_token_ids = tuple(stop_token_ids)
+        self.pad_token_id = pad_token_id
+        self.vision_chunk_size = vision_chunk_size
+        # False recomputes the visual K/V at every step, as the official code does (benchmarks only)
+        self.reuse_visual_kv = reuse_visual_kv
+        # prompt + answer never exceed this many tokens (default: the model's max_position_embeddings)
+        self.max_positions = max_positions or model.cfg.text.max_position_embeddings
+
+    def encode_visual(self, encodings: Sequence[Encoding]) -> VisualContext | None:
+        """Encode every image of the batch in one chunked pass; None if the batch has no image."""
+        pixels = [e.pixel_values for e in encodings if e.pixel_values is not None]
+        if not pixels:
+            return None
+        feats = self.model.encode_media(torch.cat(pixels), self.vision_chunk_size)  # (N, T, D)
+        per_sample: list[Tensor | None] = []
+        start = 0
+        for e in encodings:
+            n = 0 if e.pixel_values is None else e.pixel_values.shape[0]
+            per_sample.append(feats[start : start + n] if n else None)
+            start += n
+        ctx = VisualContext.build(per_sample, [e.media_starts for e in encodings])
+        ctx.recompute = not self.reuse_visual_kv
+        return ctx
+
+    def prepare(self, encodings: Sequence[Encoding], max_new_tokens: int) -> Prefill:
+        if not encodings:
+            raise Owl3Error("nothing to generate: the batch is empty")
+        lengths = [int(e.input_ids.shape[0]) for e in encodings]
+        for i, n in enumerate(lengths):
+            if n >= self.max_positions:
+                raise Owl3Error(
+                    f"prompt {i} is {n} tokens long, but the model handles at most {self.max_positions - 1} "
+                    "prompt tokens (max_position_embeddings); shorten the text or use fewer images/frames"
+                )
+        dev = self.model.device
+        b, width = len(encodings), max(lengths)
+        max_len = width + max_new_tokens
+        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((b, width), dtype=torch.long)
+        key_valid = torch.zeros((b, max_len), dtype=torch.bool)
+        for i, (e, n) in enumerate(zip(encodings, lengths, strict=True)):
+            ids[i, width - n :] = e.input_ids
+            positions[i, width - n :] = torch.arange(n)
+            key_valid[i, width - n : width] = True
+        return Prefill(
+            ids.to(dev), positions.to(dev), key_valid.to(dev), self.encode_visual(encodings), lengths
+        )
+
+    @torch.inference_mode()
+    def generate(self, encodings: Sequence[Encoding], params: SamplingParams) -> Iterator[TokenEvent]:
+        """Yield a TokenEvent per generated token of each request, until all have finished."""
+        params.validate()
+        batch = self.prepare(encodings, params.max_new_tokens)
+        model, b = self.model, len(encodings)
+        width = batch.input_ids.shape[1]
+        cache = KVCache(model.cfg.text, b, batch.key_valid.shape[1], model.dtype, model.device)
+        logits = model(
+            batch.input_ids,
+            batch.positions,
+            causal_mask(batch.key_valid[:, :width], width),
+            cache,
+            batch.visual,
+            last_only=True,
+        )[:, -1]  # (B, V)
+        cache.advance(width)
+
+        stop = set(self.stop_token_ids) | set(params.stop_token_ids)
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            for i, e in enumerate(encodings):
+                seen[i, e.input_ids.to(seen.device)] = True
+        # one generator per request, so a request samples the same tokens alone or in a batch
+        gens = [make_generator(params.seed, model.device) for _ in range(b)]
+        pos = torch.tensor(batch.lengths, device=model.device)  # next raw position per row
+        active = [True] * b
+        for step in range(params.max_new_tokens):
+            next_ids = self._pick(logits, params, seen, gens)  # (B,)
+            for i, tok in enumerate(next_ids.tolist()):
+                if not active[i]:
+                    continue
+                reason = None
+                if tok in stop:
+                    reason = "stop"
+                elif step + 1 == params.max_new_tokens or batch.lengths[i] + step + 1 >= self.max_positions:
+                    reason = "length"
+                active[i] = reason is None
+                yield TokenEvent(i, tok, reason)
+            if not any(active):
+                return
+            if seen is not None:
+                seen[torch.arange(b), next_ids] = True
+            slot = cache.length
+            batch.key_valid[:, slot] = True
+            mask = batch.key_valid[:, None, None, : slot + 1]  # (B, 1, 1, S)
+            logits = model(next_ids[:, None], pos[:, None], mask, cache, batch.visual, last_only=True)[:, -1]
+            cache.advance(1)
+            pos += 1
+
+    @staticmethod
+    def _pick(
+        logits: Tensor, params: SamplingParams, seen: Tensor | None, gens: list[torch.Generator | None]
+    ) -> Tensor:
+        if params.greedy:
+            return sample(logits, params, seen)
+        rows = [
+            sample(logits[i : i + 1], params, None if seen is None else seen[i : i + 1], g)
+            for i, g in enumerate(gens)
+        ]
+        return torch.cat(rows)
