@@ -105,6 +105,8 @@ class Owl3Pipeline:
     ) -> list[Image.Image]:
         if isinstance(video, (str, Path)):
             return read_video(video, frames=frames, fps=fps, max_frames=max_frames, progress=progress)
+        if isinstance(video, Image.Image):
+            raise Owl3Error("a video given as frames must be a list of images: pass videos=[frames]")
         frames_list = list(video)
         if not frames_list:
             raise Owl3Error("a video given as frames has no frames")
@@ -123,10 +125,10 @@ class Owl3Pipeline:
         progress: bool = False,
     ) -> Encoding:
         """Messages + media -> model inputs. `cut=None` crops a lone image only (the paper's evaluation)."""
-        if isinstance(images, (str, Path, Image.Image)):
-            images = [images]
-        if isinstance(videos, (str, Path)):
-            videos = [videos]
+        if images is None or isinstance(images, (str, Path, Image.Image)):
+            images = [] if images is None else [images]
+        if videos is None or isinstance(videos, (str, Path)):
+            videos = [] if videos is None else [videos]
         images, videos = list(images), list(videos)
         msgs = _normalize(
             messages, len(images), len(videos), self.processor.image_token, self.processor.video_token
@@ -220,8 +222,13 @@ class Owl3Pipeline:
     ) -> list[str]:
         """Answer several conversations in one batch; each answer equals the one it gets alone (greedy)."""
         encs = []
-        for c in conversations:
-            conv = c if isinstance(c, Conversation) else Conversation(**c)
+        for i, c in enumerate(conversations):
+            try:
+                conv = c if isinstance(c, Conversation) else Conversation(**c)
+            except TypeError:
+                raise Owl3Error(
+                    f"conversation {i} must be a dict with keys messages, images, videos, cut, extra"
+                ) from None
             encs.append(self.encode(conv.messages, conv.images, conv.videos, cut=conv.cut, **conv.extra))
         return [c.text for c in self._complete(encs, self.sampling(**sampling))]
 
@@ -249,6 +256,7 @@ class Owl3Pipeline:
     ) -> torch.Tensor:
         """Full-prefill logits (L, V) of the prompt, for scoring and research."""
         enc = self.encode(messages, images, videos, cut=cut, **kw)
+        self.engine.check_length(int(enc.input_ids.shape[0]), reserve=0)
         visual = self.engine.encode_visual([enc])
         return self.model(enc.input_ids[None].to(self.model.device), visual=visual)[0]
 

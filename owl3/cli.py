@@ -129,7 +129,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     pipe = _load(args)
     interactive = sys.stdin.isatty()
     history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-    images: list[str] = list(args.image)
+    images: list[str] = []
     videos: list = []
     pending_images, pending_videos = list(args.image), list(args.video)
     if interactive:

@@ -33,6 +33,8 @@ DTYPES = {
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise Owl3Error(f"unsupported dtype {dtype}; use torch.float32, torch.bfloat16 or torch.float16")
         return dtype
     if dtype not in DTYPES:
         raise Owl3Error(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
@@ -59,6 +61,10 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 def read_config(path: str | Path) -> Owl3Config:
     folder = Path(path)
+    if folder.is_file():
+        raise Owl3Error(
+            f"{str(folder)!r} is a file, not a folder; pass the checkpoint folder that holds config.json"
+        )
     if not folder.is_dir():
         raise Owl3Error(f"model folder {str(folder)!r} does not exist; pass a checkpoint folder to --model")
     cfg_file = folder / "config.json"

@@ -83,16 +83,20 @@ class Engine:
         ctx.recompute = not self.reuse_visual_kv
         return ctx
 
+    def check_length(self, n: int, index: int = 0, reserve: int = 1) -> None:
+        """Refuse a prompt that leaves fewer than `reserve` positions for the answer."""
+        if n + reserve > self.max_positions:
+            raise Owl3Error(
+                f"prompt {index} is {n} tokens long, but the model handles at most "
+                f"{self.max_positions - reserve} prompt tokens (max_position_embeddings); shorten the text or use fewer images/frames"
+            )
+
     def prepare(self, encodings: Sequence[Encoding], max_new_tokens: int) -> Prefill:
         if not encodings:
             raise Owl3Error("nothing to generate: the batch is empty")
         lengths = [int(e.input_ids.shape[0]) for e in encodings]
         for i, n in enumerate(lengths):
-            if n >= self.max_positions:
-                raise Owl3Error(
-                    f"prompt {i} is {n} tokens long, but the model handles at most {self.max_positions - 1} "
-                    "prompt tokens (max_position_embeddings); shorten the text or use fewer images/frames"
-                )
+            self.check_length(n, i)
         dev = self.model.device
         b, width = len(encodings), max(lengths)
         max_len = width + max_new_tokens
