@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_media_args(c)
     _add_sampling_args(c)
     c.set_defaults(func=cmd_chat)
+
+    from owl3.evaluation.command import add_parser as add_eval_parser  # `owl3 eval TASK ...`
+
+    add_eval_parser(sub)
     return parser
 
 

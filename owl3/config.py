@@ -186,6 +186,26 @@ _PRESETS: dict[str, Owl3Config] = {
             hyper_layers=(6, 13, 20, 22),
         )
     ),
+    # CPU benchmarks (docs/performance.md): the 7B-240728 proportions at ~1/127 of its size. Kept from the
+    # 7B: LLM/vision parameter ratio (17.3 vs 18.5), layers that run (14 LLM : 13 vision = 28 : 26), hyper
+    # layers at the same depths (every 8th of 28 -> every 4th of 14), 7 query heads per kv head,
+    # head_dim/dim and MLP/dim ratios, the embeddings' share of the LLM (14.5% vs 14.3%).
+    # Fewer visual tokens per image: 144 (168 px) instead of 729.
+    "small": Owl3Config(
+        text=TextConfig(
+            vocab_size=9728,
+            dim=448,
+            hidden_dim=2368,
+            n_layers=14,
+            n_heads=7,
+            n_kv_heads=1,
+            head_dim=64,
+            hyper_layers=(1, 5, 9, 13),
+        ),
+        vision=VisionConfig(dim=144, hidden_dim=538, n_layers=14, n_heads=16, image_size=168),
+        bos_token_id=9727,
+        eos_token_id=9726,
+    ),
     # unit tests: the fixture's proportions
     "tiny": Owl3Config(
         text=TextConfig(
@@ -202,6 +222,28 @@ _PRESETS: dict[str, Owl3Config] = {
         vision=VisionConfig(dim=32, hidden_dim=64, n_layers=3, n_heads=4, image_size=56),
         bos_token_id=420,
         eos_token_id=422,
+    ),
+    # the built-in demo model (owl3.demo): trained from scratch on the synthetic world on a CPU.
+    # 84-px images = 6x6 patches; hyper layer 1 sits right after the embeddings so the tokens after
+    # each image can take in that image (see docs/demo.md). vocab_size and the special-token ids are those
+    # of the world tokenizer (owl3.demo.tokenizer, 967 BPE tokens + 4 specials, padded to 1024);
+    # owl3.demo.model.demo_config re-reads them from the tokenizer it is given.
+    "demo": Owl3Config(
+        text=TextConfig(
+            vocab_size=1024,
+            dim=128,
+            hidden_dim=512,
+            n_layers=6,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=32,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            hyper_layers=(1, 4),
+        ),
+        vision=VisionConfig(dim=96, hidden_dim=384, n_layers=4, n_heads=4, image_size=84),
+        bos_token_id=967,
+        eos_token_id=969,
     ),
 }
 

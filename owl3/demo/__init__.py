@@ -1,0 +1,9 @@
+"""owl3's demo: a procedurally generated visual world, its tokenizer, training data and a small model.
+
+- world.py      scenes of coloured shapes and words, short videos, PIL rendering (deterministic by seed)
+- questions.py  single-image, "In Image X", "which image" and video questions with short-sentence answers
+- tokenizer.py  a byte-level BPE trained on the world's text (official file layout)
+- data.py       training sets as ms-swift JSONL / LLaVA JSON + PNG/mp4 files, mixed per curriculum stage
+- model.py      the `demo` preset fitted to the tokenizer; a random initial checkpoint to train from
+Command line: `python -m owl3.demo {tokenizer,init,data,prepare} ...` (see docs/demo.md).
+"""

@@ -1,0 +1,249 @@
+"""Write a training set of the synthetic world: ms-swift JSONL (default) or LLaVA JSON, with PNG files.
+
+ms-swift rows: `{"messages": [{"role": "user", "content": "Image 1: <image> Image 2: <image>. In Image 2,
+what colour is the star?"}, {"role": "assistant", "content": "The star is red."}], "images": [...]}`;
+videos as `<video>` + `"videos": ["videos/000123.mp4"]`. LLaVA rows: `{"id", "image": [...],
+"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}` (`"video"` for a video). Paths are
+relative to the output folder.
+
+Scenes come from a pool (`pool` scenes, each rendered once to `images/`), so a large set stays a few
+thousand small files; questions are drawn fresh per row. Videos are written as lossless RGB H.264 mp4 at
+1 frame per second with exactly `n_frames` frames (owl3's default 8-frame sampling then returns each frame
+as drawn), or, with `video="images"`, as their frames inlined as `<image>` tags. A mix (`MIXES`) sets what
+share of rows is single-image, "In Image X" multi-image, "which image" and video, and how many images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from owl3.demo.questions import (
+    ALL_VIDEO_KINDS,
+    IMAGE,
+    SINGLE_KINDS,
+    VIDEO,
+    WHICH_KINDS,
+    Question,
+    ask,
+    image_list,
+    lower_first,
+    video_question,
+    which_property,
+)
+from owl3.demo.world import DEFAULT_SIZE, random_scene, render
+from owl3.errors import Owl3Error
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Shares of row types (normalized) and the image counts of multi-image rows."""
+
+    single: float = 0.3
+    multi: float = 0.4  # "In Image X, ..." among n_min..n_max images
+    which: float = 0.15  # "Which image has ...?"
+    video: float = 0.15
+    n_min: int = 2
+    n_max: int = 8
+    log_uniform: bool = False  # draw the image count log-uniformly (more small counts)
+    hard: float = 0.5  # share of distractors that show the shape the question names
+    label_after: float = 0.0  # share of multi rows in the "<|image|> (Image k)" layout
+    n_frames: int = 8
+
+
+MIXES: dict[str, Mix] = {
+    # stage 1: learn to see; two or three images already, so "In Image X" is never new
+    "perception": Mix(single=0.6, multi=0.15, which=0.05, video=0.2, n_min=2, n_max=3),
+    # stage 2: binding among a few images with hard distractors
+    "binding": Mix(single=0.2, multi=0.5, which=0.15, video=0.15, n_min=2, n_max=8),
+    # stage 3: long lists, log-uniform up to 32 images, so labels past 8 are seen too
+    "long": Mix(single=0.15, multi=0.5, which=0.15, video=0.2, n_min=2, n_max=32, log_uniform=True),
+}
+
+
+def n_images(rng: random.Random, mix: Mix) -> int:
+    if mix.log_uniform:
+        return min(mix.n_max, int(math.exp(rng.uniform(math.log(mix.n_min), math.log(mix.n_max + 1)))))
+    return rng.randint(mix.n_min, mix.n_max)
+
+
+class ScenePool:
+    """`size` random scenes; each drawn question picks scenes from it."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        rng = random.Random(f"pool:{seed}")
+        self.scenes = [random_scene(rng) for _ in range(size)]
+
+    def pick(self, rng: random.Random, accept=lambda s: True, tries: int = 10_000) -> int:
+        for _ in range(tries):
+            i = rng.randrange(len(self.scenes))
+            if accept(self.scenes[i]):
+                return i
+        raise RuntimeError("no pool scene fits; enlarge the pool")
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str
+    prompt: str  # with <|image|> / <|video|> placeholders
+    answer: str
+    images: tuple[int, ...] = ()  # pool indices, in placeholder order
+    video: Question | None = None
+
+
+def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
+    r = rng.random() * (mix.single + mix.multi + mix.which + mix.video)
+    if r < mix.video:
+        q = video_question(rng, rng.choice(ALL_VIDEO_KINDS), mix.n_frames)
+        return Row(q.kind, q.prompt, q.answer, video=q)
+    r -= mix.video
+    if r < mix.which:
+        return _which_row(rng, pool, n_images(rng, mix))
+    r -= mix.which
+    n = 1 if r < mix.single else n_images(rng, mix)
+    kind = rng.choice(SINGLE_KINDS)
+    while True:
+        target = pool.pick(rng)
+        qa = ask(pool.scenes[target], kind, rng)
+        if qa is not None:
+            break
+    if n == 1:
+        return Row(kind, f"{IMAGE}\n{qa.question}", qa.answer, (target,))
+    others = []
+    for _ in range(n - 1):
+        hard = qa.subject is not None and rng.random() < mix.hard
+        others.append(pool.pick(rng, (lambda s: s.count(shape=qa.subject) > 0) if hard else (lambda s: True)))
+    x = rng.randint(1, n)
+    others.insert(x - 1, target)
+    style = "label_after" if rng.random() < mix.label_after else "official"
+    prompt = f"{image_list(n, style)}. In Image {x}, {lower_first(qa.question)}"
+    return Row(kind, prompt, qa.answer, tuple(others))
+
+
+def _which_row(rng: random.Random, pool: ScenePool, n: int) -> Row:
+    kind = rng.choice(WHICH_KINDS)
+    target = pool.pick(rng, (lambda s: s.word is not None) if kind == "which_word" else (lambda s: True))
+    question, tail, has = which_property(pool.scenes[target], kind, rng)
+    others = [pool.pick(rng, lambda s: not has(s)) for _ in range(n - 1)]
+    x = rng.randint(1, n)
+    others.insert(x - 1, target)
+    return Row(kind, f"{image_list(n)}. {question}", f"Image {x} {tail}", tuple(others))
+
+
+# ----------------------------------------------------------------------------------------- writing
+def write_video(frames, path: Path) -> None:
+    """Lossless RGB H.264 (libx264rgb, qp 0) at 1 fps: decoding gives the frames back bit-exactly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "libx264rgb" not in av.codecs_available:
+        raise Owl3Error("this PyAV build lacks libx264rgb; write videos with video='images' instead")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=1)
+        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "rgb24"
+        stream.options = {"qp": "0", "preset": "ultrafast"}
+        for img in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")))
+        out.mux(stream.encode())
+
+
+def write_dataset(
+    out_dir: str | Path,
+    n_rows: int,
+    *,
+    mix: str | Mix = "binding",
+    seed: int = 0,
+    fmt: str = "swift",
+    video: str = "mp4",
+    pool: int = 20_000,
+    image_size: int = DEFAULT_SIZE,
+    name: str | None = None,
+) -> Path:
+    """Write `n_rows` rows to `out_dir/{name}.jsonl` (swift) or `.json` (llava); returns that file.
+
+    Rows come from the stream `train:{seed}`, disjoint from the evaluation's `eval:` streams."""
+    if isinstance(mix, str):
+        if mix not in MIXES:
+            raise Owl3Error(f"unknown mix {mix!r}; choose one of {', '.join(MIXES)}")
+        mix_name, mix = mix, MIXES[mix]
+    else:
+        mix_name = "custom"
+    if fmt not in ("swift", "llava"):
+        raise Owl3Error(f"unknown format {fmt!r}; use swift or llava")
+    if video not in ("mp4", "images"):
+        raise Owl3Error(f"unknown video mode {video!r}; use mp4 or images")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    name = name or mix_name
+    scenes = ScenePool(pool, seed)
+    rng = random.Random(f"train:{seed}:{mix_name}")
+    written: set[int] = set()
+
+    def image_path(i: int) -> str:
+        rel = f"images/{i:06d}.png"
+        if i not in written:
+            render(scenes.scenes[i], image_size).save(out / rel)
+            written.add(i)
+        return rel
+
+    rows, kinds = [], Counter()
+    for r in range(n_rows):
+        row = draw_row(rng, scenes, mix)
+        kinds[row.kind] += 1
+        images = [image_path(i) for i in row.images]
+        videos: list[str] = []
+        prompt = row.prompt
+        if row.video is not None:
+            frames = row.video.render_video(image_size)
+            if video == "mp4":
+                rel = f"videos/{name}-{r:06d}.mp4"
+                write_video(frames, out / rel)
+                videos.append(rel)
+            else:
+                for k, img in enumerate(frames):
+                    rel = f"frames/{name}-{r:06d}-{k}.png"
+                    (out / rel).parent.mkdir(exist_ok=True)
+                    img.save(out / rel)
+                    images.append(rel)
+                prompt = prompt.replace(VIDEO, IMAGE * len(frames))
+        rows.append(_format(fmt, f"{name}-{r:06d}", prompt, row.answer, images, videos))
+    target = out / f"{name}.{'jsonl' if fmt == 'swift' else 'json'}"
+    with open(target, "w") as f:
+        if fmt == "swift":
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        else:
+            json.dump(rows, f, indent=1)
+    manifest = {
+        "rows": n_rows, "seed": seed, "mix": mix_name, "mix_spec": asdict(mix), "format": fmt,
+        "video": video, "pool": pool, "image_size": image_size, "kinds": dict(sorted(kinds.items())),
+    }  # fmt: skip
+    (out / f"{name}.manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return target
+
+
+def _format(fmt: str, rid: str, prompt: str, answer: str, images: list[str], videos: list[str]) -> dict:
+    text = prompt.replace(IMAGE, "<image>").replace(VIDEO, "<video>")
+    if fmt == "swift":
+        row: dict = {
+            "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+        }
+        if images:
+            row["images"] = images
+        if videos:
+            row["videos"] = videos
+        return row
+    row = {"id": rid}
+    if images:
+        row["image"] = images[0] if len(images) == 1 else images
+    if videos:
+        row["video"] = videos[0] if len(videos) == 1 else videos
+    row["conversations"] = [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
+    return row
+
+
+__all__ = ["MIXES", "Mix", "ScenePool", "draw_row", "write_dataset", "write_video"]

@@ -1,0 +1,90 @@
+"""The demo model: the `demo` preset fitted to the world tokenizer, and a freshly initialized checkpoint.
+
+`init_checkpoint(out)` writes a random-weight checkpoint folder in the official layout (config.json,
+model.safetensors, tokenizer files, generation_config.json) that training starts from. Initialization
+follows Qwen2/SigLIP practice (normal(0, 0.02) linears and embeddings, zero biases, unit norms) and the
+paper's recipe for the hyper layers: each `v_kv_proj` starts as a copy of its layer's k_proj / v_proj.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from owl3.checkpoint import save_model
+from owl3.config import Owl3Config, preset
+from owl3.demo.tokenizer import build_tokenizer
+from owl3.model import Owl3Model
+from owl3.model.layers import RMSNorm
+
+
+def demo_config(tokenizer: Tokenizer, name: str = "demo") -> Owl3Config:
+    """The preset with vocab_size (padded to a multiple of 64) and bos/eos ids of `tokenizer`."""
+    cfg = preset(name)
+    n = tokenizer.get_vocab_size()
+    vocab = -(-n // 64) * 64
+    return replace(
+        cfg,
+        text=replace(cfg.text, vocab_size=vocab),
+        bos_token_id=tokenizer.token_to_id("<|endoftext|>"),
+        eos_token_id=tokenizer.token_to_id("<|im_end|>"),
+    )
+
+
+@torch.no_grad()
+def init_weights(model: Owl3Model, seed: int = 0, std: float = 0.02) -> Owl3Model:
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            module.weight.fill_(1.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+    cfg = model.cfg.text
+    for layer in model.language_model.model.layers:
+        attn = layer.self_attn
+        if not attn.is_hyper:
+            continue
+        # channel layout (kv_head, {K, V}, head_dim): see docs/mplug-owl3.md §4
+        w = attn.v_kv_proj.weight.view(cfg.n_kv_heads, 2, cfg.head_dim, cfg.dim)
+        w[:, 0] = attn.k_proj.weight.view(cfg.n_kv_heads, cfg.head_dim, cfg.dim)
+        w[:, 1] = attn.v_proj.weight.view(cfg.n_kv_heads, cfg.head_dim, cfg.dim)
+        b = attn.v_kv_proj.bias.view(cfg.n_kv_heads, 2, cfg.head_dim)
+        b[:, 0] = attn.k_proj.bias.view(cfg.n_kv_heads, cfg.head_dim)
+        b[:, 1] = attn.v_proj.bias.view(cfg.n_kv_heads, cfg.head_dim)
+    return model
+
+
+def init_checkpoint(
+    out_dir: str | Path, *, seed: int = 0, tokenizer_dir: str | Path | None = None, name: str = "demo"
+) -> Path:
+    """Write a random-weight demo checkpoint to `out_dir`; trains the world tokenizer unless
+    `tokenizer_dir` holds one. Returns the folder."""
+    out = Path(out_dir)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else out.with_name(out.name + ".tokenizer")
+    if (tok_dir / "tokenizer.json").is_file():
+        tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    else:
+        tok = build_tokenizer(tok_dir)
+    cfg = demo_config(tok, name)
+    model = init_weights(Owl3Model(cfg), seed)
+    save_model(model, out, copy_from=tok_dir)
+    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    if tokenizer_dir is None:  # the tokenizer lives in the checkpoint now; drop the scratch copy
+        for f in tok_dir.iterdir():
+            f.unlink()
+        tok_dir.rmdir()
+    return out
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,131 @@
+"""Run a task on a loaded pipeline: batched greedy answers, one JSON line per question, a summary.
+
+`evaluate` answers the task's items in batches (items of one report row at a time, so batches hold
+similar prompts), writes each record as soon as its batch is done (`--output` holds partial results if a
+run is stopped), and returns a `Report`: per-row and per-kind accuracy and the task's summary object.
+It does not load models or parse arguments (see `command.py`) and draws no plots (`plot.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from owl3.api import Conversation, Owl3Pipeline
+from owl3.errors import Owl3Error
+from owl3.evaluation.task import Item, Task
+
+
+@dataclass
+class Report:
+    task: str
+    rows: list[dict[str, Any]]  # {"group", "label", "questions", "correct", "accuracy"} in report order
+    by_kind: dict[str, dict[str, Any]]
+    summary: dict[str, Any]  # the task's final JSON object
+    seconds: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        if batch and (len(batch) == size or item.group != batch[0].group):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def evaluate(
+    task: Task,
+    pipe: Owl3Pipeline,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    output: str | Path | None = None,
+    progress: bool = True,
+) -> Report:
+    if batch_size < 1:
+        raise Owl3Error(f"--batch-size must be at least 1, got {batch_size}")
+    start = time.perf_counter()
+    out = None
+    if output is not None:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out = open(path, "w")
+        except OSError as e:
+            raise Owl3Error(f"cannot write {str(path)!r} ({e.strerror}); pick another --output") from None
+    records: list[dict[str, Any]] = []
+    items = list(task.items(pipe.config.image_size))  # light: media are rendered per batch
+    bar = tqdm(total=len(items), desc=task.name, unit="q", disable=not progress, leave=False)
+    try:
+        for batch in _batches(iter(items), batch_size):
+            convs = []
+            for item in batch:
+                images, videos = item.media()
+                convs.append(Conversation(item.prompt, images=images, videos=videos, cut=item.cut))
+            answers = pipe.chat_batch(convs, max_new_tokens=max_new_tokens, temperature=0.0)
+            for item, pred in zip(batch, answers, strict=True):
+                rec = {
+                    "id": item.id,
+                    "group": item.group,
+                    "kind": item.kind,
+                    **item.meta,
+                    "prompt": item.prompt,
+                    "prediction": pred,
+                    "answer": item.answer,
+                    "correct": task.score(pred, item),
+                }
+                records.append(rec)
+                if out is not None:
+                    out.write(json.dumps(rec) + "\n")
+            if out is not None:
+                out.flush()
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if out is not None:
+            out.close()
+
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        tally[r["group"]][0] += 1
+        tally[r["group"]][1] += int(r["correct"])
+        kinds[r["kind"]][0] += 1
+        kinds[r["kind"]][1] += int(r["correct"])
+    label = getattr(task, "group_label", lambda g: g)
+    rows = []
+    for g in task.groups():
+        n, c = tally[g]
+        if n:
+            rows.append(
+                {"group": g, "label": label(g), "questions": n, "correct": c, "accuracy": round(c / n, 4)}
+            )
+    by_kind = {k: {"questions": n, "accuracy": round(c / n, 4)} for k, (n, c) in sorted(kinds.items())}
+    return Report(task.name, rows, by_kind, task.summary(rows), time.perf_counter() - start, records)
+
+
+def format_table(report: Report) -> str:
+    width = max([len(r["label"]) for r in report.rows] + [10])
+    lines = [f"{'':<{width}}  questions  correct  accuracy"]
+    for r in report.rows:
+        lines.append(
+            f"{r['label']:<{width}}  {r['questions']:>9}  {r['correct']:>7}  {100 * r['accuracy']:>7.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def format_kinds(report: Report) -> str:
+    return "by kind: " + ", ".join(
+        f"{k} {100 * v['accuracy']:.0f}% ({v['questions']})" for k, v in report.by_kind.items()
+    )

@@ -1,0 +1,56 @@
+"""What an evaluation task is: a list of items (prompt + media + reference answer) and a scorer.
+
+A task builds its items lazily (media are rendered or read only when a batch needs them), groups them
+into the rows of its report (`Item.group`), and says whether a prediction is right. It knows nothing of
+models or batching: that is the runner's job (`owl3.evaluation.runner`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+Media = tuple[list[Image.Image], list[list[Image.Image]]]  # (images, videos as frame lists)
+
+
+@dataclass
+class Item:
+    id: str
+    group: str  # the report row this item counts in
+    kind: str  # the question type, for the per-kind breakdown
+    prompt: str  # the user turn, with <|image|> / <|video|> placeholders
+    answer: str
+    media: Callable[[], Media]  # renders/reads the media on demand
+    cut: bool = False  # crop images into the official grid (only sensible for real photos)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def normalize(text: str) -> str:
+    """Lower case, single spaces, no trailing full stop: how short-sentence answers are compared."""
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .!")
+
+
+class Task:
+    """Base class: subclasses set `name` and implement `items`."""
+
+    name = "task"
+
+    def items(self, image_size: int) -> Iterator[Item]:
+        """The items in report order; `image_size` is the model's, for tasks that draw their images."""
+        raise NotImplementedError
+
+    def groups(self) -> list[str]:
+        """Report rows in order."""
+        raise NotImplementedError
+
+    def score(self, prediction: str, item: Item) -> bool:
+        """Exact match after `normalize` (override for looser tasks)."""
+        return normalize(prediction) == normalize(item.answer)
+
+    def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The task's final JSON object from the per-group rows (override to shape it)."""
+        return {"task": self.name, "results": rows}

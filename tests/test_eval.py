@@ -1,0 +1,119 @@
+"""`owl3 eval synthetic`: the task's items, scoring, the runner with a mock pipeline, and the command end
+to end on the built-in model (which scores about 0: the point is valid JSONL, JSON line and PNG)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from owl3.cli import main
+from owl3.errors import Owl3Error
+from owl3.evaluation.runner import evaluate, format_table
+from owl3.evaluation.synthetic import SyntheticTask
+from owl3.evaluation.task import normalize
+
+
+def test_normalize_and_score():
+    assert normalize("  The star is  RED. ") == normalize("the star is red") == "the star is red"
+    task = SyntheticTask(images=[1], limit=1, frames=0, which_images=0)
+    (item,) = task.items(56)
+    assert task.score(item.answer.upper() + " ", item)
+    assert not task.score(item.answer.replace(".", " really."), item)
+
+
+def test_items_rows_and_formats():
+    task = SyntheticTask(seed=3, images=[1, 4, 12], limit=5, frames=6, which_images=3)
+    items = list(task.items(56))
+    assert task.groups() == ["1", "4", "12", "video", "which"]
+    assert [sum(i.group == g for i in items) for g in task.groups()] == [5] * 5
+    by_id = {i.id: i for i in items}
+    for i in range(5):
+        one, four, twelve = by_id[f"images1-{i}"], by_id[f"images4-{i}"], by_id[f"images12-{i}"]
+        # the same question about the same scene at every image count; only distractors change
+        assert one.answer == four.answer == twelve.answer
+        assert one.prompt.startswith("<|image|>\n")
+        images, _ = twelve.media()
+        x = twelve.meta["target"]
+        assert len(images) == 12 and twelve.prompt.count("<|image|>") == 12
+        assert f"<|image|>. In Image {x}, " in twelve.prompt
+        assert images[x - 1].tobytes() == one.media()[0][0].tobytes()
+        assert images[0].size == (56, 56)
+    video = by_id["video-0"]
+    assert video.prompt.startswith("<|video|>") and len(video.media()[1][0]) == 6
+    assert by_id["which-1"].prompt.endswith("?") and len(by_id["which-1"].media()[0]) == 3
+    kinds = {i.kind for i in items if i.group == "12"}
+    assert len(kinds) == 5  # kinds cycle
+
+
+def test_seeds_are_reproducible_and_distinct():
+    a = [i.prompt + i.answer for i in SyntheticTask(seed=1, images=[3], limit=8).items(56)]
+    b = [i.prompt + i.answer for i in SyntheticTask(seed=1, images=[3], limit=8).items(56)]
+    c = [i.prompt + i.answer for i in SyntheticTask(seed=2, images=[3], limit=8).items(56)]
+    assert a == b and a != c
+
+
+def test_bad_arguments():
+    with pytest.raises(Owl3Error):
+        SyntheticTask(images=[0])
+    with pytest.raises(Owl3Error):
+        SyntheticTask(limit=0)
+
+
+class OraclePipe:
+    """Answers from a lookup table: right on 'In Image' questions, wrong elsewhere."""
+
+    config = SimpleNamespace(image_size=56)
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.batches = []
+
+    def chat_batch(self, convs, **kw):
+        self.batches.append(len(convs))
+        return [self.answers.get(c.messages, "I do not know.") for c in convs]
+
+
+def test_runner_counts_right_answers(tmp_path):
+    task = SyntheticTask(images=[1, 5], limit=3, frames=4, which_images=2)
+    answers = {i.prompt: i.answer for i in task.items(56) if i.group in ("1", "5")}
+    pipe = OraclePipe(answers)
+    report = evaluate(task, pipe, batch_size=2, output=tmp_path / "r.jsonl", progress=False)
+    assert [r["accuracy"] for r in report.rows] == [1.0, 1.0, 0.0, 0.0]
+    assert max(pipe.batches) == 2 and sum(pipe.batches) == 12
+    assert report.summary["results"] == [
+        {"images": 1, "questions": 3, "accuracy": 1.0},
+        {"images": 5, "questions": 3, "accuracy": 1.0},
+    ]
+    assert report.summary["video"]["accuracy"] == 0.0 and report.summary["which"]["images"] == 2
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and json.loads(lines[0])["correct"] is True
+    assert "5 images" in format_table(report)
+
+
+def test_owl3_eval_synthetic_end_to_end(tmp_path, capsys):
+    out = tmp_path / "res" / "R.jsonl"
+    args = ["eval", "synthetic", "--seed", "1", "--images", "1,3", "--limit", "2", "--video-frames", "2",
+            "--which-images", "2", "--max-new-tokens", "4", "--output", str(out), "--json"]  # fmt: skip
+    assert main(args) == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    final = json.loads(stdout[-1])
+    assert final["task"] == "synthetic"
+    assert [(r["images"], r["questions"]) for r in final["results"]] == [(1, 2), (3, 2)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in final["results"])
+    assert final["video"]["questions"] == 2 and final["which"]["questions"] == 2
+    assert any("3 images" in line for line in stdout)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8
+    for r in records:
+        assert {"prompt", "prediction", "answer", "correct", "images"} <= set(r)
+        assert isinstance(r["correct"], bool) and isinstance(r["prediction"], str)
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_user_errors_are_one_line(capsys):
+    assert main(["eval", "synthetic", "--images", "1,five"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("owl3: error: --images") and "\n" not in err
