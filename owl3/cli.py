@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     from owl3.evaluation.command import add_parser as add_eval_parser  # `owl3 eval TASK ...`
 
     add_eval_parser(sub)
+
+    from owl3.training.cli import add_build_parser, add_train_parser  # `owl3 train`, `owl3 build`
+
+    add_train_parser(sub)
+    add_build_parser(sub)
     return parser
 
 

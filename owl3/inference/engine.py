@@ -88,7 +88,8 @@ class Engine:
         if n + reserve > self.max_positions:
             raise Owl3Error(
                 f"prompt {index} is {n} tokens long, but the model handles at most "
-                f"{self.max_positions - reserve} prompt tokens (max_position_embeddings); shorten the text or use fewer images/frames"
+                f"{self.max_positions - reserve} prompt tokens (max_position_embeddings); "
+                "shorten the text or use fewer images/frames"
             )
 
     def prepare(self, encodings: Sequence[Encoding], max_new_tokens: int) -> Prefill:

@@ -1,0 +1,259 @@
+"""Training data readers: LLaVA JSON and ms-swift JSONL, into one `Record` type, with line numbers.
+
+- LLaVA: a JSON list (or JSONL) of `{"image": str | [str], "video": ..., "conversations":
+  [{"from": "human" | "gpt" | "system", "value": "<image>\\n..."}]}`.
+- ms-swift: JSONL of `{"messages": [{"role", "content"}], "images": [...], "videos": [...]}`.
+The format is told per record by its keys, so both may sit in one file. `<image>` / `<video>` tags (or
+owl3's own `<|image|>` / `<|video|>`) mark where the media go, in order. A video is a video file, a
+folder of frame images, or a list of frame image paths.
+
+Checks that need no decoding happen here (structure, tag counts, files present, no chat-template tokens in
+the text); each problem names `file:line`. Decoding, cropping and the length limit are `encode.py`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from owl3.errors import Owl3Error
+from owl3.processing.chat import END_OF_TEXT, IM_END, IM_START
+
+IMAGE, VIDEO = "<|image|>", "<|video|>"
+TAGS = {"<image>": IMAGE, "<video>": VIDEO}
+RESERVED = (IM_START, IM_END, END_OF_TEXT)
+LLAVA_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+Video = str | tuple[str, ...]  # a video file or frame folder, or the frame files of one video
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training conversation, media paths resolved, placeholders in owl3 form."""
+
+    source: str
+    line: int  # 1-based line where the record starts
+    messages: tuple[dict[str, str], ...]
+    images: tuple[str, ...] = ()
+    videos: tuple[Video, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+class BadRecord(Exception):
+    """Raised inside the parser for one record; becomes a `Problem`."""
+
+
+def read_data(
+    paths: Sequence[str | os.PathLike], media_root: str | None = None
+) -> tuple[list[Record], list[Problem]]:
+    """All good records of the files, in order, and the problems of the bad ones."""
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            raise Owl3Error(f"data file {str(file)!r} not found")
+        root = Path(media_root) if media_root else file.parent
+        for line, raw in _raw_records(file):
+            where = f"{file}:{line}"
+            try:
+                if isinstance(raw, BadRecord):
+                    raise raw
+                records.append(parse_record(raw, str(file), line, root))
+            except BadRecord as e:
+                problems.append(Problem(where, str(e)))
+    return records, problems
+
+
+def _raw_records(file: Path) -> Iterator[tuple[int, Any]]:
+    """(line, object) per record: a JSON list (one element per record) or JSON Lines."""
+    text = file.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if file.suffix == ".json" and stripped.startswith("["):
+        yield from _json_list(text, file)
+        return
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield i, BadRecord(f"not valid JSON ({e.msg})")
+
+
+def _json_list(text: str, file: Path) -> Iterator[tuple[int, Any]]:
+    """Elements of a top-level JSON array with the line each starts on (json.load loses them)."""
+    dec = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line = 1 + text.count("\n", 0, pos)
+    n = len(text)
+    while True:
+        while pos < n and text[pos] in " \t\r\n,":
+            if text[pos] == "\n":
+                line += 1
+            pos += 1
+        if pos >= n:
+            raise Owl3Error(f"{file}: the JSON list is not closed with ']'")
+        if text[pos] == "]":
+            return
+        try:
+            obj, end = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise Owl3Error(f"{file}:{e.lineno}: not valid JSON ({e.msg}); fix the file") from None
+        yield line, obj
+        line += text.count("\n", pos, end)
+        pos = end
+
+
+def parse_record(raw: Any, source: str, line: int, root: Path) -> Record:
+    if not isinstance(raw, dict):
+        raise BadRecord(f"a sample must be a JSON object, got {type(raw).__name__}")
+    if "conversations" in raw:
+        messages = _llava_messages(raw["conversations"])
+        images = _list(raw.get("image", raw.get("images")), "image")
+        videos = _list(raw.get("video", raw.get("videos")), "video")
+    elif "messages" in raw:
+        messages = _swift_messages(raw["messages"])
+        images = _list(raw.get("images"), "images")
+        videos = _list(raw.get("videos"), "videos")
+    else:
+        raise BadRecord('neither "conversations" (LLaVA) nor "messages" (ms-swift) is present')
+    messages = [{"role": m["role"], "content": _to_owl3_tags(m["content"])} for m in messages]
+    _check_messages(messages)
+    n_img = sum(m["content"].count(IMAGE) for m in messages)
+    n_vid = sum(m["content"].count(VIDEO) for m in messages)
+    if n_img != len(images) or n_vid != len(videos):
+        raise BadRecord(
+            f"tags do not match media: {n_img} <image> tag(s) for {len(images)} image(s), "
+            f"{n_vid} <video> tag(s) for {len(videos)} video(s)"
+        )
+    return Record(
+        source,
+        line,
+        tuple(messages),
+        tuple(_image_path(p, root) for p in images),
+        tuple(_video(v, root) for v in videos),
+    )
+
+
+def _llava_messages(conv: Any) -> list[dict[str, str]]:
+    if not isinstance(conv, list) or not conv:
+        raise BadRecord('"conversations" must be a non-empty list')
+    out = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise BadRecord(f'conversations[{i}] must be {{"from": ..., "value": ...}}')
+        role = LLAVA_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise BadRecord(f'conversations[{i}] has "from": {turn["from"]!r}; use human, gpt or system')
+        if not isinstance(turn["value"], str):
+            raise BadRecord(f"conversations[{i}].value must be a string")
+        out.append({"role": role, "content": turn["value"]})
+    return out
+
+
+def _swift_messages(msgs: Any) -> list[dict[str, str]]:
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRecord('"messages" must be a non-empty list')
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise BadRecord(f'messages[{i}] must be {{"role": ..., "content": ...}}')
+        if m["role"] not in ("system", "user", "assistant"):
+            raise BadRecord(f"messages[{i}] has role {m['role']!r}; use system, user or assistant")
+        if not isinstance(m["content"], str):
+            raise BadRecord(f"messages[{i}].content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _to_owl3_tags(text: str) -> str:
+    for tag, placeholder in TAGS.items():
+        text = text.replace(tag, placeholder)
+    return text
+
+
+def _check_messages(messages: list[dict[str, str]]) -> None:
+    for i, m in enumerate(messages):
+        for token in RESERVED:
+            if token in m["content"]:
+                raise BadRecord(f"message {i} contains the chat-template token {token}; remove it")
+        if m["role"] == "system" and i != 0:
+            raise BadRecord(f"message {i} is a system message; only the first message may be one")
+        if m["role"] == "assistant":
+            if not m["content"].strip():
+                raise BadRecord(f"message {i} is an empty assistant answer")
+            if IMAGE in m["content"] or VIDEO in m["content"]:
+                raise BadRecord(f"message {i}: image/video tags inside an assistant answer are not supported")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRecord("no assistant answer to learn from")
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise BadRecord(f'"{key}" must be a path or a list of paths, got {type(value).__name__}')
+
+
+def _path(item: Any, root: Path, what: str) -> str:
+    if isinstance(item, dict) and isinstance(item.get("path"), str):  # ms-swift {"path": ...}
+        item = item["path"]
+    if not isinstance(item, str) or not item:
+        raise BadRecord(f"{what} must be a file path, got {item!r}")
+    if item.startswith(("http://", "https://", "data:")):
+        raise BadRecord(f"{what} {item[:60]!r} is not a local file; download the media first")
+    p = Path(item).expanduser()
+    return str(p if p.is_absolute() else root / p)
+
+
+def _image_path(item: Any, root: Path) -> str:
+    path = _path(item, root, "image")
+    if not os.path.isfile(path):
+        raise BadRecord(f"image not found: {path}")
+    return path
+
+
+def _video(item: Any, root: Path) -> Video:
+    if isinstance(item, list):  # the frames of one video
+        if not item:
+            raise BadRecord("a video given as a list of frames has no frames")
+        return tuple(_image_path(f, root) for f in item)
+    path = _path(item, root, "video")
+    if os.path.isdir(path):
+        if not frame_files(path):
+            raise BadRecord(f"video folder {path} holds no image files")
+    elif not os.path.isfile(path):
+        raise BadRecord(f"video not found: {path}")
+    return path
+
+
+def frame_files(folder: str) -> list[str]:
+    """Image files of a frame folder, in name order."""
+    return sorted(str(p) for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,192 @@
+"""A `Record` -> model inputs with labels; samples -> a padded batch.
+
+Encoding goes through the inference `Processor` (same template, same chunked tokenization, same crops),
+then marks the tokens to learn: each assistant answer `{content}<|im_end|>` and the `<|endoftext|>` that
+closes the turn in the official template. Everything else (system, user turns with their image tokens,
+the `\\n<|im_start|>assistant\\n` headers) is label -100. The generation header that the template appends
+after the last turn is dropped. Labels are not shifted here: token t is predicted from tokens < t.
+
+Cropping: a lone image (no other image, no video) is cropped with probability `crop_prob`, decided by a
+generator seeded with (seed, epoch, index), so the choice is the same on every rank and after a resume.
+Several images and videos are never cropped (paper). A sample longer than `seq_len` is bad data: it is
+reported and skipped (or refused), never truncated, because truncation could cut an image's tokens apart
+from its features.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from owl3.errors import Owl3Error
+from owl3.processing import Processor
+from owl3.processing.chat import END_OF_TEXT, GENERATION_HEADER, IM_END
+from owl3.processing.video import frame_indices, read_video
+from owl3.training.data import Record, frame_files
+
+IGNORE = -100
+
+
+@dataclass
+class Sample:
+    input_ids: Tensor  # (L,) int64
+    labels: Tensor  # (L,) int64, IGNORE where no loss
+    pixel_values: Tensor | None  # (N, 3, S, S), one view per <|image|> token, in token order
+    media_starts: list[int]  # index of each <|image|> token
+    where: str
+
+
+@dataclass
+class Skipped:
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+class SampleEncoder:
+    """Record -> Sample (or Skipped with the reason). Picklable, so DataLoader workers can run it."""
+
+    def __init__(
+        self, processor: Processor, *, seq_len: int, frames: int, crop_prob: float, seed: int
+    ) -> None:
+        self.processor = processor
+        self.seq_len, self.frames, self.crop_prob, self.seed = seq_len, frames, crop_prob, seed
+        self.header = self._encode(GENERATION_HEADER)
+        self.eot = processor.pad_token_id  # <|endoftext|>
+        if processor.tokenizer.token_to_id(END_OF_TEXT) != self.eot:
+            raise Owl3Error(
+                "the tokenizer's <|endoftext|> is not its pad token; is it an mPLUG-Owl3 tokenizer?"
+            )
+
+    def _encode(self, text: str) -> list[int]:
+        return self.processor.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def crop(self, record: Record, epoch: int, index: int) -> bool:
+        if len(record.images) != 1 or record.videos or self.crop_prob <= 0:
+            return False
+        return bool(np.random.default_rng([self.seed, epoch, index]).random() < self.crop_prob)
+
+    def __call__(self, record: Record, epoch: int = 0, index: int = 0) -> Sample | Skipped:
+        try:
+            videos = [self.video_frames(v) for v in record.videos]
+            enc = self.processor(
+                list(record.messages), list(record.images), videos, cut=self.crop(record, epoch, index)
+            )
+        except Owl3Error as e:
+            return Skipped(record.where, str(e))
+        n = int(enc.input_ids.shape[0]) - len(self.header)
+        if n > self.seq_len:
+            return Skipped(record.where, f"over-long: {n} tokens > seq_len {self.seq_len}")
+        ids = enc.input_ids.tolist()
+        labels = self.labels(ids, record)
+        ids, labels = ids[:n], labels[:n]  # drop the trailing generation header
+        return Sample(
+            torch.tensor(ids, dtype=torch.long),
+            torch.tensor(labels, dtype=torch.long),
+            enc.pixel_values,
+            enc.media_starts,
+            record.where,
+        )
+
+    def labels(self, ids: list[int], record: Record) -> list[int]:
+        """Labels for the token ids of `record`: the answers and their end tokens, IGNORE elsewhere."""
+        labels = [IGNORE] * len(ids)
+        if ids[-len(self.header) :] != self.header:
+            raise AssertionError("encoded sample does not end with the generation header")
+        cursor, h = 0, len(self.header)
+        for m in record.messages:
+            if m["role"] != "assistant":
+                continue
+            target = self._encode(m["content"] + IM_END) + [self.eot]
+            # the next assistant header: user text cannot hold <|im_start|> (data.py refuses it)
+            pos = _find(ids, self.header, cursor)
+            if pos < 0 or ids[pos + h : pos + h + len(target)] != target:
+                raise AssertionError(f"{record.where}: answer tokens not found where the template puts them")
+            start = pos + h
+            labels[start : start + len(target)] = target
+            cursor = start + len(target)
+        return labels
+
+    def video_frames(self, video: str | tuple[str, ...]) -> list[Image.Image] | list[str]:
+        """A video file, a frame folder or a list of frame files -> `frames` frames (segment middles)."""
+        if isinstance(video, tuple):
+            paths = list(video)
+        elif os.path.isdir(video):
+            paths = frame_files(video)
+        else:
+            return read_video(video, frames=self.frames)
+        return [paths[i] for i in frame_indices(len(paths), frames=self.frames)]
+
+
+def _find(seq: list[int], pattern: list[int], start: int) -> int:
+    first, n = pattern[0], len(pattern)
+    for i in range(start, len(seq) - n + 1):
+        if seq[i] == first and seq[i : i + n] == pattern:
+            return i
+    return -1
+
+
+# ---------------------------------------------------------------------- batching
+@dataclass
+class Batch:
+    """Right-padded micro-batch. Right padding keeps each row's raw positions 0..len-1 and lets the plain
+    causal mask serve (real tokens never look ahead at padding)."""
+
+    input_ids: Tensor  # (B, T)
+    labels: Tensor  # (B, T)
+    pixel_values: Tensor | None  # (N, 3, S, S), all images of the batch in row order
+    n_media: list[int]  # images per row
+    media_starts: list[list[int]]
+    lengths: Tensor  # (B,) real tokens per row
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def n_targets(self) -> int:
+        """Tokens that carry a loss (label of position t+1 predicted at t)."""
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (the DataLoader calls this with pin_memory=True) for faster GPU transfers."""
+        self.input_ids, self.labels = self.input_ids.pin_memory(), self.labels.pin_memory()
+        if self.pixel_values is not None:
+            self.pixel_values = self.pixel_values.pin_memory()
+        return self
+
+
+def collate(items: list[Sample | Skipped], pad_id: int) -> Batch:
+    samples = [s for s in items if isinstance(s, Sample)]
+    skipped = [s for s in items if isinstance(s, Skipped)]
+    if not samples:  # every sample was bad: one padding token with no loss keeps the collectives in step
+        ids = torch.full((1, 1), pad_id, dtype=torch.long)
+        no_loss = torch.full_like(ids, IGNORE)
+        return Batch(ids, no_loss, None, [0], [[]], torch.zeros(1, dtype=torch.long), skipped)
+    width = max(int(s.input_ids.shape[0]) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = s.input_ids.shape[0]
+        ids[i, :n], labels[i, :n] = s.input_ids, s.labels
+    pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
+    return Batch(
+        ids,
+        labels,
+        torch.cat(pixels) if pixels else None,
+        [0 if s.pixel_values is None else s.pixel_values.shape[0] for s in samples],
+        [s.media_starts for s in samples],
+        torch.tensor([s.input_ids.shape[0] for s in samples]),
+        skipped,
+    )

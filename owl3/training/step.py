@@ -1,0 +1,86 @@
+"""The training forward: a batch in, the summed cross-entropy of its answer tokens out.
+
+`TrainStep` wraps an `Owl3Model` so that DDP / FSDP2 see one module whose forward does everything: the
+frozen vision tower (under no_grad: no activations kept), the projector, the LLM with Hyper Attention,
+and the loss on the answer positions only (the lm_head runs on those rows alone, so a 150k vocabulary
+never costs a (B, T, V) logits tensor). It returns the *sum*; the loop divides by the global number of
+answer tokens of the optimizer step, which makes the loss the same however the batch is split across
+micro-batches and processes.
+
+With `always_visual`, a batch without images still runs one blank image through the vision tower and
+projector, with no text position allowed to see it (key start NEVER): the logits are exactly those of a
+text-only forward (the gate keeps A_self where nothing is seen), but every trainable parameter is in the
+graph, which DDP and FSDP need when ranks differ in whether they hold images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from owl3.model import Owl3Model, VisualContext
+from owl3.model.hyper import NEVER
+from owl3.training.encode import IGNORE
+
+
+class TrainStep(nn.Module):
+    def __init__(self, model: Owl3Model, always_visual: bool = False, vision_chunk: int = 64) -> None:
+        super().__init__()
+        self.model = model
+        self.always_visual = always_visual
+        self.vision_chunk = vision_chunk
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor,
+        pixel_values: Tensor | None,
+        n_media: list[int],
+        media_starts: list[list[int]],
+    ) -> Tensor:
+        """input_ids, labels (B, T), right-padded; pixel_values (N, 3, S, S) -> summed loss (scalar)."""
+        m = self.model
+        b, t = input_ids.shape
+        visual = self.visual(pixel_values, n_media, media_starts, b, input_ids.device)
+        positions = torch.arange(t, device=input_ids.device).expand(b, t)
+        h = m.language_model.model(m.embed(input_ids), positions, None, None, visual)  # (B, T, D)
+        target = labels[:, 1:]  # token t+1 is predicted at t
+        keep = target != IGNORE  # (B, T-1)
+        logits = m.language_model.lm_head(h[:, :-1][keep]).float()  # (n_targets, V)
+        return F.cross_entropy(logits, target[keep], reduction="sum")
+
+    def visual(
+        self,
+        pixel_values: Tensor | None,
+        n_media: list[int],
+        media_starts: list[list[int]],
+        b: int,
+        device: torch.device,
+    ) -> VisualContext | None:
+        m = self.model
+        blank = pixel_values is None
+        if blank:
+            if not self.always_visual:
+                return None
+            s = m.cfg.vision.image_size
+            pixel_values = torch.zeros(1, 3, s, s, device=device)
+        with torch.no_grad():  # the vision tower is frozen in every stage
+            feats = torch.cat([m.vision_model(c) for c in pixel_values.split(self.vision_chunk)])
+        feats = m.vision2text_model(feats)  # (N, T_img, D)
+        if blank:
+            n = feats.shape[1]
+            ctx = VisualContext(
+                features=feats.expand(b, n, feats.shape[2]),
+                key_starts=torch.full((b, n), NEVER, dtype=torch.long, device=feats.device),
+                positions=torch.zeros((b, n), dtype=torch.long, device=feats.device),
+            )
+        else:
+            per_sample: list[Tensor | None] = []
+            start = 0
+            for k in n_media:
+                per_sample.append(feats[start : start + k] if k else None)
+                start += k
+            ctx = VisualContext.build(per_sample, media_starts)
+        ctx.recompute = True  # no K/V caching across calls: gradient checkpointing recomputes layers
+        return ctx
