@@ -21,12 +21,16 @@ from owl3.checkpoint import load_model
 from owl3.errors import Owl3Error
 from owl3.inference.detokenizer import StreamDetokenizer
 from owl3.inference.engine import Engine
+from owl3.inference.pixels import presize
 from owl3.inference.sampling import SamplingParams
+from owl3.memory import VisualMemory, watch
 from owl3.model import Owl3Model
-from owl3.processing import Encoding, Processor
+from owl3.processing import Encoding, Processor, load_image
+from owl3.processing.chat import chat_segments
 from owl3.processing.video import read_video
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "tiny-random"
+PRESIZE_MIN_VIEWS = 4  # from this many images/frames, resize them in parallel before the processor
 
 Messages = str | Sequence[dict[str, str]]
 VideoInput = str | Path | Sequence[Image.Image]
@@ -139,6 +143,13 @@ class Owl3Pipeline:
         ]
         if cut is None:
             cut = len(images) == 1 and not vids
+        size = self.processor.image_size
+        if len(images) + sum(len(v) for v in vids) >= PRESIZE_MIN_VIEWS:
+            # many views: decode and resize them in parallel threads; the processor's own resize of an
+            # image already S×S is a copy, so the pixels are unchanged
+            if images and not (cut and not vids):
+                images = presize([load_image(i) for i in images], size)
+            vids = [presize(v, size) for v in vids]
         return self.processor(msgs, images=images, videos=vids, cut=cut)
 
     def sampling(self, **kw: Any) -> SamplingParams:
@@ -244,6 +255,66 @@ class Owl3Pipeline:
             for t, r, e in zip(ids, reasons, encs, strict=True)
         ]
 
+    # ------------------------------------------------------------------ watch once, ask many
+    def watch(
+        self,
+        images: Sequence[Any] = (),
+        videos: Sequence[VideoInput] = (),
+        *,
+        system: str | None = None,
+        cut: bool | None = None,
+        frames: int | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        progress: bool = False,
+    ) -> VisualMemory:
+        """Encode media once into a `VisualMemory` (save it with `.save(path)`); ask it with `ask`."""
+        return watch(
+            self, images, videos, system=system, cut=cut, frames=frames, fps=fps, max_frames=max_frames,
+            progress=progress,
+        )
+
+    def load_memory(self, path: str | Path) -> VisualMemory:
+        """Read a memory file made by `watch(...).save(path)` or `owl3 encode`, for this model only."""
+        return VisualMemory.load(path, self.model)
+
+    def ask_encoding(self, memory: VisualMemory, question: str) -> Encoding:
+        """The full prompt of `question` asked of `memory` (token ids only: the media are in the memory)."""
+        if not isinstance(question, str) or not question.strip():
+            raise Owl3Error("the question is empty; ask something")
+        tok = self.processor
+        if tok.image_token in question or tok.video_token in question:
+            raise Owl3Error("a question to a memory cannot add media placeholders; encode the media instead")
+        ids, starts = tok._tokenize(chat_segments(memory.messages(question)))
+        if starts != memory.media_starts:
+            raise Owl3Error("this memory was made with another tokenizer; encode the media again")
+        return Encoding(ids, None, starts, "")
+
+    def ask_stream(self, memory: VisualMemory | str | Path, question: str, **sampling: Any) -> Iterator[str]:
+        """Answer a question from a memory (or a memory file), streaming text pieces."""
+        mem = memory if isinstance(memory, VisualMemory) else self.load_memory(memory)
+        enc = self.ask_encoding(mem, question)
+        detok = StreamDetokenizer(self.tokenizer)
+        for ev in self.engine.generate([enc], self.sampling(**sampling), memory=mem):
+            piece = detok.push(ev.token_id)
+            if piece:
+                yield piece
+        tail = detok.flush()
+        if tail:
+            yield tail
+
+    def ask(self, memory: VisualMemory | str | Path, question: str, **sampling: Any) -> Completion:
+        """Answer a question from a memory: no media decoding, no vision tower, no media prefill."""
+        mem = memory if isinstance(memory, VisualMemory) else self.load_memory(memory)
+        enc = self.ask_encoding(mem, question)
+        ids: list[int] = []
+        reason = "length"
+        for ev in self.engine.generate([enc], self.sampling(**sampling), memory=mem):
+            ids.append(ev.token_id)
+            reason = ev.finish_reason or reason
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(text, ids, reason, int(enc.input_ids.shape[0]))
+
     @torch.inference_mode()
     def logits(
         self,
@@ -274,4 +345,4 @@ def load(
     return Owl3Pipeline(model, processor, folder)
 
 
-__all__ = ["Completion", "Conversation", "Owl3Pipeline", "load", "DEFAULT_MODEL"]
+__all__ = ["Completion", "Conversation", "Owl3Pipeline", "VisualMemory", "load", "DEFAULT_MODEL"]

@@ -100,6 +100,8 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.memory is not None:
+        return _generate_from_memory(args)
     pipe = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})
@@ -117,6 +119,58 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def _generate_from_memory(args: argparse.Namespace) -> int:
+    if args.image or args.video:
+        raise Owl3Error("--memory already holds the media; drop --image/--video (or encode them anew)")
+    if args.system:
+        raise Owl3Error(
+            "--memory keeps the system prompt it was encoded with; pass --system to 'owl3 encode'"
+        )
+    pipe = _load(args)
+    for piece in pipe.ask_stream(args.memory, args.prompt, **_sampling(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import time
+
+    images, videos = list(args.image), list(args.video)
+    for m in args.media:  # positional media: videos by their suffix, the rest as images
+        (videos if Path(m).suffix.lower() in VIDEO_SUFFIXES else images).append(m)
+    if not images and not videos:
+        raise Owl3Error(
+            "nothing to encode: pass image or video files (e.g. owl3 encode movie.mp4 -o movie.owl3)"
+        )
+    pipe = _load(args)
+    t0 = time.perf_counter()
+    mem = pipe.watch(
+        images,
+        videos,
+        system=args.system,
+        cut=args.cut,
+        frames=args.frames,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        progress=True,
+    )
+    out = mem.save(args.output)
+    size = out.stat().st_size / 2**20
+    print(
+        f"encoded {mem.n_views} views ({mem.n_views * mem.tokens_per_image} visual tokens, "
+        f"{mem.prefix_ids.shape[0]} prompt tokens) in {time.perf_counter() - t0:.2f} s "
+        f"-> {out} ({size:.1f} MB)\n"
+        f'ask it: owl3 generate --memory {out} "your question"',
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -206,10 +260,33 @@ def build_parser() -> argparse.ArgumentParser:
         "Without <|image|>/<|video|> placeholders, the media go before the prompt.",
     )
     g.add_argument("prompt", help="the question or instruction")
+    g.add_argument(
+        "--memory",
+        metavar="FILE",
+        default=None,
+        help="answer from media saved by 'owl3 encode' (no re-encoding); same --model as there",
+    )
     _add_model_args(g)
     _add_media_args(g)
     _add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser(
+        "encode",
+        help="watch once: encode a video or images to a memory file for later questions",
+        description="Encode a video or a set of images once and save the result (visual K/V and the "
+        "prompt prefix's KV cache, safetensors) for 'owl3 generate --memory FILE QUESTION'.",
+    )
+    e.add_argument("media", nargs="*", help="video or image files (videos recognized by their suffix)")
+    e.add_argument("-o", "--output", required=True, metavar="FILE", help="the memory file to write (.owl3)")
+    e.add_argument("--system", default=None, metavar="TEXT", help="a system prompt kept with the memory")
+    _add_model_args(e)
+    _add_media_args(e)
+    e.set_defaults(func=cmd_encode)
+
+    from owl3.bench.command import add_parser as add_bench_parser  # `owl3 bench latency|video|memory`
+
+    add_bench_parser(sub)
 
     c = sub.add_parser(
         "chat",
@@ -225,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     from owl3.evaluation.command import add_parser as add_eval_parser  # `owl3 eval TASK ...`
 
     add_eval_parser(sub)
+
 
     from owl3.training.cli import add_build_parser, add_train_parser  # `owl3 train`, `owl3 build`
 

@@ -4,14 +4,18 @@ A batch of encoded requests is left-padded into one (B, L) prompt; each row keep
 (0..len-1), so RoPE, MI-RoPE and the `s_k < p` image mask are exactly those of the row run alone. The
 visual features of all images of the batch are encoded in one chunked pass, and every hyper layer turns
 them into keys/values once, at prefill; each decode step then costs one token through the LLM.
+A request may start from a saved `PromptMemory` (owl3/memory.py): its prefix's text KV and visual K/V are
+copied in and only the rest of the prompt is prefilled.
 
 The engine knows tensors and token ids only: templates and text are the processor's and the API's job.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -37,6 +41,27 @@ class TokenEvent:
         return self.finish_reason is not None
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(model: torch.nn.Module):
+    """`torch.compile(model)` for the decode step, made once per model (its graphs survive engines)."""
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model, dynamic=True)
+    return _COMPILED[model]
+
+
+class PromptMemory(Protocol):
+    """A prompt prefix already run through the model (owl3.memory.VisualMemory)."""
+
+    prefix_ids: Tensor  # (P,) the prefix's token ids
+
+    @property
+    def text_kv(self) -> list[tuple[Tensor, Tensor]]: ...  # per layer (1, kv, P, d) keys, values
+
+    def visual_context(self) -> VisualContext: ...
+
+
 @dataclass
 class Prefill:
     """A padded batch ready for the model."""
@@ -57,6 +82,7 @@ class Engine:
         vision_chunk_size: int = 64,
         reuse_visual_kv: bool = True,
         max_positions: int | None = None,
+        compile_decode: bool = False,
     ) -> None:
         self.model = model
         self.stop_token_ids = tuple(stop_token_ids)
@@ -66,6 +92,8 @@ class Engine:
         self.reuse_visual_kv = reuse_visual_kv
         # prompt + answer never exceed this many tokens (default: the model's max_position_embeddings)
         self.max_positions = max_positions or model.cfg.text.max_position_embeddings
+        # the decode step (one token per row) may run through torch.compile; prefill never does
+        self._decode_model = compiled(model) if compile_decode else model
 
     def encode_visual(self, encodings: Sequence[Encoding]) -> VisualContext | None:
         """Encode every image of the batch in one chunked pass; None if the batch has no image."""
@@ -113,22 +141,23 @@ class Engine:
         )
 
     @torch.inference_mode()
-    def generate(self, encodings: Sequence[Encoding], params: SamplingParams) -> Iterator[TokenEvent]:
-        """Yield a TokenEvent per generated token of each request, until all have finished."""
+    def generate(
+        self, encodings: Sequence[Encoding], params: SamplingParams, memory: PromptMemory | None = None
+    ) -> Iterator[TokenEvent]:
+        """Yield a TokenEvent per generated token of each request, until all have finished.
+
+        With `memory` (one request whose prompt starts with the memory's prefix), the prefix's text KV and
+        visual K/V are taken from the memory and only the rest of the prompt is prefilled.
+        """
         params.validate()
-        batch = self.prepare(encodings, params.max_new_tokens)
+        if memory is None:
+            batch = self.prepare(encodings, params.max_new_tokens)
+            cache, logits = self._prefill(batch)
+        else:
+            batch, cache, logits = self._prefill_from_memory(encodings, memory, params.max_new_tokens)
+        if batch.visual is not None:
+            batch.visual.start_decoding()  # from here on every query lies after all of its images
         model, b = self.model, len(encodings)
-        width = batch.input_ids.shape[1]
-        cache = KVCache(model.cfg.text, b, batch.key_valid.shape[1], model.dtype, model.device)
-        logits = model(
-            batch.input_ids,
-            batch.positions,
-            causal_mask(batch.key_valid[:, :width], width),
-            cache,
-            batch.visual,
-            last_only=True,
-        )[:, -1]  # (B, V)
-        cache.advance(width)
 
         stop = set(self.stop_token_ids) | set(params.stop_token_ids)
         seen = None
@@ -159,9 +188,56 @@ class Engine:
             slot = cache.length
             batch.key_valid[:, slot] = True
             mask = batch.key_valid[:, None, None, : slot + 1]  # (B, 1, 1, S)
-            logits = model(next_ids[:, None], pos[:, None], mask, cache, batch.visual, last_only=True)[:, -1]
+            logits = self._decode_model(
+                next_ids[:, None], pos[:, None], mask, cache, batch.visual, last_only=True
+            )[:, -1]
             cache.advance(1)
             pos += 1
+
+    def _prefill(self, batch: Prefill) -> tuple[KVCache, Tensor]:
+        model = self.model
+        b, width = batch.input_ids.shape
+        cache = KVCache(model.cfg.text, b, batch.key_valid.shape[1], model.dtype, model.device)
+        # no padding: plain causal attention (fused kernels skip the masked half; no (L, L) mask is built)
+        mask = None if min(batch.lengths) == width else causal_mask(batch.key_valid[:, :width], width)
+        logits = model(
+            batch.input_ids,
+            batch.positions,
+            mask,
+            cache,
+            batch.visual,
+            last_only=True,
+        )[:, -1]  # (B, V)
+        cache.advance(width)
+        return cache, logits
+
+    def _prefill_from_memory(
+        self, encodings: Sequence[Encoding], memory: PromptMemory, max_new_tokens: int
+    ) -> tuple[Prefill, KVCache, Tensor]:
+        if len(encodings) != 1:
+            raise Owl3Error("a saved memory answers one request at a time; pass a single conversation")
+        enc = encodings[0]
+        model, dev = self.model, self.model.device
+        n, p = int(enc.input_ids.shape[0]), int(memory.prefix_ids.shape[0])
+        if n <= p or not torch.equal(enc.input_ids[:p].cpu(), memory.prefix_ids.cpu()):
+            raise Owl3Error(
+                "the prompt does not continue the memory's prompt; ask through the memory's own API "
+                "(owl3 generate --memory FILE \"question\") so the prompt starts the same way"
+            )
+        self.check_length(n)
+        cache = KVCache(model.cfg.text, 1, n + max_new_tokens, model.dtype, dev)
+        cache.load_prefix(memory.text_kv)
+        key_valid = torch.zeros((1, n + max_new_tokens), dtype=torch.bool, device=dev)
+        key_valid[:, :n] = True
+        visual = memory.visual_context()
+        ids = enc.input_ids[p:].to(dev)[None]  # (1, n - p): only the new part of the prompt runs
+        positions = torch.arange(p, n, device=dev)[None]
+        logits = model(
+            ids, positions, causal_mask(key_valid[:, :n], n - p), cache, visual, last_only=True
+        )[:, -1]
+        cache.advance(n - p)
+        batch = Prefill(ids, positions, key_valid, visual, [n])
+        return batch, cache, logits
 
     @staticmethod
     def _pick(

@@ -32,6 +32,18 @@ class KVCache:
         self.v[layer_idx][:, :, self.length : end] = v
         return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
 
+    def load_prefix(self, kv: list[tuple[Tensor, Tensor]]) -> None:
+        """Start from saved keys/values (per layer (B, kv, P, d)) of the first P slots."""
+        if len(kv) != len(self.k):
+            raise ValueError(f"{len(kv)} layers of saved keys/values for a {len(self.k)}-layer cache")
+        p = kv[0][0].shape[2]
+        if p > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {p} > {self.max_len}")
+        for i, (k, v) in enumerate(kv):
+            self.k[i][:, :, :p] = k
+            self.v[i][:, :, :p] = v
+        self.length = p
+
     def advance(self, n: int) -> None:
         """Mark `n` more slots as written (call once per model forward, after all layers)."""
         self.length += n

@@ -17,10 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from owl3.model.layers import RotaryEmbedding, apply_rope, repeat_kv
+from owl3.model.layers import RotaryEmbedding, apply_rope, attend_grouped, repeat_kv
 
 # key_starts value of a padding visual token: larger than any query position, so never visible
 NEVER = 2**62
+# visual tokens per chunk when computing the visual K/V (bounds the fp32 temporaries of norm and RoPE)
+KV_CHUNK = 1 << 16
+# most elements of one prefill cross-attention mask block (mask rows x visual tokens)
+MASK_BUDGET = 1 << 30
+# most queries per prefill block: smaller blocks skip more of the visual tokens that no query of theirs sees
+QUERY_BLOCK = 512
+# most bytes of visual K/V repeated per query head in a prefill (beyond it heads are grouped, not copied)
+REPEAT_KV_BUDGET = 8 << 30
 
 
 @dataclass
@@ -33,6 +41,9 @@ class VisualContext:
     positions:  (B, M) int64, MI-RoPE position of each token: s_k + 1 (gated variant)
     kv:         per hyper layer, the rotated keys and the values (B, kv_heads, M, d), filled lazily
     recompute:  recompute kv at every forward, as the official code does (benchmarks only)
+    padded:     some row has padding visual tokens (rows with different image counts)
+    after_prompt: set by the engine once the prompts are in the cache: every later query lies after every
+                image of its row, so the s_k < p mask is all-true on real visual tokens and is skipped
     """
 
     features: Tensor
@@ -40,12 +51,20 @@ class VisualContext:
     positions: Tensor
     kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     recompute: bool = False
+    padded: bool = False
+    after_prompt: bool = False
+    decode_mask: tuple[Tensor, Tensor | None] | None = None  # (seen, mask) of decode steps, made once
 
     @classmethod
     def build(cls, features: list[Tensor | None], starts: list[list[int]], offset: int = 1) -> VisualContext:
         """Pack per-sample features (n_img, T, D) and image-token indices s_k into a padded batch."""
         ref = next(f for f in features if f is not None)
         t, d = ref.shape[1], ref.shape[2]
+        if len(features) == 1:  # one sample: its features as they are, no padded copy
+            s_t = torch.tensor(starts[0], dtype=torch.long, device=ref.device).repeat_interleave(t)
+            if ref.shape[0] != len(starts[0]):
+                raise ValueError(f"sample 0: {ref.shape[0]} images but {len(starts[0])} image tokens")
+            return cls(ref.reshape(1, -1, d), s_t[None], (s_t + offset)[None])
         m = max((0 if f is None else f.shape[0] * t) for f in features)
         b = len(features)
         feats = ref.new_zeros(b, m, d)
@@ -61,11 +80,33 @@ class VisualContext:
             s_t = torch.tensor(s, dtype=torch.long, device=ref.device).repeat_interleave(t)
             key_starts[i, :n] = s_t
             positions[i, :n] = s_t + offset
-        return cls(feats, key_starts, positions)
+        padded = any((0 if f is None else f.shape[0] * t) < m for f in features)
+        return cls(feats, key_starts, positions, padded=padded)
+
+    @classmethod
+    def from_kv(
+        cls, kv: dict[int, tuple[Tensor, Tensor]], starts: list[int], tokens_per_image: int, offset: int = 1
+    ) -> VisualContext:
+        """One sample whose visual K/V are already computed (e.g. loaded from a saved memory)."""
+        k0 = next(iter(kv.values()))[0]  # (1, kv, M, d)
+        s_t = torch.tensor(starts, dtype=torch.long, device=k0.device).repeat_interleave(tokens_per_image)
+        feats = k0.new_zeros(1, s_t.shape[0], 0)  # never read: every hyper layer's K/V is given
+        return cls(feats, s_t[None], (s_t + offset)[None], kv=dict(kv))
 
     @property
     def n_tokens(self) -> int:
         return self.features.shape[1]
+
+    def make_decode_mask(self) -> tuple[Tensor, Tensor | None]:
+        """(seen (B, 1), mask (B, 1, 1, M) or None) of every query after the prompt."""
+        valid = self.key_starts < NEVER  # (B, M)
+        seen = valid.any(-1, keepdim=True)  # (B, 1)
+        return seen, (valid | ~seen)[:, None, None, :] if self.padded else None
+
+    def start_decoding(self) -> None:
+        """Called once the prompts are in the cache: later queries lie after all images of their row."""
+        self.after_prompt = True
+        self.decode_mask = self.make_decode_mask()  # the same at every step; made outside compiled code
 
 
 def visual_kv(
@@ -81,39 +122,104 @@ def visual_kv(
     if not ctx.recompute and layer_idx in ctx.kv:
         return ctx.kv[layer_idx]
     b, m, _ = ctx.features.shape
-    kv = v_kv_proj(norm(ctx.features))  # (B, M, kv * 2 * d), channel (h * 2 + j) * d + e
-    kv = kv.view(b, m, n_kv_heads, 2, head_dim).permute(3, 0, 2, 1, 4)  # (2, B, kv, M, d)
-    k, v = kv[0], kv[1]
-    # MI-RoPE: every token of image k rotated by one position; computed and applied in float32
-    cos, sin = rope(ctx.positions, torch.float32)
-    k = apply_rope(k.float(), cos, sin).to(v.dtype)
+    if m <= KV_CHUNK:
+        k, v = _project_kv(ctx.features, ctx.positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
+    else:
+        # bounded memory for thousands of images: the fp32 norm and RoPE temporaries are per chunk
+        k = ctx.features.new_empty(b, n_kv_heads, m, head_dim)
+        v = torch.empty_like(k)
+        for i in range(0, m, KV_CHUNK):
+            j = min(m, i + KV_CHUNK)
+            k[:, :, i:j], v[:, :, i:j] = _project_kv(
+                ctx.features[:, i:j], ctx.positions[:, i:j], norm, v_kv_proj, rope, n_kv_heads, head_dim
+            )
     if not ctx.recompute:
         ctx.kv[layer_idx] = (k.contiguous(), v.contiguous())
     return k, v
 
 
+def _project_kv(
+    features: Tensor,
+    positions: Tensor,
+    norm: nn.Module,
+    v_kv_proj: nn.Linear,
+    rope: RotaryEmbedding,
+    n_kv_heads: int,
+    head_dim: int,
+) -> tuple[Tensor, Tensor]:
+    b, m, _ = features.shape
+    kv = v_kv_proj(norm(features))  # (B, M, kv * 2 * d), channel (h * 2 + j) * d + e
+    kv = kv.view(b, m, n_kv_heads, 2, head_dim).permute(3, 0, 2, 1, 4)  # (2, B, kv, M, d)
+    k, v = kv[0], kv[1]
+    # MI-RoPE: every token of image k rotated by one position; computed and applied in float32
+    cos, sin = rope(positions, torch.float32)
+    return apply_rope(k.float(), cos, sin).to(v.dtype), v
+
+
 def cross_attention(
-    q: Tensor, k: Tensor, v: Tensor, key_starts: Tensor, positions: Tensor
+    q: Tensor, k: Tensor, v: Tensor, ctx: VisualContext, positions: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Text queries over visual keys.
 
-    q (B, H, L, d) already rotated; k, v (B, kv, M, d); key_starts (B, M); positions (B, L).
+    q (B, H, L, d) already rotated; k, v (B, kv, M, d); positions (B, L).
     Returns the attention output (B, H, L, d) and `seen` (B, L): whether each query saw any image.
+    Decode steps group the query heads by kv head instead of copying k/v n_rep times. The prefill runs in
+    blocks of queries whose mask stays under MASK_BUDGET elements, each reading only the visual tokens
+    that some query of the block can see.
     """
-    mask = key_starts[:, None, :] < positions[:, :, None]  # (B, L, M)
-    seen = mask.any(-1)  # (B, L)
-    # a row that sees nothing would softmax over -inf; let it see everything and discard it later
-    mask = mask | ~seen[..., None]
-    n_rep = q.shape[1] // k.shape[1]
-    out = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask[:, None])
-    return out, seen
+    key_starts = ctx.key_starts
+    b, h, n_q, d = q.shape
+    n_kv, m = k.shape[1], k.shape[2]
+    n_rep = h // n_kv
+    if n_q == 1 and ctx.after_prompt:
+        # decode: every real visual token is visible, so no mask is built unless rows are padded
+        seen, mask = ctx.decode_mask if ctx.decode_mask is not None else ctx.make_decode_mask()
+        return attend_grouped(q, k, v, mask), seen
+    # with room for it, the K/V are repeated per query head once per layer so that each block is one
+    # kernel over all H heads (the most parallel work per launch); past REPEAT_KV_BUDGET (thousands of
+    # images) the query heads of a kv head are laid along the query axis instead, and nothing is copied
+    expand = n_rep > 1 and 2 * b * h * m * d * k.element_size() <= REPEAT_KV_BUDGET
+    if expand:
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, M, d)
+    rows = 1 if expand or n_rep == 1 else n_rep  # mask rows per query
+    block = max(1, min(QUERY_BLOCK, MASK_BUDGET // max(1, rows * m)))
+    outs, seens = [], []
+    for i in range(0, n_q, block):
+        qb, pos = q[:, :, i : i + block], positions[:, i : i + block]
+        lb = qb.shape[2]
+        # a row's images are in token order, so what any query of the block sees is a prefix of the visual
+        # tokens: the keys past it are masked for every query and are not read at all
+        # (at least one: a block before every image still runs, its output discarded by the gate, so that
+        # the visual branch stays in the autograd graph of a training step)
+        mv = max(1, int((key_starts < pos.amax(1, keepdim=True)).sum(-1).max()))
+        mask = key_starts[:, None, :mv] < pos[:, :, None]  # (B, lb, mv)
+        seen = mask.any(-1)  # (B, lb)
+        # a row that sees nothing would softmax over -inf; let it see everything and discard it later
+        mask = mask | ~seen[..., None]
+        if rows == 1:
+            out = F.scaled_dot_product_attention(qb, k[:, :, :mv], v[:, :, :mv], attn_mask=mask[:, None])
+        else:
+            # heads g*n_rep + r of kv head g become rows r*lb + p of that kv head's queries
+            qg = qb.reshape(b, n_kv, n_rep * lb, d)
+            mg = mask[:, None].expand(b, n_rep, lb, mv).reshape(b, 1, n_rep * lb, mv)
+            out = F.scaled_dot_product_attention(qg, k[:, :, :mv], v[:, :, :mv], attn_mask=mg)
+        outs.append(out.reshape(b, h, lb, d))
+        seens.append(seen)
+    if len(outs) == 1:
+        return outs[0], seens[0]
+    return torch.cat(outs, dim=2), torch.cat(seens, dim=1)
 
 
-def gate(a_self: Tensor, a_cross: Tensor, seen: Tensor, gate_proj: nn.Module) -> Tensor:
+def gate(
+    a_self: Tensor, a_cross: Tensor, seen: Tensor, gate_proj: nn.Module, all_seen: bool = False
+) -> Tensor:
     """Adaptive gate, one Linear(d, d) shared by all heads.
 
     a_self, a_cross (B, H, L, d); seen (B, L). Rows that saw no image keep a_self, ungated.
+    `all_seen` (known without looking at `seen`: decode steps of unpadded rows) skips the selection.
     """
     g = gate_proj(a_self)  # sigmoid inside gate_proj
     mixed = a_self * (1 - g) + a_cross * g
+    if all_seen:
+        return mixed
     return torch.where(seen[:, None, :, None], mixed, a_self)

@@ -18,10 +18,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        # normalized in float32, rounded to the input dtype, then scaled: Qwen2's order of operations
         dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -63,6 +62,19 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
         return x
     b, kv, t, d = x.shape
     return x[:, :, None].expand(b, kv, n_rep, t, d).reshape(b, kv * n_rep, t, d)
+
+
+def attend_grouped(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of a single query position per head, grouped-query style, without copying k/v.
+
+    q (B, H, 1, d); k, v (B, kv, S, d); mask None or bool broadcastable to (B, 1, 1, S).
+    The n_rep = H / kv query heads that read kv head g are heads g*n_rep .. g*n_rep + n_rep - 1
+    (the repeat_kv convention), so q viewed as (B, kv, n_rep, d) lines them up with their kv head.
+    """
+    b, h, _, d = q.shape
+    kv = k.shape[1]
+    out = F.scaled_dot_product_attention(q.view(b, kv, h // kv, d), k, v, attn_mask=mask)
+    return out.view(b, h, 1, d)
 
 
 class SwiGLU(nn.Module):

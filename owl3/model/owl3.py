@@ -40,10 +40,14 @@ class Owl3Model(nn.Module):
     def encode_media(self, pixels: Tensor, chunk_size: int | None = 64) -> Tensor:
         """(N, 3, S, S) pixels -> (N, T, D) projected visual features, `chunk_size` images at a time."""
         vdtype = self.vision_model.embeddings.patch_embedding.weight.dtype
-        pixels = pixels.to(self.device, vdtype)
         step = chunk_size or max(1, pixels.shape[0])
-        out = [self.vision2text_model(self.vision_model(c)) for c in pixels.split(step)]
-        return torch.cat(out).to(self.dtype)
+        out = None
+        for i in range(0, pixels.shape[0], step):
+            f = self.vision2text_model(self.vision_model(pixels[i : i + step].to(self.device, vdtype)))
+            if out is None:  # written in place, chunk by chunk: no second copy of thousands of images
+                out = f.new_empty((pixels.shape[0], *f.shape[1:]), dtype=self.dtype)
+            out[i : i + step] = f
+        return out
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.language_model.model.embed_tokens(input_ids)

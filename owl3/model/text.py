@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from owl3.config import TextConfig
 from owl3.model.hyper import VisualContext, cross_attention, gate, visual_kv
-from owl3.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, repeat_kv
+from owl3.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, attend_grouped, repeat_kv
 
 
 class Cache(Protocol):
@@ -48,27 +48,35 @@ class Attention(nn.Module):
         cache: Cache | None,
         visual: VisualContext | None,
         norm: nn.Module,
+        cos_sin: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         b, t, _ = h.shape
         q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, d)
         v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rope(positions, h.dtype)
+        cos, sin = cos_sin if cos_sin is not None else rope(positions, h.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, kv, S, d)
-        n_rep = self.n_heads // self.n_kv_heads
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        if mask is None:
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        if t == 1:
+            # one query (decode): the query heads sharing a kv head become the query axis of that kv head,
+            # so the cached keys/values are read in place instead of copied n_rep times; a (B, 1, 1, S)
+            # mask broadcasts over them
+            a = attend_grouped(q, k, v, mask)
         else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            n_rep = self.n_heads // self.n_kv_heads
+            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+            if mask is None:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if self.is_hyper and visual is not None:
             vk, vv = visual_kv(
                 visual, self.layer_idx, norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim
             )
-            a_cross, seen = cross_attention(q, vk, vv, visual.key_starts, positions)
-            a = gate(a, a_cross, seen, self.gate_proj)
+            a_cross, seen = cross_attention(q, vk, vv, visual, positions)
+            all_seen = t == 1 and visual.after_prompt and not visual.padded
+            a = gate(a, a_cross, seen, self.gate_proj, all_seen)
         return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -88,10 +96,11 @@ class DecoderLayer(nn.Module):
         mask: Tensor | None,
         cache: Cache | None,
         visual: VisualContext | None,
+        cos_sin: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         # the layer's own input RMSNorm is shared by text and visual tokens
         x = x + self.self_attn(
-            self.input_layernorm(x), positions, rope, mask, cache, visual, self.input_layernorm
+            self.input_layernorm(x), positions, rope, mask, cache, visual, self.input_layernorm, cos_sin
         )
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -114,13 +123,14 @@ class Qwen2Model(nn.Module):
         visual: VisualContext | None = None,
     ) -> Tensor:
         # x (B, T, D) embeddings -> (B, T, D) final-normed hidden states
+        cos_sin = self.rope(positions, x.dtype)  # once per forward, shared by every layer
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(
-                    layer, x, positions, self.rope, mask, cache, visual, use_reentrant=False
+                    layer, x, positions, self.rope, mask, cache, visual, cos_sin, use_reentrant=False
                 )
             else:
-                x = layer(x, positions, self.rope, mask, cache, visual)
+                x = layer(x, positions, self.rope, mask, cache, visual, cos_sin)
         return self.norm(x)
 
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Every GPU figure of docs/performance.md in one short run (under 10 minutes on one H100, 3 steps
+# with their own time limits, 580 s at most; add COMPILE=1 for the torch.compile decode figure).
+#
+# The device machine has PyTorch, Pillow, safetensors, tokenizers, numpy, tqdm and matplotlib, but not PyAV,
+# and it cannot download. So, on the development machine first (once):
+#     bash benchmarks/gpu.sh --fetch-wheels        # PyAV wheel for the device's Python 3.12 into .whl/
+# then run this script there with .whl carried, e.g. through the device tool:
+#     run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600)
+# Results land in $OUT (or ./gpu-out when OUT is unset): commit them under
+# docs/benchmarks/<date>-<card>/ and update docs/performance.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  mkdir -p .whl
+  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl "av==18.1.0"
+  ls -l .whl
+  exit 0
+fi
+
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-$PWD/gpu-out}"
+mkdir -p "$OUT"
+PY="${PY:-python3}"
+# overrides only for a dry run of this script's plumbing elsewhere (PRESET=tiny DEVICE=cpu DTYPE=float32)
+PRESET="${PRESET:-7b}"; DEVICE="${DEVICE:-cuda}"; DTYPE="${DTYPE:-bfloat16}"
+if ! $PY -c "import av" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+  else
+    echo "PyAV missing: run 'bash benchmarks/gpu.sh --fetch-wheels' here and carry .whl" >&2
+    exit 1
+  fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+OWL3="$PY -m owl3.cli"
+
+{
+  date -u +"date: %Y-%m-%d %H:%M UTC"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nproc | sed 's/^/cpu cores: /'
+} | tee "$OUT/env.txt"
+
+run() {  # run NAME CMD...: the command line, then its output, into $OUT/NAME.txt
+  local name=$1; shift
+  local line="$*"
+  echo "\$ owl3 ${line#"$PY -m owl3.cli "}" | tee "$OUT/$name.txt"
+  timeout "${STEP_TIMEOUT:-240}" "$@" 2>&1 | grep -v '^\s*$' | tee -a "$OUT/$name.txt"
+}
+
+# 1. FTL, decode and memory vs images, 7B-240728 shape, bf16: owl3 vs the official recompute vs concat.
+#    Points run by count with the methods interleaved; concat stops at its first out-of-memory count.
+#    The 400-image owl3 FTL is the issue's target (<= 1.0 s on one H100).
+STEP_TIMEOUT=300 run latency-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  --images 1,8,32,64,100,200,400 --new-tokens 32 --methods owl3,official,concat \
+  --plot "$OUT/latency-7b.png"
+
+# 2. The largest image count that fits: owl3 only, growing until the first out-of-memory.
+STEP_TIMEOUT=180 run max-images-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  --images 800,1600,2400,3200,4000 --new-tokens 8 --methods owl3
+
+# 3. Watch once, ask many: a follow-up question from a saved memory vs the first question.
+STEP_TIMEOUT=100 run memory-7b $OWL3 bench memory --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  --frames 32,128 --seconds 300
+
+# 4. Optional (COMPILE=1, about 2 more minutes): the decode step through torch.compile.
+if [[ "${COMPILE:-0}" == 1 ]]; then
+  STEP_TIMEOUT=150 run compile-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+    --images 1,32 --new-tokens 64 --methods owl3 --compile
+fi
+
+ls -l "$OUT"

@@ -1,0 +1,1 @@
+"""Benchmarks: first-token latency, decode speed and memory vs images; video frame sampling."""

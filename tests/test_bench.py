@@ -1,0 +1,201 @@
+"""Benchmarks run and report (tiny sizes; no speed is asserted here), and what they rely on is exact."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from owl3.bench.common import free_token_id, random_images, random_model, synthetic_prompt
+from owl3.cli import main
+from owl3.config import preset
+from owl3.inference.engine import Engine
+from owl3.inference.kv_cache import KVCache
+from owl3.inference.pixels import images_to_pixels, presize
+from owl3.inference.sampling import SamplingParams
+from owl3.model import VisualContext, hyper
+from owl3.model.concat import ConcatModel, expand_image_tokens
+from owl3.processing import Encoding
+from owl3.processing.image import global_view
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_bench_latency_tiny_reports_every_method(capsys, tmp_path):
+    png = tmp_path / "lat.png"
+    argv = [
+        "bench",
+        "latency",
+        "--preset",
+        "tiny",
+        "--images",
+        "1,3",
+        "--new-tokens",
+        "3",
+        "--isolate",
+        "none",
+    ]
+    plot = ["--plot", str(png)] if _has_matplotlib() else []
+    assert main(argv + plot) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("method")  # the table comes first
+    report = _last_json(out)
+    assert report["preset"] == "tiny" and report["device"] == "cpu" and report["dtype"] == "float32"
+    rows = report["results"]
+    assert {(r["method"], r["images"]) for r in rows} == {
+        (m, n) for m in ("owl3", "official", "concat") for n in (1, 3)
+    }
+    t = preset("tiny").vision.n_tokens
+    for r in rows:
+        assert r["status"] == "ok" and r["visual_tokens"] == r["images"] * t
+        assert r["ftl_s"] > 0 and r["decode_ms_per_token"] > 0 and r["peak_mem_mb"] > 0
+    concat = {r["images"]: r["sequence_tokens"] for r in rows if r["method"] == "concat"}
+    owl = {r["images"]: r["sequence_tokens"] for r in rows if r["method"] == "owl3"}
+    assert concat[3] - owl[3] == 3 * (t - 1)  # concat's sequence holds every visual token
+    if plot:
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_latency_isolated_point_and_json_only(capsys):
+    argv = [
+        "bench",
+        "latency",
+        "--preset",
+        "tiny",
+        "--images",
+        "2",
+        "--new-tokens",
+        "2",
+        "--methods",
+        "owl3",
+        "--json",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # --json: the JSON line alone
+    (row,) = json.loads(out[0])["results"]
+    assert row["status"] == "ok" and row["method"] == "owl3" and row["peak_mem_mb"] > 100  # RSS of a process
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "owl3,llava"], "unknown method"),
+        (["--images", "1,x"], "--images"),
+        (["--images", "0"], "--images"),
+        (["--preset", "huge"], "unknown preset"),
+        (["--new-tokens", "1"], "--new-tokens"),
+        (["--model", "/no/such/dir"], "does not exist"),
+    ],
+)
+def test_bench_latency_user_errors(capsys, argv, message):
+    assert main(["bench", "latency", "--isolate", "none", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("owl3: error:") and message in err and err.count("\n") == 1
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_parallel_pixels_equal_the_processor_transform():
+    images = random_images(5, 97, 61) + [Image.new("L", (40, 90), 128)]
+    ref = torch.stack([global_view(i, 56) for i in images])
+    assert torch.equal(images_to_pixels(images, 56), ref)
+    assert torch.equal(torch.stack([global_view(i, 56) for i in presize(images, 56)]), ref)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return random_model(preset("tiny"), seed=3)
+
+
+def test_concat_baseline_forward_is_sane(tiny_model):
+    cfg = tiny_model.cfg
+    image_id = free_token_id(cfg)
+    ids, starts = synthetic_prompt(2, image_id, cfg.text.vocab_size, text_per_image=3)
+    t = cfg.vision.n_tokens
+    long_ids, long_starts = expand_image_tokens(ids, starts, t)
+    assert long_ids.shape[0] == ids.shape[0] + 2 * (t - 1)
+    assert long_starts == [starts[0], starts[1] + t - 1]
+    assert (long_ids == image_id).sum() == 2 * t
+    pixels = images_to_pixels(random_images(2, 64, 48), cfg.image_size)
+    feats = tiny_model.encode_media(pixels)  # (2, T, D)
+    concat = ConcatModel(tiny_model, image_id)
+    visual = VisualContext.build([feats], [long_starts])
+    with torch.no_grad():
+        logits = concat(long_ids[None], visual=visual)  # (1, L', V)
+        # the same by hand: image-token embeddings replaced by the features, a plain causal LLM
+        x = tiny_model.embed(long_ids[None]).clone()
+        x[0, long_ids == image_id] = feats.reshape(-1, feats.shape[-1])
+        lm = tiny_model.language_model
+        ref = lm.lm_head(lm.model(x, torch.arange(x.shape[1])[None]))
+    assert torch.isfinite(logits).all() and logits.shape == (1, long_ids.shape[0], cfg.text.vocab_size)
+    torch.testing.assert_close(logits, ref)
+    # the visual features matter, and the engine's cached decode agrees with the full forward
+    with torch.no_grad():
+        other = concat(long_ids[None], visual=VisualContext.build([feats.flip(0)], [long_starts]))
+    assert not torch.allclose(other, logits)
+    engine = Engine(concat, stop_token_ids=(), pad_token_id=0, max_positions=10_000)
+    enc = Encoding(long_ids, pixels, long_starts, "")
+    toks = [ev.token_id for ev in engine.generate([enc], SamplingParams(max_new_tokens=4))]
+    full = torch.cat([long_ids, torch.tensor(toks)])[None]
+    with torch.no_grad():
+        step = concat(full, visual=VisualContext.build([feats], [long_starts]))[0, long_ids.shape[0] - 1 : -1]
+    assert step.argmax(-1).tolist() == toks
+
+
+def test_blocked_cross_attention_and_chunked_visual_kv_are_exact(tiny_model, monkeypatch):
+    cfg = tiny_model.cfg
+    ids, starts = synthetic_prompt(3, free_token_id(cfg), cfg.text.vocab_size)
+    feats = tiny_model.encode_media(images_to_pixels(random_images(3, 64, 48), cfg.image_size))
+    with torch.no_grad():
+        ref = tiny_model(ids[None], visual=VisualContext.build([feats], [starts]))
+        monkeypatch.setattr(hyper, "MASK_BUDGET", 40)  # a few queries per block
+        monkeypatch.setattr(hyper, "KV_CHUNK", 7)  # visual K/V in chunks of 7 tokens
+        out = tiny_model(ids[None], visual=VisualContext.build([feats], [starts]))
+        monkeypatch.setattr(hyper, "REPEAT_KV_BUDGET", 0)  # query heads grouped instead of K/V repeated
+        grouped = tiny_model(ids[None], visual=VisualContext.build([feats], [starts]))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_prefix_cache_loads_into_a_fresh_cache(tiny_model):
+    cache = KVCache(tiny_model.cfg.text, 1, 10, torch.float32, "cpu")
+    kv = [(torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4, 16)) for _ in range(tiny_model.cfg.text.n_layers)]
+    cache.load_prefix(kv)
+    assert cache.length == 4 and torch.equal(cache.k[1][:, :, :4], kv[1][0])
+
+
+def test_bench_video_modes(tmp_path):
+    from owl3.bench.video import decode_all, run_bench, write_test_video
+    from owl3.processing.video import frame_indices, read_video
+
+    path = write_test_video(tmp_path / "v.mp4", seconds=4, fps=25, width=64, height=48, gop=25)
+    rows = run_bench(path, [5], ["decode-all", "exact", "keyframe"])
+    assert [r["mode"] for r in rows] == ["decode-all", "exact", "keyframe"]
+    assert all(r["returned"] == 5 and r["frames_per_s"] > 0 for r in rows)
+    assert rows[0]["speedup_vs_decode_all"] == 1.0
+    everything, n = decode_all(path, frame_indices(100, frames=5))
+    assert n == 100
+    exact = read_video(path, frames=5)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(exact, everything, strict=True))
+
+
+def test_bench_video_cli_json(capsys, tmp_path):
+    argv = ["bench", "video", "--seconds", "3", "--fps", "10", "--gop", "10", "--frames", "4", "--json"]
+    assert main(argv) == 0
+    report = _last_json(capsys.readouterr().out)
+    assert report["video"]["frames"] == 30 and {r["mode"] for r in report["results"]} == {
+        "decode-all",
+        "exact",
+        "keyframe",
+    }
+    assert main(["bench", "video", "--frames", "0"]) == 2
