@@ -80,6 +80,15 @@ def _normalize(
     return msgs
 
 
+MEDIA_OPTIONS = ("cut", "frames", "fps", "max_frames", "progress")
+
+
+def _split_options(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments -> (media options for `encode`, sampling options)."""
+    media = {k: kw[k] for k in MEDIA_OPTIONS if k in kw}
+    return media, {k: v for k, v in kw.items() if k not in MEDIA_OPTIONS}
+
+
 class Owl3Pipeline:
     """A loaded model with its processor and generation engine."""
 
@@ -174,19 +183,15 @@ class Owl3Pipeline:
         return params
 
     # ------------------------------------------------------------------ generation
+    # Every generation method takes the media options of `encode` (cut, frames, fps, max_frames, progress)
+    # and the sampling options of `SamplingParams` (max_new_tokens, temperature, top_p, top_k,
+    # repetition_penalty, seed, stop) as keyword arguments.
     def generate(
-        self,
-        messages: Messages,
-        images: Sequence[Any] = (),
-        videos: Sequence[VideoInput] = (),
-        *,
-        cut: bool | None = None,
-        frames: int | None = None,
-        fps: float | None = None,
-        max_frames: int | None = None,
-        **sampling: Any,
+        self, messages: Messages, images: Sequence[Any] = (), videos: Sequence[VideoInput] = (), **kw: Any
     ) -> Completion:
-        enc = self.encode(messages, images, videos, cut=cut, frames=frames, fps=fps, max_frames=max_frames)
+        """The answer to a conversation, with its token ids and finish reason."""
+        media, sampling = _split_options(kw)
+        enc = self.encode(messages, images, videos, **media)
         return self._complete([enc], self.sampling(**sampling))[0]
 
     def chat(
@@ -196,37 +201,12 @@ class Owl3Pipeline:
         return self.generate(messages, images, videos, **kw).text
 
     def stream(
-        self,
-        messages: Messages,
-        images: Sequence[Any] = (),
-        videos: Sequence[VideoInput] = (),
-        *,
-        cut: bool | None = None,
-        frames: int | None = None,
-        fps: float | None = None,
-        max_frames: int | None = None,
-        progress: bool = False,
-        **sampling: Any,
+        self, messages: Messages, images: Sequence[Any] = (), videos: Sequence[VideoInput] = (), **kw: Any
     ) -> Iterator[str]:
         """The answer as text pieces, as they are generated; never splits a UTF-8 character."""
-        enc = self.encode(
-            messages,
-            images,
-            videos,
-            cut=cut,
-            frames=frames,
-            fps=fps,
-            max_frames=max_frames,
-            progress=progress,
-        )
-        detok = StreamDetokenizer(self.tokenizer)
-        for ev in self.engine.generate([enc], self.sampling(**sampling)):
-            piece = detok.push(ev.token_id)
-            if piece:
-                yield piece
-        tail = detok.flush()
-        if tail:
-            yield tail
+        media, sampling = _split_options(kw)
+        enc = self.encode(messages, images, videos, **media)
+        return self._stream(enc, self.sampling(**sampling))
 
     def chat_batch(
         self, conversations: Sequence[Conversation | dict[str, Any]], **sampling: Any
@@ -243,10 +223,24 @@ class Owl3Pipeline:
             encs.append(self.encode(conv.messages, conv.images, conv.videos, cut=conv.cut, **conv.extra))
         return [c.text for c in self._complete(encs, self.sampling(**sampling))]
 
-    def _complete(self, encs: list[Encoding], params: SamplingParams) -> list[Completion]:
+    def _stream(
+        self, enc: Encoding, params: SamplingParams, memory: VisualMemory | None = None
+    ) -> Iterator[str]:
+        detok = StreamDetokenizer(self.tokenizer)
+        for ev in self.engine.generate([enc], params, memory=memory):
+            piece = detok.push(ev.token_id)
+            if piece:
+                yield piece
+        tail = detok.flush()
+        if tail:
+            yield tail
+
+    def _complete(
+        self, encs: list[Encoding], params: SamplingParams, memory: VisualMemory | None = None
+    ) -> list[Completion]:
         ids: list[list[int]] = [[] for _ in encs]
         reasons = ["length"] * len(encs)
-        for ev in self.engine.generate(encs, params):
+        for ev in self.engine.generate(encs, params, memory=memory):
             ids[ev.index].append(ev.token_id)
             if ev.finish_reason:
                 reasons[ev.index] = ev.finish_reason
@@ -270,7 +264,14 @@ class Owl3Pipeline:
     ) -> VisualMemory:
         """Encode media once into a `VisualMemory` (save it with `.save(path)`); ask it with `ask`."""
         return watch(
-            self, images, videos, system=system, cut=cut, frames=frames, fps=fps, max_frames=max_frames,
+            self,
+            images,
+            videos,
+            system=system,
+            cut=cut,
+            frames=frames,
+            fps=fps,
+            max_frames=max_frames,
             progress=progress,
         )
 
@@ -293,27 +294,12 @@ class Owl3Pipeline:
     def ask_stream(self, memory: VisualMemory | str | Path, question: str, **sampling: Any) -> Iterator[str]:
         """Answer a question from a memory (or a memory file), streaming text pieces."""
         mem = memory if isinstance(memory, VisualMemory) else self.load_memory(memory)
-        enc = self.ask_encoding(mem, question)
-        detok = StreamDetokenizer(self.tokenizer)
-        for ev in self.engine.generate([enc], self.sampling(**sampling), memory=mem):
-            piece = detok.push(ev.token_id)
-            if piece:
-                yield piece
-        tail = detok.flush()
-        if tail:
-            yield tail
+        return self._stream(self.ask_encoding(mem, question), self.sampling(**sampling), mem)
 
     def ask(self, memory: VisualMemory | str | Path, question: str, **sampling: Any) -> Completion:
         """Answer a question from a memory: no media decoding, no vision tower, no media prefill."""
         mem = memory if isinstance(memory, VisualMemory) else self.load_memory(memory)
-        enc = self.ask_encoding(mem, question)
-        ids: list[int] = []
-        reason = "length"
-        for ev in self.engine.generate([enc], self.sampling(**sampling), memory=mem):
-            ids.append(ev.token_id)
-            reason = ev.finish_reason or reason
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Completion(text, ids, reason, int(enc.input_ids.shape[0]))
+        return self._complete([self.ask_encoding(mem, question)], self.sampling(**sampling), mem)[0]
 
     @torch.inference_mode()
     def logits(
