@@ -427,3 +427,16 @@ def test_bfloat16_loading(tiny_pipe, tiny_dir, img):
     assert (got - ref).abs().max() < 0.1 * scale
     assert torch.nn.functional.cosine_similarity(got, ref, dim=-1).min() > 0.98
     assert isinstance(bf.chat("Describe", images=[img], max_new_tokens=3), str)
+
+
+def test_241101_family_is_refused_clearly(tiny_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "m241101"
+    shutil.copytree(tiny_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["vision_batch_size"] = 16  # only the 241101 family has it
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(owl3.Owl3Error, match="241101"):
+        owl3.load(folder)

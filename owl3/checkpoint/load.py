@@ -108,6 +108,11 @@ def load_model(
     """Build the model of a checkpoint folder and load its weights in place."""
     folder = Path(path)
     cfg = read_config(folder)
+    if cfg.attention != "gated":
+        raise Owl3Error(
+            f"{str(folder)!r} is a 241101-family checkpoint (fused hyper attention), which owl3 does not run "
+            "yet; use a 240728-family checkpoint (7B-240728, 1B-241014, 2B-241014)"
+        )
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
     files = weight_files(folder)
     with torch.device("meta"):
