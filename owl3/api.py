@@ -29,7 +29,7 @@ from owl3.processing import Encoding, Processor, load_image
 from owl3.processing.chat import chat_segments
 from owl3.processing.video import read_video
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "tiny-random"
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "demo"  # the demo model trained by owl3 (docs/demo.md)
 PRESIZE_MIN_VIEWS = 4  # from this many images/frames, resize them in parallel before the processor
 
 Messages = str | Sequence[dict[str, str]]

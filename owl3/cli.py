@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
 
+    from owl3.demo.command import add_parser as add_demo_parser  # `owl3 demo`, `owl3 demo-train`
+
+    add_demo_parser(sub)
 
     from owl3.training.cli import add_build_parser, add_train_parser  # `owl3 train`, `owl3 build`
 

@@ -31,6 +31,33 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("out", type=Path)
     w.add_argument("--rows", default="8000,16000,16000", help="rows of perception,binding,long")
     w.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("train", help="train the demo model from scratch into DIR (DIR/model; ~18 min)")
+    r.add_argument("out", type=Path)
+    r.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this model)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--pool", type=int, default=20_000, help="distinct scenes to draw images from")
+    r.add_argument("--preset", default="demo")
+    r.add_argument(
+        "--recipe",
+        default="shipped",
+        choices=("shipped", "next", "see"),
+        help="phases (see owl3/demo/train.py)",
+    )
+    r.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("check", help="does MODEL use its images? loss with right/rolled/black images")
+    c.add_argument("model", type=Path)
+    c.add_argument("data", type=Path, help="a training set (one-image rows are used)")
+    c.add_argument("-n", type=int, default=16, help="rows (default 16)")
+    a = sub.add_parser("ablation", help="hyper vs no-MI-RoPE vs no-gate vs concat, same data and steps")
+    a.add_argument("start", type=Path, help="checkpoint all variants start from")
+    a.add_argument("out", type=Path)
+    a.add_argument("--steps", type=int, default=200)
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--variants", default="hyper,no-mirope,no-gate,concat")
+    a.add_argument("--images", default="1,5,8")
+    a.add_argument("--limit", type=int, default=40)
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -44,7 +71,34 @@ def _run(args: argparse.Namespace) -> int:
     from owl3.demo.model import init_checkpoint
     from owl3.demo.tokenizer import build_tokenizer
 
-    if args.cmd == "tokenizer":
+    if args.cmd == "check":
+        import json
+
+        from owl3.demo.check import vision_check
+
+        print(json.dumps(vision_check(args.model, args.data, args.n)))
+        return 0
+    if args.cmd == "ablation":
+        import json
+
+        from owl3.demo.ablation import run_ablation
+
+        res = run_ablation(
+            args.start, args.out, args.steps, variants=args.variants.split(","), batch_size=args.batch_size,
+            limit=args.limit, images=[int(x) for x in args.images.split(",")],
+        )  # fmt: skip
+        print(json.dumps(res, indent=2))
+        return 0
+    if args.cmd == "train":
+        from owl3.demo.train import RECIPES, train_demo
+
+        if args.scale <= 0 or args.batch_size < 1 or args.threads < 1:
+            raise Owl3Error("--scale must be > 0, --batch-size and --threads >= 1")
+        train_demo(
+            args.out, scale=args.scale, batch_size=args.batch_size, threads=args.threads, seed=args.seed,
+            pool=args.pool, preset=args.preset, progress=not args.no_progress, phases=RECIPES[args.recipe],
+        )  # fmt: skip
+    elif args.cmd == "tokenizer":
         tok = build_tokenizer(args.out)
         print(f"{args.out}: {tok.get_vocab_size()} tokens")
     elif args.cmd == "init":

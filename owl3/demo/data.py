@@ -55,6 +55,11 @@ class Mix:
     log_uniform: bool = False  # draw the image count log-uniformly (more small counts)
     hard: float = 0.5  # share of distractors that show the shape the question names
     label_after: float = 0.0  # share of multi rows in the "<|image|> (Image k)" layout
+    # share of multi / which rows numbered from a random start (`Image 41: ... Image 48:`), a window of a
+    # list of up to `max_label` images: every label token up to max_label is trained without long rows
+    window: float = 0.0
+    max_label: int = 128
+    kinds: tuple[str, ...] | None = None  # question kinds of single / multi rows (default: all)
     n_frames: int = 8
 
 
@@ -105,10 +110,10 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
         return Row(q.kind, q.prompt, q.answer, video=q)
     r -= mix.video
     if r < mix.which:
-        return _which_row(rng, pool, n_images(rng, mix))
+        return _which_row(rng, pool, n_images(rng, mix), mix)
     r -= mix.which
     n = 1 if r < mix.single else n_images(rng, mix)
-    kind = rng.choice(SINGLE_KINDS)
+    kind = rng.choice(mix.kinds or SINGLE_KINDS)
     while True:
         target = pool.pick(rng)
         qa = ask(pool.scenes[target], kind, rng)
@@ -123,18 +128,29 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     x = rng.randint(1, n)
     others.insert(x - 1, target)
     style = "label_after" if rng.random() < mix.label_after else "official"
-    prompt = f"{image_list(n, style)}. In Image {x}, {lower_first(qa.question)}"
+    start = _start(rng, mix, n)
+    prompt = f"{image_list(n, style, start)}. In Image {start + x - 1}, {lower_first(qa.question)}"
     return Row(kind, prompt, qa.answer, tuple(others))
 
 
-def _which_row(rng: random.Random, pool: ScenePool, n: int) -> Row:
+def _start(rng: random.Random, mix: Mix, n: int) -> int:
+    """1, or (with probability `mix.window`) a random first label of a window of `n` labels."""
+    if mix.window <= 0 or rng.random() >= mix.window or n >= mix.max_label:
+        return 1
+    return rng.randint(1, mix.max_label - n + 1)
+
+
+def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix | None = None) -> Row:
     kind = rng.choice(WHICH_KINDS)
     target = pool.pick(rng, (lambda s: s.word is not None) if kind == "which_word" else (lambda s: True))
     question, tail, has = which_property(pool.scenes[target], kind, rng)
     others = [pool.pick(rng, lambda s: not has(s)) for _ in range(n - 1)]
     x = rng.randint(1, n)
     others.insert(x - 1, target)
-    return Row(kind, f"{image_list(n)}. {question}", f"Image {x} {tail}", tuple(others))
+    start = _start(rng, mix, n) if mix is not None else 1
+    return Row(
+        kind, f"{image_list(n, start=start)}. {question}", f"Image {start + x - 1} {tail}", tuple(others)
+    )
 
 
 # ----------------------------------------------------------------------------------------- writing

@@ -186,13 +186,15 @@ def single_question(rng: random.Random, kind: str | None = None) -> Question:
 
 
 # ------------------------------------------------------------------------------------- many images
-def image_list(n: int, style: str = "official") -> str:
+def image_list(n: int, style: str = "official", start: int = 1) -> str:
     """`Image 1: <|image|> Image 2: <|image|> ... Image N: <|image|>` (the paper's layout), or, with
-    style "label_after", `<|image|> (Image 1) <|image|> (Image 2) ...` (a training-only variant)."""
+    style "label_after", `<|image|> (Image 1) <|image|> (Image 2) ...` (a training-only variant).
+    `start` numbers the images from there on (training windows of a longer list)."""
+    labels = range(start, start + n)
     if style == "official":
-        return " ".join(f"Image {i}: {IMAGE}" for i in range(1, n + 1))
+        return " ".join(f"Image {i}: {IMAGE}" for i in labels)
     if style == "label_after":
-        return " ".join(f"{IMAGE} (Image {i})" for i in range(1, n + 1))
+        return " ".join(f"{IMAGE} (Image {i})" for i in labels)
     raise ValueError(f"unknown image-list style {style!r}")
 
 

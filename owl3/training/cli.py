@@ -67,6 +67,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--gradient-checkpointing", action="store_true", default=S, help="recompute layers in backward"
     )
     g.add_argument("--bf16", action="store_true", default=S, help="bf16 mixed precision")
+    g.add_argument(
+        "--train-vision", action="store_true", default=S, help="train the vision tower too (from scratch)"
+    )
     g.add_argument("--device", default=S, help="auto, cpu or cuda (auto)")
     g.add_argument(
         "--strategy", choices=("auto", "ddp", "fsdp"), default=S, help="multi-process engine (auto)"

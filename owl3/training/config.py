@@ -48,6 +48,9 @@ class TrainConfig:
     warmup: float = 0.03
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    # lr multiplier of the vision tower and projector: their output is RMS-normed in the hyper layers, so
+    # their scale is free to grow under Adam until the gradients reaching them vanish (from-scratch models)
+    vision_lr_scale: float = 1.0
     max_grad_norm: float = 1.0
     # data
     seq_len: int | None = None  # longer samples are bad data (skipped or refused), never truncated
@@ -59,6 +62,9 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes that load and encode samples
     # compute
     gradient_checkpointing: bool = False
+    train_vision: bool = (
+        False  # train the vision tower too (a model trained from scratch; the paper freezes it)
+    )
     bf16: bool = False  # bf16 mixed precision (fp32 master weights and optimizer state)
     device: str = "auto"  # auto = cuda:LOCAL_RANK if available, else cpu
     strategy: str = "auto"  # auto: none for 1 process, DDP below 1B parameters, FSDP2 above

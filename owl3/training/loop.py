@@ -137,13 +137,13 @@ class Trainer:
         self.lora_cfg = stages.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if lora else None
         if lora and resume_from is not None:
             stages.load_adapter_state(model, *read_adapter(resume_from / "adapter"))
-        self.trainable = stages.apply_stage(model, cfg.stage)
+        self.trainable = stages.apply_stage(model, cfg.stage, cfg.train_vision)
         self.scalings = stages.lora_scalings(model) if lora else {}
         model.language_model.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model = model.to(env.device).train()
         n_params = sum(p.numel() for p in model.parameters())
         self.strategy = D.pick_strategy(cfg.strategy, env, n_params)
-        self.step_module = TrainStep(self.model, always_visual=env.distributed)
+        self.step_module = TrainStep(self.model, always_visual=env.distributed, train_vision=cfg.train_vision)
         self.wrapped = D.wrap(self.step_module, env, self.strategy, cfg.bf16)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.say(
@@ -155,11 +155,16 @@ class Trainer:
     def build_optimizer(self) -> None:
         """AdamW and the lr schedule, after wrapping (FSDP2 replaces the parameters by sharded ones)."""
         cfg = self.cfg
-        params = [p for p in self.wrapped.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
+        named = [(n, p) for n, p in self.wrapped.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        groups = []
+        for vision in (False, True):  # the vision tower + projector may get their own lr (vision_lr_scale)
+            mine = [p for n, p in named if ("vision" in n) == vision]
+            lr = cfg.lr * (cfg.vision_lr_scale if vision else 1.0)
+            groups.append(
+                {"params": [p for p in mine if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr}
+            )
+            groups.append({"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
         self.params = params
         self.optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.adam_betas

@@ -1,6 +1,7 @@
 """Which parameters each training stage trains, LoRA adapters (PEFT), and merging them back.
 
-Stages (paper, docs/mplug-owl3.md §6); the vision tower is frozen in all of them:
+Stages (paper, docs/mplug-owl3.md §6); the vision tower is frozen in all of them
+(`train_vision` unfreezes it for a model trained from scratch, e.g. the demo model):
 - pretrain:            projector (vision2text_model) + every hyper layer's v_kv_proj and gate
 - multi-image, sft:    projector + the whole language model (hyper modules included)
 - lora:                LoRA adapters on the LLM's linear layers (q/k/v/o, gate/up/down of every decoder
@@ -36,10 +37,11 @@ def is_new_module(name: str) -> bool:
     return NEW_MODULE_PATTERN.match(name) is not None
 
 
-def is_trainable(name: str, stage: str) -> bool:
-    """The stage policy for one parameter name (of an Owl3Model, LoRA-injected or not)."""
+def is_trainable(name: str, stage: str, train_vision: bool = False) -> bool:
+    """The stage policy for one parameter name (of an Owl3Model, LoRA-injected or not); `train_vision`
+    unfreezes the vision tower (for a model trained from scratch; not with LoRA)."""
     if name.startswith("vision_model."):
-        return False
+        return train_vision and stage != "lora"
     if stage == "pretrain":
         return is_new_module(name)
     if stage in ("multi-image", "sft"):
@@ -49,11 +51,11 @@ def is_trainable(name: str, stage: str) -> bool:
     raise Owl3Error(f"unknown stage {stage!r}")
 
 
-def apply_stage(model: nn.Module, stage: str) -> list[str]:
+def apply_stage(model: nn.Module, stage: str, train_vision: bool = False) -> list[str]:
     """Set requires_grad per the stage; returns the trainable parameter names."""
     names = []
     for name, p in model.named_parameters():
-        p.requires_grad_(is_trainable(name, stage))
+        p.requires_grad_(is_trainable(name, stage, train_vision))
         if p.requires_grad:
             names.append(name)
     if not names:

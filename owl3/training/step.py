@@ -25,9 +25,16 @@ from owl3.training.encode import IGNORE
 
 
 class TrainStep(nn.Module):
-    def __init__(self, model: Owl3Model, always_visual: bool = False, vision_chunk: int = 64) -> None:
+    def __init__(
+        self,
+        model: Owl3Model,
+        always_visual: bool = False,
+        vision_chunk: int = 64,
+        train_vision: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
+        self.train_vision = train_vision
         self.always_visual = always_visual
         self.vision_chunk = vision_chunk
 
@@ -65,7 +72,7 @@ class TrainStep(nn.Module):
                 return None
             s = m.cfg.vision.image_size
             pixel_values = torch.zeros(1, 3, s, s, device=device)
-        with torch.no_grad():  # the vision tower is frozen in every stage
+        with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):  # frozen unless trained
             feats = torch.cat([m.vision_model(c) for c in pixel_values.split(self.vision_chunk)])
         feats = m.vision2text_model(feats)  # (N, T_img, D)
         if blank:
