@@ -93,6 +93,10 @@ def _sampling(args: argparse.Namespace) -> dict:
     )
 
 
+def _media(args: argparse.Namespace) -> dict:
+    return dict(cut=args.cut, frames=args.frames, fps=args.fps, max_frames=args.max_frames)
+
+
 def _load(args: argparse.Namespace):
     import owl3
 
@@ -109,11 +113,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         messages,
         images=args.image,
         videos=args.video,
-        cut=args.cut,
-        frames=args.frames,
-        fps=args.fps,
-        max_frames=args.max_frames,
         progress=True,
+        **_media(args),
         **_sampling(args),
     ):
         sys.stdout.write(piece)
@@ -156,11 +157,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         images,
         videos,
         system=args.system,
-        cut=args.cut,
-        frames=args.frames,
-        fps=args.fps,
-        max_frames=args.max_frames,
         progress=True,
+        **_media(args),
     )
     out = mem.save(args.output)
     size = out.stat().st_size / 2**20
