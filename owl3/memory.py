@@ -34,10 +34,10 @@ from torch import Tensor
 
 from owl3.errors import Owl3Error
 from owl3.inference.kv_cache import KVCache
-from owl3.inference.pixels import images_to_pixels
 from owl3.model import Owl3Model, VisualContext
-from owl3.processing.chat import chat_segments, cut_prompt
-from owl3.processing.image import image_views, load_image
+from owl3.processing.chat import IM_END
+
+USER_HEADER = "<|im_start|>user\n"
 
 if TYPE_CHECKING:
     from owl3.api import Owl3Pipeline
@@ -220,34 +220,20 @@ def watch(
     if not images and not videos:
         raise Owl3Error("nothing to encode: give at least one image or video")
     model, proc = pipe.model, pipe.processor
-    size, tok = model.cfg.image_size, proc.image_token
-    if cut is None:
-        cut = len(images) == 1 and not videos
-    cut = cut and not videos  # the processor never crops when a video is present
-    views: list[Tensor] = []
-    parts: list[str] = []
-    loaded = [load_image(i) for i in images]
-    if cut:
-        for img in loaded:
-            pixels, grid = image_views(img, size, True)
-            views.append(pixels)
-            parts.append(cut_prompt(*grid, tok) if grid else tok)
-    elif loaded:
-        views.append(images_to_pixels(loaded, size))
-        parts.append(tok * len(loaded))
-    for v in videos:
-        fr = pipe.load_video(v, frames=frames, fps=fps, max_frames=max_frames, progress=progress)
-        views.append(images_to_pixels(fr, size))
-        parts.append(tok * len(fr))
-    media_text = "".join(parts)
+    # the same processing as pipe.generate(question, images, videos): placeholders first, then the question
+    placeholders = proc.image_token * len(images) + proc.video_token * len(videos)
     msgs = [{"role": "system", "content": system}] if system else []
-    msgs.append({"role": "user", "content": media_text + "\n"})
-    ids, starts = proc._tokenize(chat_segments(msgs))
+    msgs.append({"role": "user", "content": placeholders + "\n"})
+    enc = pipe.encode(
+        msgs, images, videos, cut=cut, frames=frames, fps=fps, max_frames=max_frames, progress=progress
+    )
+    starts = enc.media_starts
     p = starts[-1] + 1  # the prefix ends with the last image token: nothing before it depends on the question
-    prefix = ids[:p]
-    pixels = torch.cat(views)
-    if pixels.shape[0] != len(starts):
-        raise Owl3Error(f"{pixels.shape[0]} image views but {len(starts)} image tokens; check the media")
+    prefix = enc.input_ids[:p]
+    pixels = enc.pixel_values
+    # the user turn's media text as the processor expanded it (crop prompts, one token per frame)
+    user = enc.prompt.rsplit(USER_HEADER, 1)[1]
+    media_text = user[: user.rindex("\n" + IM_END)]
 
     feats = model.encode_media(pixels, pipe.engine.vision_chunk_size)  # (N, T, D)
     visual = VisualContext.build([feats], [starts])
