@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of docs/performance.md in one short run (under 10 minutes on one H100, 3 steps
-# with their own time limits, 580 s at most; add COMPILE=1 for the torch.compile decode figure).
+# Every GPU figure of docs/performance.md in one short run (about 4 minutes on one H100; 3 steps with
+# their own time limits, 380 s at most; add COMPILE=1 for the torch.compile decode figure).
 #
 # The device machine has PyTorch, Pillow, safetensors, tokenizers, numpy, tqdm and matplotlib, but not PyAV,
 # and it cannot download. So, on the development machine first (once):
@@ -54,24 +54,33 @@ run() {  # run NAME CMD...: the command line, then its output, into $OUT/NAME.tx
   timeout "${STEP_TIMEOUT:-240}" "$@" 2>&1 | grep -v '^\s*$' | tee -a "$OUT/$name.txt"
 }
 
+# the counts, overridable only for a dry run of the plumbing (e.g. LAT_IMAGES=1,2 MAX_IMAGES=4,8)
+LAT_IMAGES="${LAT_IMAGES:-1,8,32,100,200,400}"
+MAX_IMAGES="${MAX_IMAGES:-1000,2000,3000,4000,4500,5000}"
+FRAMES="${FRAMES:-32,128}"
+
+# 0. Fail fast (seconds, not minutes) when the package or PyAV does not import.
+$PY -c "import av, owl3.cli, owl3.bench.latency; print('owl3 imports, av', av.__version__)" || exit 1
+
 # 1. FTL, decode and memory vs images, 7B-240728 shape, bf16: owl3 vs the official recompute vs concat.
-#    Points run by count with the methods interleaved; concat stops at its first out-of-memory count.
+#    Points run by count with the methods interleaved; a method stops at its first out-of-memory count or
+#    after a point that took over 20 s (concat's prefill grows with the square of the visual tokens).
 #    The 400-image owl3 FTL is the target (<= 1.0 s on one H100).
-STEP_TIMEOUT=300 run latency-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
-  --images 1,8,32,64,100,200,400 --new-tokens 32 --methods owl3,official,concat \
+STEP_TIMEOUT=180 run latency-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  --images "$LAT_IMAGES" --new-tokens 32 --methods owl3,official,concat --stop-after 20 \
   --plot "$OUT/latency-7b.png"
 
 # 2. The largest image count that fits: owl3 only, growing until the first out-of-memory.
-STEP_TIMEOUT=180 run max-images-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
-  --images 800,1600,2400,3200,4000 --new-tokens 8 --methods owl3
+STEP_TIMEOUT=120 run max-images-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  --images "$MAX_IMAGES" --new-tokens 2 --methods owl3 --stop-after 60
 
 # 3. Watch once, ask many: a follow-up question from a saved memory vs the first question.
-STEP_TIMEOUT=100 run memory-7b $OWL3 bench memory --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
-  --frames 32,128 --seconds 300
+STEP_TIMEOUT=60 run memory-7b $OWL3 bench memory --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  --frames "$FRAMES" --seconds 300
 
-# 4. Optional (COMPILE=1, about 2 more minutes): the decode step through torch.compile.
+# 4. Optional (COMPILE=1, at most 70 s more): the decode step through torch.compile.
 if [[ "${COMPILE:-0}" == 1 ]]; then
-  STEP_TIMEOUT=150 run compile-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  STEP_TIMEOUT=70 run compile-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
     --images 1,32 --new-tokens 64 --methods owl3 --compile
 fi
 

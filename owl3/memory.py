@@ -74,7 +74,10 @@ def _identity(model: Owl3Model, state: dict[str, Tensor]) -> str:
     for name, t in sorted(state.items()):
         flat = t.detach().reshape(-1)
         n = flat.numel()
-        idx = torch.linspace(0, n - 1, min(n, SAMPLES_PER_TENSOR), device=flat.device).long()
+        k = min(n, SAMPLES_PER_TENSOR)
+        # evenly spaced indices in integer arithmetic: a float32 linspace rounds past the end of
+        # tensors of more than 2^24 elements (a 7B embedding) and indexes out of bounds
+        idx = torch.arange(k, device=flat.device) * (n - 1) // max(k - 1, 1)
         sample = flat[idx].to(torch.bfloat16).float().cpu()
         h.update(name.encode())
         h.update(sample.numpy().tobytes())

@@ -80,6 +80,17 @@ def test_bench_latency_isolated_point_and_json_only(capsys):
     assert row["status"] == "ok" and row["method"] == "owl3" and row["peak_mem_mb"] > 100  # RSS of a process
 
 
+def test_bench_latency_stop_after_skips_larger_counts(capsys):
+    # every point takes more than 0 s: each method runs its smallest count only, the rest are reported
+    argv = ["bench", "latency", "--preset", "tiny", "--images", "1,2,3", "--new-tokens", "2"]
+    assert main([*argv, "--methods", "owl3,concat", "--isolate", "none", "--stop-after", "0"]) == 0
+    rows = _last_json(capsys.readouterr().out)["results"]
+    status = {(r["method"], r["images"]): r["status"] for r in rows}
+    assert status["owl3", 1] == "ok" and status["concat", 1] == "ok"
+    for m in ("owl3", "concat"):
+        assert status[m, 2].startswith("skipped (1 images took") and status[m, 3] == status[m, 2]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -140,3 +140,18 @@ def test_generation_stops_at_max_positions(pipe, tiny_dir):
     long = pipe.encode("word " * 40)
     with pytest.raises(Owl3Error, match="max_position_embeddings"):
         list(eng.generate([long], SamplingParams(max_new_tokens=5)))
+
+
+def test_cuda_engines_take_cudnn_out_of_sdpa(monkeypatch):
+    # cuDNN's per-shape plans made every decode step of the 7B pay a plan build on the H100
+    from owl3.model.layers import avoid_per_shape_attention_plans
+
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        avoid_per_shape_attention_plans("cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # CPU runs leave the setting alone
+        avoid_per_shape_attention_plans(torch.device("cuda", 0))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)

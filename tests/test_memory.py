@@ -102,3 +102,16 @@ def test_cli_encode_then_generate_from_memory(tiny_dir, tmp_path, capsys):
     assert main(["encode", "-o", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("owl3: error:") == 2
+
+
+def test_identity_samples_inside_tensors_past_float32_precision(tiny_pipe):
+    # a 7B embedding has ~5.4e8 elements: float32 index arithmetic rounded past its end (a CUDA
+    # device-side assert on the H100); the sample must stay in bounds and see the last element
+    from owl3.memory import _identity
+
+    n = 2**29 + 2**26 + 3
+    big = torch.zeros(n, dtype=torch.uint8)
+    big[-1] = 7
+    a = _identity(tiny_pipe.model, {"w": big})
+    big[-1] = 8
+    assert _identity(tiny_pipe.model, {"w": big}) != a

@@ -93,6 +93,13 @@ def add_parser(sub) -> None:
         help="a fresh process per point (auto: on CPU, where peak memory needs it)",
     )
     lat.add_argument("--timeout", type=float, default=None, metavar="S", help="per-point limit (isolated)")
+    lat.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a method whose point took longer than S seconds is not run at larger counts",
+    )
     lat.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     lat.set_defaults(func=_with_threads(_latency))
 

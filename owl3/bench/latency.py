@@ -207,31 +207,31 @@ def run_sweep(
     isolate: bool | None = None,
     timeout: float | None = None,
     log=None,
+    stop_after: float | None = None,
 ) -> list[dict[str, Any]]:
     """Every (method, count) point, counts ascending with the methods interleaved (so a noisy machine
-    hits them alike); once a method runs out of memory its larger counts are not tried."""
+    hits them alike); once a method runs out of memory, or one of its points takes longer than
+    `stop_after` seconds (wall clock, warm-up included), its larger counts are not tried."""
     dev = parse_device(spec.device)
     isolate = dev.type == "cpu" if isolate is None else isolate
     subject = None if isolate else load_subject(spec)
     rows = []
-    failed: set[str] = set()
+    stopped: dict[str, str] = {}  # method -> why its larger counts are not tried
     for n in sorted(counts):
         for method in methods:
-            if method in failed:
-                row = {
-                    "method": method,
-                    "images": n,
-                    "ftl_s": None,
-                    "decode_ms_per_token": None,
-                    "peak_mem_mb": None,
-                    "status": "oom (a smaller count already was)",
-                }
+            t0 = time.perf_counter()
+            if method in stopped:
+                row = {"method": method, "images": n, "ftl_s": None, "decode_ms_per_token": None}
+                row.update(peak_mem_mb=None, status=stopped[method])
             elif isolate:
                 row = _run_isolated(spec, method, n, timeout)
             else:
                 row = measure(subject, method, n, spec)
-            if row["status"].startswith("oom"):
-                failed.add(method)
+            took = time.perf_counter() - t0
+            if row["status"] == "oom":
+                stopped[method] = "oom (a smaller count already was)"
+            elif stop_after is not None and took > stop_after and method not in stopped:
+                stopped[method] = f"skipped ({n} images took {took:.0f} s > --stop-after)"
             rows.append(row)
             if log:
                 log(_fmt_row(row))
@@ -378,7 +378,13 @@ def run(args) -> int:
     if not quiet:
         print(HEADER, flush=True)
     rows = run_sweep(
-        spec, methods, counts, isolate, args.timeout, None if quiet else lambda s: print(s, flush=True)
+        spec,
+        methods,
+        counts,
+        isolate,
+        args.timeout,
+        None if quiet else lambda s: print(s, flush=True),
+        stop_after=args.stop_after,
     )
     report = {
         "preset": spec.preset,

@@ -24,7 +24,7 @@ from owl3.errors import Owl3Error
 from owl3.inference.kv_cache import KVCache
 from owl3.inference.sampling import SamplingParams, make_generator, sample
 from owl3.model import Owl3Model, VisualContext
-from owl3.model.layers import causal_mask
+from owl3.model.layers import avoid_per_shape_attention_plans, causal_mask
 from owl3.processing import Encoding
 
 
@@ -85,6 +85,7 @@ class Engine:
         compile_decode: bool = False,
     ) -> None:
         self.model = model
+        avoid_per_shape_attention_plans(model.device)
         self.stop_token_ids = tuple(stop_token_ids)
         self.pad_token_id = pad_token_id
         self.vision_chunk_size = vision_chunk_size
