@@ -50,7 +50,7 @@ OWL3="$PY -m owl3.cli"
 run() {  # run NAME CMD...: the command line, then its output, into $OUT/NAME.txt
   local name=$1; shift
   local line="$*"
-  echo "\$ owl3 ${line#"$PY -m owl3.cli "}" | tee "$OUT/$name.txt"
+  echo "\$ ${OWL3_SPLIT_PREFILL:+OWL3_SPLIT_PREFILL=$OWL3_SPLIT_PREFILL }owl3 ${line#"$PY -m owl3.cli "}" | tee "$OUT/$name.txt"
   timeout "${STEP_TIMEOUT:-240}" "$@" 2>&1 | grep -v '^\s*$' | tee -a "$OUT/$name.txt"
 }
 
@@ -73,6 +73,11 @@ STEP_TIMEOUT=180 run latency-7b $OWL3 bench latency --preset "$PRESET" --device 
 # 2. The largest image count that fits: owl3 only, growing until the first out-of-memory.
 STEP_TIMEOUT=120 run max-images-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
   --images "$MAX_IMAGES" --new-tokens 2 --methods owl3 --stop-after 60
+
+# 2b. A/B of the split prefill (owl3/model/hyper.py, on by default on CUDA): the same 1000 images with the
+#     masked cross-attention prefill that ran before it (66 s of FTL at 3000 images on 2026-11-26).
+STEP_TIMEOUT=60 OWL3_SPLIT_PREFILL=0 run masked-prefill-7b $OWL3 bench latency --preset "$PRESET" \
+  --device "$DEVICE" --dtype "$DTYPE" --images "${AB_IMAGES:-1000}" --new-tokens 2 --methods owl3
 
 # 3. Watch once, ask many: a follow-up question from a saved memory vs the first question.
 STEP_TIMEOUT=60 run memory-7b $OWL3 bench memory --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \

@@ -52,6 +52,9 @@ def test_bench_latency_tiny_reports_every_method(capsys, tmp_path):
     for r in rows:
         assert r["status"] == "ok" and r["visual_tokens"] == r["images"] * t
         assert r["ftl_s"] > 0 and r["decode_ms_per_token"] > 0 and r["peak_mem_mb"] > 0
+        stages = r["ftl_stages"]  # where the FTL went: parts of it, measured inside the same request
+        assert set(stages) == {"pixels_s", "vision_s", "prefill_s"} and min(stages.values()) > 0
+        assert sum(stages.values()) <= r["ftl_s"] + 1e-3
     concat = {r["images"]: r["sequence_tokens"] for r in rows if r["method"] == "concat"}
     owl = {r["images"]: r["sequence_tokens"] for r in rows if r["method"] == "owl3"}
     assert concat[3] - owl[3] == 3 * (t - 1)  # concat's sequence holds every visual token
@@ -210,3 +213,52 @@ def test_bench_video_cli_json(capsys, tmp_path):
         "keyframe",
     }
     assert main(["bench", "video", "--frames", "0"]) == 2
+
+
+@pytest.mark.parametrize("budget", [1 << 24, 300])  # one block per run of queries, or many small ones
+def test_split_prefill_equals_the_masked_cross_attention(monkeypatch, budget):
+    # two rows: an interleaved many-image prompt, and a video-like run of consecutive image tokens with
+    # left padding (positions 0) and padded visual tokens (NEVER); 7 query heads per kv head, as the 7B
+    g = torch.Generator().manual_seed(0)
+    t, d, n_kv, n_rep = 6, 16, 2, 7
+    starts = [[3, 9, 15, 21, 27], [10, 11, 12]]
+    feats = [torch.randn(len(s), t, 8, generator=g) for s in starts]
+    ctx = VisualContext.build(feats, starts)
+    m = ctx.n_tokens
+    k, v = (torch.randn(2, n_kv, m, d, generator=g) for _ in range(2))
+    q = torch.randn(2, n_kv * n_rep, 40, d, generator=g)
+    positions = torch.stack(
+        [torch.arange(40), torch.cat([torch.zeros(20, dtype=torch.long), torch.arange(20)])]
+    )
+    monkeypatch.setattr(hyper, "SPLIT_PREFILL", True)  # the CUDA default, forced on this CPU
+    monkeypatch.setattr(hyper, "SPLIT_BUDGET", budget)
+    monkeypatch.setattr(hyper, "QUERY_BLOCK", 16)
+    with torch.no_grad():
+        split, seen = hyper.cross_attention(q, k, v, ctx, positions)
+        monkeypatch.setattr(hyper, "SPLIT_PREFILL", False)
+        masked, seen_ref = hyper.cross_attention(q, k, v, ctx, positions)
+    assert torch.equal(seen, seen_ref) and seen[0].sum() == 40 - 4 and seen[1].sum() == 20 - 11
+    torch.testing.assert_close(
+        split[seen[:, None, :].expand_as(split[..., 0])],
+        masked[seen[:, None, :].expand_as(masked[..., 0])],
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    blocks = hyper._split_blocks(torch.searchsorted(ctx.key_starts[0], positions[0]).tolist(), n_rep)
+    assert len(blocks) > 1 and any(a > 0 and c > a for _, _, a, c in blocks)  # both parts, merged
+
+
+def test_split_prefill_is_used_in_inference_and_not_in_training(tiny_model, monkeypatch):
+    cfg = tiny_model.cfg
+    ids, starts = synthetic_prompt(4, free_token_id(cfg), cfg.text.vocab_size)
+    feats = tiny_model.encode_media(images_to_pixels(random_images(4, 64, 48), cfg.image_size))
+    monkeypatch.setattr(hyper, "SPLIT_PREFILL", True)
+    calls = []
+    real = hyper._split_prefill
+    monkeypatch.setattr(hyper, "_split_prefill", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        split = tiny_model(ids[None], visual=VisualContext.build([feats], [starts]))
+    assert len(calls) == len(cfg.text.hyper_layers)
+    masked = tiny_model(ids[None], visual=VisualContext.build([feats.detach()], [starts]))  # autograd on
+    assert len(calls) == len(cfg.text.hyper_layers)  # the log-sum-exp kernels have no gradient for it
+    torch.testing.assert_close(split, masked.detach(), atol=1e-5, rtol=1e-5)

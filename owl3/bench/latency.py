@@ -110,6 +110,7 @@ def _engine(subject: Subject, method: str, prompt_len: int, spec: LatencySpec) -
         reuse_visual_kv=method != "official",
         max_positions=prompt_len + spec.new_tokens + 1,  # the baseline may pass the LLM's context
         compile_decode=spec.compile,
+        time_stages=True,
     )
 
 
@@ -120,6 +121,8 @@ def _once(subject: Subject, method: str, images, ids, starts, new_tokens: int, s
     sync(dev)
     t0 = time.perf_counter()
     pixels = images_to_pixels(images, model.cfg.image_size, dev)  # (N, 3, S, S)
+    sync(dev)
+    pixels_s = time.perf_counter() - t0
     if method == "concat":
         ids, starts = expand_image_tokens(ids, starts, t_per_image)
     enc = Encoding(ids, pixels, starts, "")
@@ -129,7 +132,8 @@ def _once(subject: Subject, method: str, images, ids, starts, new_tokens: int, s
         stamps.append(time.perf_counter())  # .tolist() inside the engine has synchronized
     ftl = stamps[0] - t0
     decode = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
-    return ftl, decode, len(ids)
+    stages = {"pixels_s": pixels_s, **engine.stage_seconds}  # where the FTL went
+    return ftl, decode, len(ids), stages
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -154,7 +158,9 @@ def measure(subject: Subject, method: str, n: int, spec: LatencySpec, warm: bool
         reset_peak(dev)
         best_ftl = best_dec = float("inf")
         for _ in range(spec.repeat):
-            ftl, dec, seq = _once(subject, method, images, ids, starts, spec.new_tokens, spec)
+            ftl, dec, seq, stages = _once(subject, method, images, ids, starts, spec.new_tokens, spec)
+            if ftl < best_ftl:
+                best_stages = stages
             best_ftl, best_dec = min(best_ftl, ftl), min(best_dec, dec)
         row.update(
             sequence_tokens=seq,
@@ -162,6 +168,7 @@ def measure(subject: Subject, method: str, n: int, spec: LatencySpec, warm: bool
             decode_ms_per_token=round(best_dec * 1e3, 3),
             peak_mem_mb=round(peak_mb(dev) or float("nan"), 1),
             status="ok",
+            ftl_stages={k: round(v, 4) for k, v in best_stages.items()},
         )
     except Exception as e:
         if not _is_oom(e):
@@ -240,8 +247,8 @@ def run_sweep(
 
 # ---------------------------------------------------------------------- report
 HEADER = (
-    f"{'method':<9} {'images':>6} {'visual tok':>10} {'seq tok':>8} {'FTL s':>8} {'decode ms/tok':>13} "
-    f"{'peak MB':>9}  status"
+    f"{'method':<9} {'images':>6} {'visual tok':>10} {'seq tok':>8} {'FTL s':>8} "
+    f"{'pixels/vision/prefill s':>23} {'decode ms/tok':>13} {'peak MB':>9}  status"
 )
 
 
@@ -249,10 +256,17 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _fmt_stages(stages: dict[str, float] | None) -> str:
+    if not stages:
+        return "-"
+    return "/".join(_fmt(stages.get(k), ".3f") for k in ("pixels_s", "vision_s", "prefill_s"))
+
+
 def _fmt_row(r: dict[str, Any]) -> str:
     return (
         f"{r['method']:<9} {r['images']:>6} {_fmt(r.get('visual_tokens'), 'd'):>10} "
         f"{_fmt(r.get('sequence_tokens'), 'd'):>8} {_fmt(r['ftl_s'], '.3f'):>8} "
+        f"{_fmt_stages(r.get('ftl_stages')):>23} "
         f"{_fmt(r['decode_ms_per_token'], '.2f'):>13} {_fmt(r['peak_mem_mb'], '.0f'):>9}  {r['status']}"
     )
 

@@ -12,6 +12,7 @@ The engine knows tensors and token ids only: templates and text are the processo
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class Engine:
         reuse_visual_kv: bool = True,
         max_positions: int | None = None,
         compile_decode: bool = False,
+        time_stages: bool = False,
     ) -> None:
         self.model = model
         avoid_per_shape_attention_plans(model.device)
@@ -95,6 +97,10 @@ class Engine:
         self.max_positions = max_positions or model.cfg.text.max_position_embeddings
         # the decode step (one token per row) may run through torch.compile; prefill never does
         self._decode_model = compiled(model) if compile_decode else model
+        # benchmarks: wall seconds of the vision tower and of the prefill of the last generate() call,
+        # each ended by a device synchronization (costs nothing on CPU, one sync each on CUDA)
+        self.time_stages = time_stages
+        self.stage_seconds: dict[str, float] = {}
 
     def encode_visual(self, encodings: Sequence[Encoding]) -> VisualContext | None:
         """Encode every image of the batch in one chunked pass; None if the batch has no image."""
@@ -152,8 +158,12 @@ class Engine:
         """
         params.validate()
         if memory is None:
+            t0 = self._clock()
             batch = self.prepare(encodings, params.max_new_tokens)
+            t1 = self._clock()
             cache, logits = self._prefill(batch)
+            if self.time_stages:
+                self.stage_seconds = {"vision_s": t1 - t0, "prefill_s": self._clock() - t1}
         else:
             batch, cache, logits = self._prefill_from_memory(encodings, memory, params.max_new_tokens)
         if batch.visual is not None:
@@ -194,6 +204,11 @@ class Engine:
             )[:, -1]
             cache.advance(1)
             pos += 1
+
+    def _clock(self) -> float:
+        if self.time_stages and self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+        return time.perf_counter()
 
     def _prefill(self, batch: Prefill) -> tuple[KVCache, Tensor]:
         model = self.model

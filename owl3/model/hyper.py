@@ -11,6 +11,7 @@ This file holds the math of the cross branch only; the decoder layer wires it in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,13 @@ MASK_BUDGET = 1 << 30
 QUERY_BLOCK = 512
 # most bytes of visual K/V repeated per query head in a prefill (beyond it heads are grouped, not copied)
 REPEAT_KV_BUDGET = 8 << 30
+# inference prefill: split each query block's keys into the prefix every query of the block sees (fused
+# kernel, no mask) and the few images inside the block (masked, explicit); see `_split_prefill`.
+# None: on CUDA only (on CPU the masked kernel is as fast per operation, and the explicit part is slower);
+# the environment variable OWL3_SPLIT_PREFILL=0/1 turns it off/on everywhere (A/B benchmarks)
+SPLIT_PREFILL: bool | None = {"0": False, "1": True}.get(os.environ.get("OWL3_SPLIT_PREFILL", ""))
+# most elements of the explicit part of one split block (query rows x visual tokens in the block)
+SPLIT_BUDGET = 1 << 24
 
 
 @dataclass
@@ -175,6 +183,13 @@ def cross_attention(
         # decode: every real visual token is visible, so no mask is built unless rows are padded
         seen, mask = ctx.decode_mask if ctx.decode_mask is not None else ctx.make_decode_mask()
         return attend_grouped(q, k, v, mask), seen
+    split = q.device.type == "cuda" if SPLIT_PREFILL is None else SPLIT_PREFILL
+    if split and not torch.is_grad_enabled() and _lse_kernel_ok(q.device, q.dtype):
+        rows = [
+            _split_prefill(q[i : i + 1], k[i : i + 1], v[i : i + 1], key_starts[i], positions[i])
+            for i in range(b)
+        ]
+        return torch.cat([r[0] for r in rows]), torch.stack([r[1] for r in rows])
     # with room for it, the K/V are repeated per query head once per layer so that each block is one
     # kernel over all H heads (the most parallel work per launch); past REPEAT_KV_BUDGET (thousands of
     # images) the query heads of a kv head are laid along the query axis instead, and nothing is copied
@@ -208,6 +223,111 @@ def cross_attention(
     if len(outs) == 1:
         return outs[0], seens[0]
     return torch.cat(outs, dim=2), torch.cat(seens, dim=1)
+
+
+def _split_prefill(
+    q: Tensor, k: Tensor, v: Tensor, key_starts: Tensor, positions: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One row's prefill cross-attention without a mask over the visual tokens that every query sees.
+
+    q (1, H, L, d); k, v (1, kv, M, d); key_starts (M,) ascending (padding NEVER last); positions (L,)
+    ascending. Query p sees the first count(p) = #{s_k < p} visual tokens, a count that grows along the
+    queries. Queries are cut into blocks; in a block [i, j) every query sees tokens [0, a) with
+    a = count(p_i), and tokens [a, c) (the images that start inside the block) only partly. The first part
+    runs through a fused kernel with no mask, the second explicitly with its small mask, and the two are
+    merged by their log-sum-exps: exact, and no mask ever spans the many images before a block (the cost of
+    the masked path at thousands of images). Query heads sharing a kv head are laid along the query axis,
+    so nothing is copied per head. Returns (1, H, L, d) and seen (L,).
+    """
+    _, h, n_q, d = q.shape
+    n_kv = k.shape[1]
+    n_rep = h // n_kv
+    counts = torch.searchsorted(key_starts, positions)  # (L,) visual tokens seen by each query
+    bounds = _split_blocks(counts.tolist(), n_rep)
+    scale = d**-0.5
+    out = q.new_zeros(1, h, n_q, d)
+    for i, j, a, c in bounds:
+        lb = j - i
+        qg = q[:, :, i:j].reshape(1, n_kv, n_rep * lb, d)  # head g*n_rep + r, query p -> row r*lb + p
+        parts = []
+        if a > 0:
+            parts.append(_attention_with_lse(qg, k[:, :, :a], v[:, :, :a], scale))
+        if c > a:
+            s = torch.matmul(qg.float(), k[:, :, a:c].float().transpose(-1, -2)) * scale  # (1, kv, R, c-a)
+            mask = key_starts[None, a:c] < positions[i:j, None]  # (lb, c-a)
+            s = s.masked_fill(~mask.repeat(n_rep, 1), float("-inf"))
+            lse = torch.logsumexp(s, -1)  # -inf where a query sees none of these tokens
+            p = torch.exp(s - lse.nan_to_num(neginf=0.0)[..., None])  # exp(-inf) = 0 on unseen rows
+            parts.append((torch.matmul(p, v[:, :, a:c].float()), lse))
+        if not parts:
+            continue  # no query of the block sees an image: zeros, discarded by the gate
+        if len(parts) == 1:
+            o = parts[0][0]
+        else:
+            (o1, l1), (o2, l2) = parts
+            both = torch.logaddexp(l1, l2)
+            o = o1.float() * torch.exp(l1 - both)[..., None] + o2 * torch.exp(l2 - both)[..., None]
+        out[:, :, i:j] = o.to(q.dtype).reshape(1, h, lb, d)
+    return out, counts > 0
+
+
+def _split_blocks(counts: list[int], n_rep: int) -> list[tuple[int, int, int, int]]:
+    """Cut queries with non-decreasing visible counts into blocks (i, j, a, c): at most QUERY_BLOCK
+    queries, and an explicit part (rows x (c - a)) under SPLIT_BUDGET unless a single query needs more."""
+    blocks, i, n = [], 0, len(counts)
+    while i < n:
+        a, j = counts[i], i + 1
+        while j < n and j - i < QUERY_BLOCK and n_rep * (j + 1 - i) * (counts[j] - a) <= SPLIT_BUDGET:
+            j += 1
+        blocks.append((i, j, a, counts[j - 1]))
+        i = j
+    return blocks
+
+
+def _attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Unmasked attention through a fused kernel that also returns each query's log-sum-exp (float32).
+
+    These are the kernels behind F.scaled_dot_product_attention (and behind PyTorch's own ring attention,
+    which merges blocks the same way); the public function does not return the log-sum-exp.
+    """
+    if q.device.type == "cuda":
+        if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+                q, k, v, 0.0, False, False, scale=scale
+            )[:2]
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, None, True, 0.0, False, scale=scale
+            )[:2]
+        return out, lse[..., : q.shape[2]].float()  # the memory-efficient kernel pads its log-sum-exp
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, attn_mask=None, scale=scale
+    )
+    return out, lse.float()
+
+
+_LSE_OK: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _lse_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `_attention_with_lse` runs here and agrees with an explicit computation (checked once per
+    device type and dtype on a small problem); if not, the prefill keeps the masked path."""
+    key = (device.type, dtype)
+    if key not in _LSE_OK:
+        try:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            q, k, v = (torch.randn(1, 2, n, 64, generator=g).to(device, dtype) for n in (40, 72, 72))
+            out, lse = _attention_with_lse(q, k, v, 0.125)
+            s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * 0.125
+            ref_out = torch.matmul(s.softmax(-1), v.float())
+            tol = 1e-4 if dtype == torch.float32 else 3e-2
+            _LSE_OK[key] = bool(
+                torch.allclose(lse, s.logsumexp(-1), atol=tol, rtol=tol)
+                and torch.allclose(out.float(), ref_out, atol=tol, rtol=tol)
+            )
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _LSE_OK[key] = False
+    return _LSE_OK[key]
 
 
 def gate(
