@@ -247,3 +247,23 @@ def test_chat_with_image_option(capsys, monkeypatch, tiny_pipe, img):
     assert rc == 0
     assert "error" not in err
     assert out == tiny_pipe.chat("What is in it?", images=[img], max_new_tokens=4) + "\n"
+
+
+def test_closed_stdout_ends_quietly(tmp_path):
+    # `owl3 ... | head`: the reader closes the pipe early; no traceback, the shell's SIGPIPE status
+    script = tmp_path / "chatty.py"
+    script.write_text(
+        "import argparse, sys\n"
+        "from owl3 import cli\n"
+        "def chatty(args):\n"
+        "    for _ in range(100000):\n"
+        "        print('x' * 100)\n"
+        "    return 0\n"
+        "parser = argparse.ArgumentParser()\n"
+        "parser.set_defaults(func=chatty)\n"
+        "cli.build_parser = lambda: parser\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    cmd = f"{sys.executable} {script} | head -1; echo status ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "x" * 100 + "\nstatus 141\n" and "Traceback" not in proc.stderr, proc.stderr
