@@ -155,3 +155,34 @@ def test_cuda_engines_take_cudnn_out_of_sdpa(monkeypatch):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
+    # one graph serves every step (the cache grows) of requests with different image counts and lengths;
+    # "eager" checks graph capture and guards without code generation
+    from torch._dynamo.utils import counters
+
+    from owl3.bench.common import free_token_id, random_images, random_model, synthetic_prompt
+    from owl3.config import preset
+    from owl3.inference import engine as engine_mod
+    from owl3.inference.pixels import images_to_pixels
+    from owl3.processing import Encoding
+
+    cfg = preset("tiny")
+    model = random_model(cfg, seed=3)
+
+    def request(n):
+        ids, starts = synthetic_prompt(n, free_token_id(cfg), cfg.text.vocab_size, seed=n)
+        return [Encoding(ids, images_to_pixels(random_images(n, 64, 48, seed=n), cfg.image_size), starts, "")]
+
+    monkeypatch.setattr(engine_mod, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    eager = Engine(model, stop_token_ids=(), pad_token_id=0)
+    fast = Engine(model, stop_token_ids=(), pad_token_id=0, compile_decode=True)
+    for n, t in ((2, 5), (3, 9), (1, 7)):
+        params = SamplingParams(max_new_tokens=t)
+        want = [e.token_id for e in eager.generate(request(n), params)]
+        assert [e.token_id for e in fast.generate(request(n), params)] == want
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()

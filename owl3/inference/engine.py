@@ -45,10 +45,18 @@ class TokenEvent:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+# torch.compile backend of the decode step ("eager" checks graph capture without code generation)
+COMPILE_BACKEND = "inductor"
+
+
 def compiled(model: torch.nn.Module):
-    """`torch.compile(model)` for the decode step, made once per model (its graphs survive engines)."""
+    """`torch.compile(model)` for the decode step, made once per model (its graphs survive engines).
+
+    Sizes are symbolic (`dynamic=True`): one graph serves every step (the cache grows by one slot per
+    step) and every request (tests/test_engine.py counts the graphs).
+    """
     if model not in _COMPILED:
-        _COMPILED[model] = torch.compile(model, dynamic=True)
+        _COMPILED[model] = torch.compile(model, dynamic=True, backend=COMPILE_BACKEND)
     return _COMPILED[model]
 
 
@@ -238,7 +246,7 @@ class Engine:
         if n <= p or not torch.equal(enc.input_ids[:p].cpu(), memory.prefix_ids.cpu()):
             raise Owl3Error(
                 "the prompt does not continue the memory's prompt; ask through the memory's own API "
-                "(owl3 generate --memory FILE \"question\") so the prompt starts the same way"
+                '(owl3 generate --memory FILE "question") so the prompt starts the same way'
             )
         self.check_length(n)
         cache = KVCache(model.cfg.text, 1, n + max_new_tokens, model.dtype, dev)
@@ -248,9 +256,9 @@ class Engine:
         visual = memory.visual_context()
         ids = enc.input_ids[p:].to(dev)[None]  # (1, n - p): only the new part of the prompt runs
         positions = torch.arange(p, n, device=dev)[None]
-        logits = model(
-            ids, positions, causal_mask(key_valid[:, :n], n - p), cache, visual, last_only=True
-        )[:, -1]
+        logits = model(ids, positions, causal_mask(key_valid[:, :n], n - p), cache, visual, last_only=True)[
+            :, -1
+        ]
         cache.advance(n - p)
         batch = Prefill(ids, positions, key_valid, visual, [n])
         return batch, cache, logits

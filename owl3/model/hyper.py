@@ -182,6 +182,11 @@ def cross_attention(
     if n_q == 1 and ctx.after_prompt:
         # decode: every real visual token is visible, so no mask is built unless rows are padded
         seen, mask = ctx.decode_mask if ctx.decode_mask is not None else ctx.make_decode_mask()
+        if ctx.recompute:
+            # the official path (benchmarks): having recomputed the visual K/V, it GQA-repeats them per
+            # query head at every step (docs/mplug-owl3.md §4, step 5)
+            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), seen
         return attend_grouped(q, k, v, mask), seen
     split = q.device.type == "cuda" if SPLIT_PREFILL is None else SPLIT_PREFILL
     if split and not torch.is_grad_enabled() and _lse_kernel_ok(q.device, q.dtype):
