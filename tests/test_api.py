@@ -440,3 +440,22 @@ def test_241101_family_is_refused_clearly(tiny_dir, tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(owl3.Owl3Error, match="241101"):
         owl3.load(folder)
+
+
+def test_loading_skips_module_init_and_the_dynamo_import(tiny_dir):
+    # building on the meta device with the modules' own init ran PyTorch's Python reference kernels, whose
+    # first use imports torch._dynamo: ~2 s of every `owl3 generate`; loading must still be exact
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from owl3.checkpoint.load import load_model\n"
+        f"m = load_model({str(tiny_dir)!r})\n"
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n"
+        "w = torch.empty(1000)\n"
+        "torch.nn.init.normal_(w)\n"  # the init functions are restored afterwards
+        "assert w.std() > 0.5\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

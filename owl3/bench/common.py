@@ -19,7 +19,7 @@ from torch import nn
 
 from owl3.checkpoint.load import parse_device, parse_dtype
 from owl3.config import Owl3Config, preset
-from owl3.model import Owl3Model
+from owl3.model import Owl3Model, meta_model
 from owl3.model.layers import RMSNorm
 
 
@@ -28,8 +28,7 @@ def random_model(
 ) -> Owl3Model:
     """A model of `cfg` with random weights, built directly on `device` (std 0.02 normals, unit norms)."""
     dev, dt = parse_device(device), parse_dtype(dtype)
-    with torch.device("meta"):
-        model = Owl3Model(cfg)
+    model = meta_model(cfg)
     model = model.to(dt).to_empty(device=dev)  # weights are born in their dtype, on their device
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():

@@ -17,7 +17,7 @@ from torch import nn
 from owl3.checkpoint.names import to_owl3
 from owl3.config import Owl3Config
 from owl3.errors import Owl3Error
-from owl3.model import Owl3Model
+from owl3.model import Owl3Model, meta_model
 
 DTYPES = {
     "float32": torch.float32,
@@ -115,8 +115,7 @@ def load_model(
         )
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
     files = weight_files(folder)
-    with torch.device("meta"):
-        model = Owl3Model(cfg)
+    model = meta_model(cfg)
     expected = {n: p.shape for n, p in model.state_dict(keep_vars=True).items()}
     tied = cfg.text.tie_word_embeddings
     if tied:

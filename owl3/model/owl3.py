@@ -7,6 +7,9 @@ tokenizer, no PIL, no cache policy (that is owl3.inference).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -72,3 +75,40 @@ class Owl3Model(nn.Module):
         if last_only:
             h = h[:, -1:]
         return self.language_model.lm_head(h)
+
+
+# the torch.nn.init functions that module constructors call to fill their fresh parameters
+_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+)
+
+
+@contextmanager
+def _skip_init() -> Iterator[None]:
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def meta_model(cfg: Owl3Config) -> Owl3Model:
+    """An Owl3Model of `cfg` on the meta device (shapes only), for loading or random weights to fill.
+
+    The modules' own random initialization is skipped: on the meta device it runs PyTorch's Python
+    reference kernels, whose first use imports torch._dynamo, about 2 s of every model load.
+    """
+    with torch.device("meta"), _skip_init():
+        return Owl3Model(cfg)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from owl3.checkpoint.load import weight_files
 from owl3.config import Owl3Config, TextConfig, VisionConfig
 from owl3.errors import Owl3Error
-from owl3.model import Owl3Model
+from owl3.model import meta_model
 from owl3.processing.chat import END_OF_TEXT, IM_END, IM_START
 from owl3.training.state import StateView
 
@@ -303,8 +303,7 @@ def _dtype(name: str | None, default: torch.dtype) -> torch.dtype:
 
 def _check(state: dict[str, Tensor], cfg: Owl3Config) -> None:
     """Strict: exactly the tensors, and shapes, of an Owl3Model of `cfg`."""
-    with torch.device("meta"):
-        expected = {n: tuple(t.shape) for n, t in Owl3Model(cfg).state_dict().items()}
+    expected = {n: tuple(t.shape) for n, t in meta_model(cfg).state_dict().items()}
     if cfg.text.tie_word_embeddings:
         expected.pop("language_model.lm_head.weight")
     missing = sorted(set(expected) - set(state))
