@@ -238,12 +238,12 @@ def watch(
     user = enc.prompt.rsplit(USER_HEADER, 1)[1]
     media_text = user[: user.rindex("\n" + IM_END)]
 
-    feats = model.encode_media(pixels, pipe.engine.vision_chunk_size)  # (N, T, D)
-    visual = VisualContext.build([feats], [starts])
+    kv = model.encode_visual_kv(pixels, starts, pipe.engine.vision_chunk_size)
+    visual = VisualContext.from_kv(kv, starts, model.cfg.vision.n_tokens)
     cache = KVCache(model.cfg.text, 1, p, model.dtype, model.device)
     model(
         prefix.to(model.device)[None], cache=cache, visual=visual, last_only=True
-    )  # fills cache + visual.kv
+    )  # fills the text cache
     text_kv = [(cache.k[i][:, :, :p].clone(), cache.v[i][:, :, :p].clone()) for i in range(len(cache.k))]
     sources = [str(x) for x in images if isinstance(x, (str, Path))] + [
         str(v) for v in videos if isinstance(v, (str, Path))

@@ -262,3 +262,20 @@ def test_split_prefill_is_used_in_inference_and_not_in_training(tiny_model, monk
     masked = tiny_model(ids[None], visual=VisualContext.build([feats.detach()], [starts]))  # autograd on
     assert len(calls) == len(cfg.text.hyper_layers)  # the log-sum-exp kernels have no gradient for it
     torch.testing.assert_close(split, masked.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_streamed_visual_kv_equals_features_then_layers(tiny_model, monkeypatch):
+    # encode_visual_kv goes from pixels to every hyper layer's K/V a few images at a time, never holding
+    # all features; it must equal encode_media + the K/V a prefill computes lazily
+    cfg = tiny_model.cfg
+    ids, starts = synthetic_prompt(5, free_token_id(cfg), cfg.text.vocab_size)
+    pixels = images_to_pixels(random_images(5, 64, 48), cfg.image_size)
+    with torch.no_grad():
+        ctx = VisualContext.build([tiny_model.encode_media(pixels)], [starts])
+        tiny_model(ids[None], visual=ctx)  # fills ctx.kv, one entry per hyper layer
+        monkeypatch.setattr(hyper, "KV_CHUNK", 7)  # K/V in chunks that cut through images
+        streamed = tiny_model.encode_visual_kv(pixels, starts, chunk_size=2)
+    assert sorted(streamed) == sorted(ctx.kv) and len(streamed) == len(cfg.text.hyper_layers)
+    for i, (k, v) in streamed.items():
+        torch.testing.assert_close(k, ctx.kv[i][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(v, ctx.kv[i][1], atol=1e-6, rtol=1e-5)

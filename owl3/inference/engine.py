@@ -115,6 +115,12 @@ class Engine:
         pixels = [e.pixel_values for e in encodings if e.pixel_values is not None]
         if not pixels:
             return None
+        if len(encodings) == 1 and self.reuse_visual_kv and isinstance(self.model, Owl3Model):
+            # one request (a long video, hundreds of images): straight to the hyper layers' K/V, chunk by
+            # chunk, without holding the projected features of every image
+            e = encodings[0]
+            kv = self.model.encode_visual_kv(e.pixel_values, e.media_starts, self.vision_chunk_size)
+            return VisualContext.from_kv(kv, e.media_starts, self.model.cfg.vision.n_tokens)
         feats = self.model.encode_media(torch.cat(pixels), self.vision_chunk_size)  # (N, T, D)
         per_sample: list[Tensor | None] = []
         start = 0

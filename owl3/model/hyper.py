@@ -131,14 +131,14 @@ def visual_kv(
         return ctx.kv[layer_idx]
     b, m, _ = ctx.features.shape
     if m <= KV_CHUNK:
-        k, v = _project_kv(ctx.features, ctx.positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
+        k, v = project_kv(ctx.features, ctx.positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
     else:
         # bounded memory for thousands of images: the fp32 norm and RoPE temporaries are per chunk
         k = ctx.features.new_empty(b, n_kv_heads, m, head_dim)
         v = torch.empty_like(k)
         for i in range(0, m, KV_CHUNK):
             j = min(m, i + KV_CHUNK)
-            k[:, :, i:j], v[:, :, i:j] = _project_kv(
+            k[:, :, i:j], v[:, :, i:j] = project_kv(
                 ctx.features[:, i:j], ctx.positions[:, i:j], norm, v_kv_proj, rope, n_kv_heads, head_dim
             )
     if not ctx.recompute:
@@ -146,7 +146,7 @@ def visual_kv(
     return k, v
 
 
-def _project_kv(
+def project_kv(
     features: Tensor,
     positions: Tensor,
     norm: nn.Module,

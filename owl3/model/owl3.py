@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from owl3.config import Owl3Config
-from owl3.model.hyper import VisualContext
+from owl3.model.hyper import KV_CHUNK, VisualContext, project_kv
 from owl3.model.text import Cache, Qwen2ForCausalLM
 from owl3.model.vision import SiglipVisionModel
 
@@ -51,6 +51,50 @@ class Owl3Model(nn.Module):
                 out = f.new_empty((pixels.shape[0], *f.shape[1:]), dtype=self.dtype)
             out[i : i + step] = f
         return out
+
+    def encode_visual_kv(
+        self, pixels: Tensor, starts: list[int], chunk_size: int | None = 64
+    ) -> dict[int, tuple[Tensor, Tensor]]:
+        """One sample's (N, 3, S, S) pixels, whose image tokens are at `starts` -> every hyper layer's
+        rotated visual keys and values (1, kv, N*T, d), `chunk_size` images at a time.
+
+        Equal to `encode_media` followed by the hyper layers' own K/V (what a prefill computes), but the
+        projected features of all images never exist at once: per image they take about as much memory
+        as the K/V of all hyper layers together (7B: 5.2 vs 5.8 MB), so a long request fits twice the
+        images. Inference only: training needs the features in the autograd graph.
+        """
+        n, t, cfg = pixels.shape[0], self.cfg.vision.n_tokens, self.cfg.text
+        if len(starts) != n:
+            raise ValueError(f"{n} images but {len(starts)} image tokens")
+        lm = self.language_model.model
+        hyper = [layer for layer in lm.layers if layer.self_attn.is_hyper]
+        # MI-RoPE position of every visual token: s_k + 1 (VisualContext's layout)
+        positions = (torch.tensor(starts, device=self.device).repeat_interleave(t) + 1)[None]
+        shape = (1, cfg.n_kv_heads, n * t, cfg.head_dim)
+        kv = {layer.self_attn.layer_idx: (self._empty(shape), self._empty(shape)) for layer in hyper}
+        step = chunk_size or max(1, n)
+        for i in range(0, n, step):
+            feats = self.encode_media(pixels[i : i + step], None).reshape(1, -1, cfg.dim)
+            first = i * t
+            for j in range(0, feats.shape[1], KV_CHUNK):  # bounded float32 temporaries (norm, RoPE)
+                f = feats[:, j : j + KV_CHUNK]
+                a, b = first + j, first + j + f.shape[1]
+                for layer in hyper:
+                    k, v = project_kv(
+                        f,
+                        positions[:, a:b],
+                        layer.input_layernorm,
+                        layer.self_attn.v_kv_proj,
+                        lm.rope,
+                        cfg.n_kv_heads,
+                        cfg.head_dim,
+                    )
+                    k_all, v_all = kv[layer.self_attn.layer_idx]
+                    k_all[:, :, a:b], v_all[:, :, a:b] = k, v
+        return kv
+
+    def _empty(self, shape: tuple[int, ...]) -> Tensor:
+        return torch.empty(shape, dtype=self.dtype, device=self.device)
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.language_model.model.embed_tokens(input_ids)
