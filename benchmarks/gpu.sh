@@ -56,7 +56,7 @@ run() {  # run NAME CMD...: the command line, then its output, into $OUT/NAME.tx
 
 # the counts, overridable only for a dry run of the plumbing (e.g. LAT_IMAGES=1,2 MAX_IMAGES=4,8)
 LAT_IMAGES="${LAT_IMAGES:-1,8,32,100,200,400}"
-MAX_IMAGES="${MAX_IMAGES:-1000,2000,3000,4000,4500,5000}"
+MAX_IMAGES="${MAX_IMAGES:-1000,2000,4000,6000,8000}"
 FRAMES="${FRAMES:-32,128}"
 
 # 0. Fail fast (seconds, not minutes) when the package or PyAV does not import.
