@@ -9,7 +9,7 @@ from pathlib import Path
 from owl3.errors import Owl3Error
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owl3.demo", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     t = sub.add_parser("tokenizer", help="train the world tokenizer into DIR")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("out", type=Path)
     w.add_argument("--rows", default="8000,16000,16000", help="rows of perception,binding,long")
     w.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("train", help="train the demo model from scratch into DIR (DIR/model; ~18 min)")
+    r = sub.add_parser("train", help="train the demo model from scratch into DIR (DIR/model; ~45 min)")
     r.add_argument("out", type=Path)
     r.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     r.add_argument("--batch-size", type=int, default=32)
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--preset", default="demo")
     r.add_argument(
         "--recipe",
-        default="shipped",
-        choices=("shipped", "next", "see"),
+        default="sees",
+        choices=("sees", "shipped", "next", "see"),
         help="phases (see owl3/demo/train.py)",
     )
     r.add_argument("--no-progress", action="store_true")
@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--variants", default="hyper,no-mirope,no-gate,concat")
     a.add_argument("--images", default="1,5,8")
     a.add_argument("--limit", type=int, default=40)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return _run(args)
     except Owl3Error as e:

@@ -38,7 +38,7 @@ def variant(name: str) -> Iterator[None]:
 
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
-    saved = (hyper._project_kv, text.gate)
+    saved = (hyper.project_kv, text.gate)
     if name == "no-mirope":
 
         def project_kv(features, positions, norm, v_kv_proj, rope, n_kv_heads, head_dim):
@@ -46,7 +46,7 @@ def variant(name: str) -> Iterator[None]:
             kv = v_kv_proj(norm(features)).view(b, m, n_kv_heads, 2, head_dim).permute(3, 0, 2, 1, 4)
             return kv[0], kv[1]  # no rotation
 
-        hyper._project_kv = project_kv
+        hyper.project_kv = project_kv
     elif name == "no-gate":
 
         def add(a_self, a_cross, seen, gate_proj, all_seen=False):
@@ -56,7 +56,7 @@ def variant(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        hyper._project_kv, text.gate = saved
+        hyper.project_kv, text.gate = saved
 
 
 # ----------------------------------------------------------------------------------- concat baseline

@@ -146,7 +146,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "demo-train",
-        help="train the built-in demo model from scratch (about 18 min on 2 CPU cores)",
+        help="train the built-in demo model from scratch (about 45 min on 2 CPU cores)",
         description="Train the demo model from scratch into OUT/model: tokenizer, initial checkpoint, "
         "curriculum data and owl3's training code, phase by phase (python -m owl3.demo train).",
     )
@@ -155,7 +155,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this model)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
-        "--recipe", default="shipped", choices=("shipped", "next", "see"), help="phases (owl3/demo/train.py)"
+        "--recipe",
+        default="sees",
+        choices=("sees", "shipped", "next", "see"),
+        help="phases (owl3/demo/train.py)",
     )
     t.set_defaults(func=cmd_demo_train)
 

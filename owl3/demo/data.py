@@ -61,6 +61,8 @@ class Mix:
     max_label: int = 128
     kinds: tuple[str, ...] | None = None  # question kinds of single / multi rows (default: all)
     n_frames: int = 8
+    # most objects per pool scene (1: one object, nothing to pick out; the world's scenes have up to 4)
+    max_objects: int = 4
 
 
 MIXES: dict[str, Mix] = {
@@ -82,9 +84,9 @@ def n_images(rng: random.Random, mix: Mix) -> int:
 class ScenePool:
     """`size` random scenes; each drawn question picks scenes from it."""
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, max_objects: int = 4) -> None:
         rng = random.Random(f"pool:{seed}")
-        self.scenes = [random_scene(rng) for _ in range(size)]
+        self.scenes = [random_scene(rng, max_objects=max_objects) for _ in range(size)]
 
     def pick(self, rng: random.Random, accept=lambda s: True, tries: int = 10_000) -> int:
         for _ in range(tries):
@@ -196,7 +198,7 @@ def write_dataset(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     name = name or mix_name
-    scenes = ScenePool(pool, seed)
+    scenes = ScenePool(pool, seed, mix.max_objects)
     rng = random.Random(f"train:{seed}:{mix_name}")
     written: set[int] = set()
 

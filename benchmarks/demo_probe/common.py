@@ -1,0 +1,74 @@
+"""Shared pieces of the demo-model probes (docs/demo.md, "Issue 5: root cause").
+
+Rows are drawn in memory from the demo world (owl3.demo), encoded with owl3's own training encoder, and
+measured by `evaluate`: the answer loss with the right images and with the images rolled by one sample,
+and teacher-forced exact-answer accuracy (every answer token the argmax).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from owl3.demo.questions import IMAGE, ask
+from owl3.demo.world import random_scene, render
+from owl3.processing import Processor
+from owl3.training.data import Record
+from owl3.training.encode import IGNORE, SampleEncoder, collate
+
+SIZE = 84  # the demo preset's image size
+
+
+def make_rows(n: int, seed: int, kinds=("colour",), n_objects: int | None = 1):
+    """n (scene, question) pairs of the given kinds; n_objects=None draws the world's 1-4 objects."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        scene = random_scene(rng, n_objects=n_objects, word=False)
+        qa = ask(scene, rng.choice(kinds), rng)
+        if qa is not None:
+            rows.append((scene, qa))
+    return rows
+
+
+class Encoder:
+    def __init__(self, model_dir: str) -> None:
+        self.proc = Processor.from_dir(model_dir, SIZE)
+        self.enc = SampleEncoder(self.proc, seq_len=8192, frames=8, crop_prob=0.0, seed=0)
+
+    def batch(self, rows):
+        items = []
+        for scene, qa in rows:
+            turns = (
+                {"role": "user", "content": f"{IMAGE}\n{qa.question}"},
+                {"role": "assistant", "content": qa.answer},
+            )
+            items.append(self.enc(Record("x", 1, turns, (render(scene, SIZE),))))
+        return collate(items, self.proc.pad_token_id)
+
+
+def batch_loss(step, b):
+    return step(b.input_ids, b.labels, b.pixel_values, b.n_media, b.media_starts) / b.n_targets
+
+
+@torch.no_grad()
+def evaluate(step, enc: Encoder, rows, bs: int = 64) -> dict:
+    step.eval()
+    right = rolled = 0.0
+    correct = n = 0
+    for i in range(0, len(rows), bs):
+        chunk = rows[i : i + bs]
+        b = enc.batch(chunk)
+        right += batch_loss(step, b).item() * len(chunk)
+        bx = enc.batch(chunk)
+        bx.pixel_values = b.pixel_values[torch.roll(torch.arange(b.pixel_values.shape[0]), 1)]
+        rolled += batch_loss(step, bx).item() * len(chunk)
+        t = b.input_ids.shape[1]
+        vis = step.visual(b.pixel_values, b.n_media, b.media_starts, len(chunk), b.input_ids.device)
+        logits = step.model(b.input_ids, torch.arange(t).expand(len(chunk), t), None, None, vis)
+        pred, tgt = logits[:, :-1].argmax(-1), b.labels[:, 1:]
+        correct += int(((pred == tgt) | (tgt == IGNORE)).all(1).sum())
+        n += len(chunk)
+    step.train()
+    return {"right": round(right / n, 4), "rolled": round(rolled / n, 4), "acc": round(correct / n, 3)}
