@@ -193,6 +193,7 @@ class Engine:
         # one generator per request, so a request samples the same tokens alone or in a batch
         gens = [make_generator(params.seed, model.device) for _ in range(b)]
         pos = torch.tensor(batch.lengths, device=model.device)  # next raw position per row
+        padded = not bool(batch.key_valid[:, : cache.length].all())
         active = [True] * b
         for step in range(params.max_new_tokens):
             next_ids = self._pick(logits, params, seen, gens)  # (B,)
@@ -212,7 +213,8 @@ class Engine:
                 seen[torch.arange(b), next_ids] = True
             slot = cache.length
             batch.key_valid[:, slot] = True
-            mask = batch.key_valid[:, None, None, : slot + 1]  # (B, 1, 1, S)
+            # (B, 1, 1, S); none when no row is padded: every cached slot is then a real token
+            mask = batch.key_valid[:, None, None, : slot + 1] if padded else None
             logits = self._decode_model(
                 next_ids[:, None], pos[:, None], mask, cache, batch.visual, last_only=True
             )[:, -1]
