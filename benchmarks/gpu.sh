@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU figure of docs/performance.md in one short run (about 4 minutes on one H100; 3 steps with
-# their own time limits, 380 s at most; add COMPILE=1 for the torch.compile decode figure).
+# their own time limits, 420 s at most; add COMPILE=1 for the torch.compile decode figure).
 #
 # The device machine has PyTorch, Pillow, safetensors, tokenizers, numpy, tqdm and matplotlib, but not PyAV,
 # and it cannot download. So, on the development machine first (once):
