@@ -233,17 +233,13 @@ def watch(
     starts = enc.media_starts
     p = starts[-1] + 1  # the prefix ends with the last image token: nothing before it depends on the question
     prefix = enc.input_ids[:p]
-    pixels = enc.pixel_values
     # the user turn's media text as the processor expanded it (crop prompts, one token per frame)
     user = enc.prompt.rsplit(USER_HEADER, 1)[1]
     media_text = user[: user.rindex("\n" + IM_END)]
 
-    kv = model.encode_visual_kv(pixels, starts, pipe.engine.vision_chunk_size)
-    visual = VisualContext.from_kv(kv, starts, model.cfg.vision.n_tokens)
+    visual = pipe.engine.encode_visual([enc])  # straight to the hyper layers' K/V, as for any request
     cache = KVCache(model.cfg.text, 1, p, model.dtype, model.device)
-    model(
-        prefix.to(model.device)[None], cache=cache, visual=visual, last_only=True
-    )  # fills the text cache
+    model(prefix.to(model.device)[None], cache=cache, visual=visual, last_only=True)  # fills the text cache
     text_kv = [(cache.k[i][:, :, :p].clone(), cache.v[i][:, :, :p].clone()) for i in range(len(cache.k))]
     sources = [str(x) for x in images if isinstance(x, (str, Path))] + [
         str(v) for v in videos if isinstance(v, (str, Path))

@@ -62,6 +62,9 @@ class VisualContext:
     padded: bool = False
     after_prompt: bool = False
     decode_mask: tuple[Tensor, Tensor | None] | None = None  # (seen, mask) of decode steps, made once
+    # the split prefill's (positions, visible counts (B, L), blocks per row) of the current forward, made
+    # by its first hyper layer and reused by the others (they see the same positions tensor)
+    split_plan: tuple[Tensor, Tensor, list[list[tuple[int, int, int, int]]]] | None = None
 
     @classmethod
     def build(cls, features: list[Tensor | None], starts: list[list[int]], offset: int = 1) -> VisualContext:
@@ -129,20 +132,37 @@ def visual_kv(
     """Rotated visual keys and values of one hyper layer, computed once per request."""
     if not ctx.recompute and layer_idx in ctx.kv:
         return ctx.kv[layer_idx]
-    b, m, _ = ctx.features.shape
-    if m <= KV_CHUNK:
-        k, v = project_kv(ctx.features, ctx.positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
-    else:
-        # bounded memory for thousands of images: the fp32 norm and RoPE temporaries are per chunk
-        k = ctx.features.new_empty(b, n_kv_heads, m, head_dim)
-        v = torch.empty_like(k)
-        for i in range(0, m, KV_CHUNK):
-            j = min(m, i + KV_CHUNK)
-            k[:, :, i:j], v[:, :, i:j] = project_kv(
-                ctx.features[:, i:j], ctx.positions[:, i:j], norm, v_kv_proj, rope, n_kv_heads, head_dim
-            )
+    k, v = project_kv_chunked(ctx.features, ctx.positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
     if not ctx.recompute:
         ctx.kv[layer_idx] = (k.contiguous(), v.contiguous())
+    return k, v
+
+
+def project_kv_chunked(
+    features: Tensor,
+    positions: Tensor,
+    norm: nn.Module,
+    v_kv_proj: nn.Linear,
+    rope: RotaryEmbedding,
+    n_kv_heads: int,
+    head_dim: int,
+    out: tuple[Tensor, Tensor] | None = None,
+    at: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """`project_kv` in chunks of KV_CHUNK tokens, so the float32 norm and RoPE temporaries stay bounded
+    for thousands of images. With `out` (K, V buffers (B, kv, N, d)) the result is written into them
+    from token `at` on; without, a single chunk is returned as computed and longer inputs get new buffers."""
+    b, m, _ = features.shape
+    if out is None:
+        if m <= KV_CHUNK:
+            return project_kv(features, positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
+        out = (features.new_empty(b, n_kv_heads, m, head_dim), features.new_empty(b, n_kv_heads, m, head_dim))
+    k, v = out
+    for i in range(0, m, KV_CHUNK):
+        j = min(m, i + KV_CHUNK)
+        k[:, :, at + i : at + j], v[:, :, at + i : at + j] = project_kv(
+            features[:, i:j], positions[:, i:j], norm, v_kv_proj, rope, n_kv_heads, head_dim
+        )
     return k, v
 
 
@@ -190,8 +210,14 @@ def cross_attention(
         return attend_grouped(q, k, v, mask), seen
     split = q.device.type == "cuda" if SPLIT_PREFILL is None else SPLIT_PREFILL
     if split and not torch.is_grad_enabled() and _lse_kernel_ok(q.device, q.dtype):
+        if ctx.split_plan is None or ctx.split_plan[0] is not positions:
+            counts = torch.searchsorted(key_starts, positions)  # (B, L) visual tokens each query sees
+            ctx.split_plan = (positions, counts, [_split_blocks(c, n_rep) for c in counts.tolist()])
+        _, counts, blocks = ctx.split_plan
         rows = [
-            _split_prefill(q[i : i + 1], k[i : i + 1], v[i : i + 1], key_starts[i], positions[i])
+            _split_prefill(
+                q[i : i + 1], k[i : i + 1], v[i : i + 1], key_starts[i], positions[i], counts[i], blocks[i]
+            )
             for i in range(b)
         ]
         return torch.cat([r[0] for r in rows]), torch.stack([r[1] for r in rows])
@@ -231,7 +257,13 @@ def cross_attention(
 
 
 def _split_prefill(
-    q: Tensor, k: Tensor, v: Tensor, key_starts: Tensor, positions: Tensor
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_starts: Tensor,
+    positions: Tensor,
+    counts: Tensor,
+    bounds: list[tuple[int, int, int, int]],
 ) -> tuple[Tensor, Tensor]:
     """One row's prefill cross-attention without a mask over the visual tokens that every query sees.
 
@@ -242,13 +274,12 @@ def _split_prefill(
     runs through a fused kernel with no mask, the second explicitly with its small mask, and the two are
     merged by their log-sum-exps: exact, and no mask ever spans the many images before a block (the cost of
     the masked path at thousands of images). Query heads sharing a kv head are laid along the query axis,
-    so nothing is copied per head. Returns (1, H, L, d) and seen (L,).
+    so nothing is copied per head. `counts` (L,) and `bounds` (`_split_blocks`) are the row's plan.
+    Returns (1, H, L, d) and seen (L,).
     """
     _, h, n_q, d = q.shape
     n_kv = k.shape[1]
     n_rep = h // n_kv
-    counts = torch.searchsorted(key_starts, positions)  # (L,) visual tokens seen by each query
-    bounds = _split_blocks(counts.tolist(), n_rep)
     scale = d**-0.5
     out = q.new_zeros(1, h, n_q, d)
     for i, j, a, c in bounds:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from owl3.config import Owl3Config
-from owl3.model.hyper import KV_CHUNK, VisualContext, project_kv
+from owl3.model.hyper import VisualContext, project_kv_chunked
 from owl3.model.text import Cache, Qwen2ForCausalLM
 from owl3.model.vision import SiglipVisionModel
 
@@ -75,22 +75,19 @@ class Owl3Model(nn.Module):
         step = chunk_size or max(1, n)
         for i in range(0, n, step):
             feats = self.encode_media(pixels[i : i + step], None).reshape(1, -1, cfg.dim)
-            first = i * t
-            for j in range(0, feats.shape[1], KV_CHUNK):  # bounded float32 temporaries (norm, RoPE)
-                f = feats[:, j : j + KV_CHUNK]
-                a, b = first + j, first + j + f.shape[1]
-                for layer in hyper:
-                    k, v = project_kv(
-                        f,
-                        positions[:, a:b],
-                        layer.input_layernorm,
-                        layer.self_attn.v_kv_proj,
-                        lm.rope,
-                        cfg.n_kv_heads,
-                        cfg.head_dim,
-                    )
-                    k_all, v_all = kv[layer.self_attn.layer_idx]
-                    k_all[:, :, a:b], v_all[:, :, a:b] = k, v
+            a, b = i * t, i * t + feats.shape[1]
+            for layer in hyper:
+                project_kv_chunked(
+                    feats,
+                    positions[:, a:b],
+                    layer.input_layernorm,
+                    layer.self_attn.v_kv_proj,
+                    lm.rope,
+                    cfg.n_kv_heads,
+                    cfg.head_dim,
+                    out=kv[layer.self_attn.layer_idx],
+                    at=a,
+                )
         return kv
 
     def _empty(self, shape: tuple[int, ...]) -> Tensor:
