@@ -36,16 +36,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this model)")
+    r.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--pool", type=int, default=20_000, help="distinct scenes to draw images from")
     r.add_argument("--preset", default="demo")
     r.add_argument(
         "--recipe",
-        default="sees",
-        choices=("sees", "shipped", "next", "see"),
+        default="tower",
+        choices=("tower", "sees", "shipped", "next", "see"),
         help="phases (see owl3/demo/train.py)",
     )
     r.add_argument("--no-progress", action="store_true")
+    v = sub.add_parser(
+        "tower", help="pretrain the vision tower of MODEL on the world's scene annotations into OUT"
+    )
+    v.add_argument("model", type=Path)
+    v.add_argument("out", type=Path)
+    v.add_argument("--steps", type=int, default=1600)
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--lr", type=float, default=3e-3)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--eval-every", type=int, default=100)
+    v.add_argument("--heads", default=None, help="comma-separated heads (default: all of HEADS)")
     c = sub.add_parser("check", help="does MODEL use its images? loss with right/rolled/black images")
     c.add_argument("model", type=Path)
     c.add_argument("data", type=Path, help="a training set (one-image rows are used)")
@@ -82,6 +94,22 @@ def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(vision_check(args.model, args.data, args.n)))
         return 0
+    if args.cmd == "tower":
+        import json
+
+        from owl3.demo.tower import pretrain_tower
+
+        if args.steps < 1 or args.batch_size < 1:
+            raise Owl3Error("--steps and --batch-size must be at least 1")
+        from owl3.demo.tower import HEADS
+
+        heads = tuple(args.heads.split(",")) if args.heads else tuple(HEADS)
+        res = pretrain_tower(
+            args.model, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            eval_every=max(1, args.eval_every), heads=heads,
+        )  # fmt: skip
+        print(json.dumps({"model": str(args.out), "steps": res.steps, "seconds": res.seconds, **res.final}))
+        return 0
     if args.cmd == "ablation":
         import json
 
@@ -96,11 +124,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "train":
         from owl3.demo.train import RECIPES, train_demo
 
-        if args.scale <= 0 or args.batch_size < 1 or args.threads < 1:
-            raise Owl3Error("--scale must be > 0, --batch-size and --threads >= 1")
+        if args.scale <= 0 or args.batch_size < 1 or args.threads < 1 or args.workers < 0:
+            raise Owl3Error("--scale must be > 0, --batch-size and --threads >= 1, --workers >= 0")
         train_demo(
-            args.out, scale=args.scale, batch_size=args.batch_size, threads=args.threads, seed=args.seed,
-            pool=args.pool, preset=args.preset, progress=not args.no_progress, phases=RECIPES[args.recipe],
+            args.out, scale=args.scale, batch_size=args.batch_size, threads=args.threads,
+            workers=args.workers, seed=args.seed, pool=args.pool, preset=args.preset,
+            progress=not args.no_progress, phases=RECIPES[args.recipe],
         )  # fmt: skip
     elif args.cmd == "tokenizer":
         tok = build_tokenizer(args.out)
