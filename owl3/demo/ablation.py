@@ -198,8 +198,9 @@ def run_ablation(
         t0 = time.perf_counter()
         cfg = TrainConfig(
             model=str(start), data=(str(data),), output=str(target), stage="sft", max_steps=steps,
-            batch_size=batch_size, lr=2e-3, min_lr=1e-4, warmup=0.05, seq_len=8192, crop_prob=0.0,
-            train_vision=True, threads=1, seed=seed, log_every=25, progress=False, plot=False,
+            batch_size=batch_size, lr=1e-3, min_lr=5e-5, warmup=0.05, seq_len=8192, crop_prob=0.0,
+            train_vision=True, vision_lr_scale=0.1, threads=1, seed=seed, log_every=25, progress=False,
+            plot=False,
             extra={"ablation": name},
         )  # fmt: skip
         with variant(name), concat_training() if name == "concat" else contextlib.nullcontext():
@@ -210,7 +211,33 @@ def run_ablation(
                          "eval_s": round(time.perf_counter() - t1, 1)}  # fmt: skip
         say(f"{name}: {results[name]}")
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_ablation(results, out / "ablation.png", steps)
     return results
 
 
-__all__ = ["VARIANTS", "run_ablation", "score", "variant"]
+def plot_ablation(results: dict, path: str | Path, steps: int) -> Path:
+    """Accuracy against the number of images, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res in results.items():
+        groups = sorted(
+            (int(g.split()[0]), acc) for g, acc in res["accuracy"].items() if g.split()[0].isdigit()
+        )
+        ax.plot([n for n, _ in groups], [100 * a for _, a in groups], marker="o", label=name)
+    ax.set_xlabel("images in the prompt")
+    ax.set_ylabel("exact-match accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"demo-scale ablation: same start, data and {steps} steps")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+__all__ = ["VARIANTS", "plot_ablation", "run_ablation", "score", "variant"]

@@ -146,18 +146,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "demo-train",
-        help="train the built-in demo model from scratch (about 45 min on 2 CPU cores)",
+        help="train the built-in demo model from scratch (about 40 min on 2 CPU cores)",
         description="Train the demo model from scratch into OUT/model: tokenizer, initial checkpoint, "
         "curriculum data and owl3's training code, phase by phase (python -m owl3.demo train).",
     )
     t.add_argument("out", help="output folder")
     t.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this model)")
+    t.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--recipe",
-        default="sees",
-        choices=("sees", "shipped", "next", "see"),
+        default="tower",
+        choices=("tower", "sees", "shipped", "next", "see"),
         help="phases (owl3/demo/train.py)",
     )
     t.set_defaults(func=cmd_demo_train)
@@ -193,13 +194,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_demo_train(args: argparse.Namespace) -> int:
     from owl3.demo.train import RECIPES, train_demo
 
-    if args.scale <= 0 or args.threads < 1:
-        raise Owl3Error("--scale must be > 0 and --threads at least 1")
+    if args.scale <= 0 or args.threads < 1 or args.workers < 0:
+        raise Owl3Error("--scale must be > 0, --threads at least 1 and --workers at least 0")
     train_demo(
         args.out,
         phases=RECIPES[args.recipe],
         scale=args.scale,
         threads=args.threads,
+        workers=args.workers,
         seed=args.seed,
         say=lambda s: print(s, file=sys.stderr),
     )

@@ -59,7 +59,8 @@ class Mix:
     # list of up to `max_label` images: every label token up to max_label is trained without long rows
     window: float = 0.0
     max_label: int = 128
-    kinds: tuple[str, ...] | None = None  # question kinds of single / multi rows (default: all)
+    # question kinds of single / multi rows (default: all); a kind listed twice is drawn twice as often
+    kinds: tuple[str, ...] | None = None
     n_frames: int = 8
     # most objects per pool scene (1: one object, nothing to pick out; the world's scenes have up to 4)
     max_objects: int = 4

@@ -1,21 +1,19 @@
 """Train the built-in demo model from scratch: `python -m owl3.demo train OUT` (or `owl3 demo-train OUT`).
 
-One command: it trains the world tokenizer and writes a random-weight checkpoint (`OUT/init`), writes one
-training set per curriculum phase (`OUT/data/`), and runs owl3's own training code (`owl3.training.train`,
-stage `sft` with the vision tower unfrozen, since nothing here is pretrained) once per phase, each phase
-starting from the previous one's model (`OUT/phase-1-perception`, ...). The last phase's model is copied
-to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
+One command: it trains the world tokenizer and writes a random-weight checkpoint (`OUT/init`), then runs
+the recipe's phases, each from the previous phase's model (`OUT/phase-1-tower`, ...): a tower phase
+pretrains the vision tower alone on the world's scene annotations (`owl3/demo/tower.py`); a question phase
+writes its training set (`OUT/data/PHASE/`) and runs owl3's own training code (`owl3.training.train`,
+stage `sft` with the vision tower unfrozen, since nothing here is pretrained). The last phase's model is
+copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
-Recipes (`--recipe`): `sees` (default) is lr 1e-3 and a curriculum from one object per picture up to
-binding; only its first two phases were run (the model then uses its images but answers ~40% of one-image
-questions; docs/demo.md). `shipped` is the recipe and data of the shipped weights (not re-run since):
-one perception phase (one to three images and videos, every question kind), 900 steps, about 18 minutes
-here. It does not learn to see (docs/demo.md). `see` (run, 10 minutes): one-image colour/shape questions
-until the model sees, then one-image questions of every kind. `next` is the curriculum designed for
-seeing and binding, not run end to end: see / see-2
-(one-image colour and shape questions; the tower's lr 0.1x, then 1x), perception, binding ("In Image X"
-among 2-8 images with hard distractors, 30% of lists numbered from a random start, `Image 41: ... Image
-48:`, so every label token up to 128 is trained without long rows), long (2-32 images, log-uniform).
+Recipes (`--recipe`): `tower` (default) pretrains the tower (1,600 steps), then one-image questions of
+every kind (600 steps) and the binding mix (1,000 steps: "In Image X" among 2-8 images with hard
+distractors, "which image", 8-frame videos), the tower at 0.1x the lr; docs/demo.md has its time and
+scores. `sees` (lr 1e-3, one object per picture first, no tower pretraining) made a model that uses its
+images but answers ~40% of one-image questions. `shipped` is the recipe of the weights shipped before
+`tower`: one perception phase, 900 steps, lr 3e-3; it does not learn to see. `see` and `next` are older
+attempts kept for the record (docs/demo.md).
 
 Every phase trains on fresh rows (one epoch; phase k draws its rows and scene pool with seed + 1000 (k-1)),
 uncropped images, the loss on answer tokens only (the training code's rule), AdamW (no weight decay) with
@@ -43,6 +41,17 @@ class Phase:
     min_lr: float
     crop_prob: float = 0.0
     vision_lr_scale: float = 0.1
+
+
+@dataclass(frozen=True)
+class TowerPhase:
+    """Pretrain the vision tower alone on the world's scene annotations (`owl3/demo/tower.py`), the
+    small-scale analogue of starting from a pretrained SigLIP."""
+
+    name: str
+    steps: int
+    lr: float = 3e-3
+    batch_size: int = 64
 
 
 # The recipe of the shipped weights (owl3/assets/demo): one perception phase, every lr 3e-3. It is known
@@ -82,7 +91,29 @@ SEES_PHASES: tuple[Phase, ...] = (
         "binding", replace(MIXES["binding"], window=0.3), steps=550, lr=7e-4, min_lr=5e-5, vision_lr_scale=1.0
     ),
 )
-RECIPES = {"sees": SEES_PHASES, "shipped": PHASES, "next": NEXT_PHASES, "see": SEE_PHASES}
+# The default recipe (`--recipe tower`): the tower is pretrained alone on the world's scene annotations first
+# (owl3/demo/tower.py; the random tower does not learn shapes through the language model, docs/demo.md), then
+# one-image questions of every kind and the binding mix (2-8 images with hard distractors, video, "which
+# image"), the tower fine-tuned at 0.1x the lr.
+# The last phase mixes everything at a lower lr; position questions (9 answers, the slowest attribute to be
+# read from the features: 0% after the binding phase, 38% after 200 focused steps) are drawn 3x as often.
+WEIGHTED_KINDS = ("colour", "shape", "count_shape", "count_colour", "count_all", "position", "position",
+                  "position", "size", "exists", "word", "word_colour")  # fmt: skip
+ALL = Mix(single=0.35, multi=0.35, which=0.1, video=0.2, n_min=2, n_max=8, window=0.3, kinds=WEIGHTED_KINDS)
+TOWER_PHASES: tuple[Phase | TowerPhase, ...] = (
+    TowerPhase("tower", steps=1600, lr=3e-3),
+    Phase("single", SINGLE, steps=600, lr=1e-3, min_lr=1e-4, vision_lr_scale=0.1),
+    Phase("binding", replace(MIXES["binding"], window=0.3), steps=1000, lr=1e-3, min_lr=5e-5,
+          vision_lr_scale=0.1),
+    Phase("all", ALL, steps=900, lr=7e-4, min_lr=3e-5, vision_lr_scale=0.1),
+)  # fmt: skip
+RECIPES = {
+    "tower": TOWER_PHASES,
+    "sees": SEES_PHASES,
+    "shipped": PHASES,
+    "next": NEXT_PHASES,
+    "see": SEE_PHASES,
+}
 
 
 def train_demo(
@@ -91,9 +122,10 @@ def train_demo(
     scale: float = 1.0,
     batch_size: int = 32,
     threads: int = 1,
+    workers: int = 1,
     seed: int = 0,
     pool: int = 20_000,
-    phases: tuple[Phase, ...] = SEES_PHASES,
+    phases: tuple[Phase | TowerPhase, ...] = TOWER_PHASES,
     preset: str = "demo",
     progress: bool = True,
     say=print,
@@ -105,7 +137,13 @@ def train_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    log: dict = {"scale": scale, "batch_size": batch_size, "threads": threads, "seed": seed, "phases": []}
+    log: dict = {
+        "scale": scale, "batch_size": batch_size, "threads": threads, "workers": workers, "seed": seed,
+        "phases": [],
+    }  # fmt: skip
+    log_path = out / "demo_train.json"
+    # a resumed run keeps the records of the phases an earlier run finished
+    before = {p["phase"]: p for p in json.loads(log_path.read_text())["phases"]} if log_path.is_file() else {}
     init = out / "init"
     if not (init / "model.safetensors").is_file():
         init_checkpoint(init, seed=seed, name=preset)
@@ -117,9 +155,27 @@ def train_demo(
         target = out / f"phase-{k}-{ph.name}"
         if (target / "model.safetensors").is_file():
             say(f"phase {k} ({ph.name}): done before, {target}")
+            if ph.name in before:
+                log["phases"].append({**before[ph.name], "done_before": True})
             model = target
             continue
         t1 = time.perf_counter()
+        if isinstance(ph, TowerPhase):
+            from owl3.demo.tower import pretrain_tower
+
+            say(f"phase {k} ({ph.name}): pretraining the vision tower, {steps} steps")
+            res = pretrain_tower(
+                model, target, steps=steps, batch_size=ph.batch_size, lr=ph.lr, seed=seed + k,
+                threads=threads, eval_every=max(1, min(100, steps)),
+                say=say if progress else (lambda s: None),
+            )  # fmt: skip
+            log["phases"].append(
+                {"phase": ph.name, "steps": steps, "train_s": res.seconds,
+                 "final_loss": res.final.get("loss"), "tower_accuracy": res.final}
+            )  # fmt: skip
+            say(f"phase {k} ({ph.name}): {res.seconds:.0f} s, held-out accuracy {res.final}")
+            model = target
+            continue
         data = write_dataset(
             out / "data" / ph.name, rows, mix=ph.mix, seed=seed + 1000 * (k - 1), pool=pool, name=ph.name
         )
@@ -141,6 +197,7 @@ def train_demo(
             crop_prob=ph.crop_prob,
             train_vision=True,
             threads=threads,
+            num_workers=workers,  # pictures and videos decoded on the other core while this one trains
             seed=seed + k,
             save_every=max(50, steps // 4),
             save_total_limit=1,
@@ -163,9 +220,13 @@ def train_demo(
     for f in sorted(model.iterdir()):
         if f.is_file() and f.name not in ("metrics.jsonl", "loss.png", "train_config.yaml"):
             shutil.copy2(f, final / f.name)
-    log["total_s"] = round(time.perf_counter() - t0, 1)
-    (out / "demo_train.json").write_text(json.dumps(log, indent=2) + "\n")
-    say(f"trained the demo model into {final} in {log['total_s'] / 60:.1f} min")
+    log["run_s"] = round(time.perf_counter() - t0, 1)  # this invocation
+    # the whole recipe: the phases of this run plus those an earlier run finished
+    earlier = sum(p.get("data_s", 0) + p["train_s"] for p in log["phases"] if p.get("done_before"))
+    log["total_s"] = round(log["run_s"] + earlier, 1)
+    log_path.write_text(json.dumps(log, indent=2) + "\n")
+    run, total = log["run_s"] / 60, log["total_s"] / 60
+    say(f"trained the demo model into {final} in {run:.1f} min (whole recipe {total:.1f} min)")
     return final
 
 
