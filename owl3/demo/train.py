@@ -7,10 +7,10 @@ writes its training set (`OUT/data/PHASE/`) and runs owl3's own training code (`
 stage `sft` with the vision tower unfrozen, since nothing here is pretrained). The last phase's model is
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
-Recipes (`--recipe`): `tower` (default) pretrains the tower (1,600 steps), then one-image questions of
-every kind (600 steps) and the binding mix (1,000 steps: "In Image X" among 2-8 images with hard
-distractors, "which image", 8-frame videos), the tower at 0.1x the lr; docs/demo.md has its time and
-scores. `sees` (lr 1e-3, one object per picture first, no tower pretraining) made a model that uses its
+Recipes (`--recipe`): `tower` (default; the shipped weights) pretrains the tower (1,600 steps), then
+one-image questions of every kind (600 steps), the binding mix (1,000 steps: "In Image X" among 2-8
+images with hard distractors, "which image", 8-frame videos) and everything mixed at a lower lr (900
+steps), the tower at 0.1x the lr; docs/demo.md has its time and scores. `sees` (lr 1e-3, one object per picture first, no tower pretraining) made a model that uses its
 images but answers ~40% of one-image questions. `shipped` is the recipe of the weights shipped before
 `tower`: one perception phase, 900 steps, lr 3e-3; it does not learn to see. `see` and `next` are older
 attempts kept for the record (docs/demo.md).
@@ -54,8 +54,8 @@ class TowerPhase:
     batch_size: int = 64
 
 
-# The recipe of the shipped weights (owl3/assets/demo): one perception phase, every lr 3e-3. It is known
-# not to learn to see: the vision path's output scale runs away under Adam and its gradients vanish
+# The recipe of the weights shipped before `tower` (`--recipe shipped`): one perception phase, every lr 3e-3.
+# It is known not to learn to see: the vision path's output scale runs away under Adam and its gradients vanish
 # (docs/demo.md, "What the session found").
 PHASES: tuple[Phase, ...] = (
     Phase("perception", MIXES["perception"], steps=900, lr=3e-3, min_lr=3e-4, vision_lr_scale=1.0),
@@ -230,4 +230,4 @@ def train_demo(
     return final
 
 
-__all__ = ["PHASES", "Phase", "train_demo"]
+__all__ = ["PHASES", "RECIPES", "TOWER_PHASES", "Phase", "TowerPhase", "train_demo"]
