@@ -4,21 +4,21 @@ One command: it trains the world tokenizer and writes a random-weight checkpoint
 the recipe's phases, each from the previous phase's model (`OUT/phase-1-tower`, ...): a tower phase
 pretrains the vision tower alone on the world's scene annotations (`owl3/demo/tower.py`); a question phase
 writes its training set (`OUT/data/PHASE/`) and runs owl3's own training code (`owl3.training.train`,
-stage `sft` with the vision tower unfrozen, since nothing here is pretrained). The last phase's model is
+stage `sft`, the vision tower trained too at the phase's `vision_lr_scale`). The last phase's model is
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
 Recipes (`--recipe`): `tower` (default; the shipped weights) pretrains the tower (1,600 steps), then
 one-image questions of every kind (600 steps), the binding mix (1,000 steps: "In Image X" among 2-8
 images with hard distractors, "which image", 8-frame videos) and everything mixed at a lower lr (900
-steps), the tower at 0.1x the lr; docs/demo.md has its time and scores. `sees` (lr 1e-3, one object per picture first, no tower pretraining) made a model that uses its
-images but answers ~40% of one-image questions. `shipped` is the recipe of the weights shipped before
-`tower`: one perception phase, 900 steps, lr 3e-3; it does not learn to see. `see` and `next` are older
-attempts kept for the record (docs/demo.md).
+steps), the tower at 0.1x the lr; docs/demo.md has its time and scores. `sees` (lr 1e-3, one object per
+picture first, no tower pretraining) made a model that uses its images but answers ~40% of one-image
+questions. `shipped` is the recipe of the weights shipped before `tower`: one perception phase, 900
+steps, lr 3e-3; it does not learn to see. `see` and `next` are older attempts kept for the record.
 
 Every phase trains on fresh rows (one epoch; phase k draws its rows and scene pool with seed + 1000 (k-1)),
 uncropped images, the loss on answer tokens only (the training code's rule), AdamW (no weight decay) with
 warmup and a cosine decay, batches of 32 short samples, one CPU thread (the fastest for a model this small
-on a shared CPU; `--threads`). `--scale` multiplies every phase's step count (0.01 for a smoke test).
+on a shared CPU; `--threads`) and one data-loader process (`--workers`). `--scale` multiplies every phase's step count (0.01 for a smoke test).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class TowerPhase:
     batch_size: int = 64
 
 
-# The recipe of the weights shipped before `tower` (`--recipe shipped`): one perception phase, every lr 3e-3.
-# It is known not to learn to see: the vision path's output scale runs away under Adam and its gradients vanish
-# (docs/demo.md, "What the session found").
+# The recipe of the weights shipped before `tower` (`--recipe shipped`): one perception phase, every lr
+# 3e-3. It is known not to learn to see: the vision path's output scale runs away under Adam and its
+# gradients vanish (docs/demo.md, "What the session found").
 PHASES: tuple[Phase, ...] = (
     Phase("perception", MIXES["perception"], steps=900, lr=3e-3, min_lr=3e-4, vision_lr_scale=1.0),
 )
