@@ -18,7 +18,8 @@ steps, lr 3e-3; it does not learn to see. `see` and `next` are older attempts ke
 Every phase trains on fresh rows (one epoch; phase k draws its rows and scene pool with seed + 1000 (k-1)),
 uncropped images, the loss on answer tokens only (the training code's rule), AdamW (no weight decay) with
 warmup and a cosine decay, batches of 32 short samples, one CPU thread (the fastest for a model this small
-on a shared CPU; `--threads`) and one data-loader process (`--workers`). `--scale` multiplies every phase's step count (0.01 for a smoke test).
+on a shared CPU; `--threads`) and one data-loader process (`--workers`). `--scale` multiplies every
+phase's step count (0.01 for a smoke test).
 """
 
 from __future__ import annotations
