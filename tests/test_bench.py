@@ -279,3 +279,14 @@ def test_streamed_visual_kv_equals_features_then_layers(tiny_model, monkeypatch)
     for i, (k, v) in streamed.items():
         torch.testing.assert_close(k, ctx.kv[i][0], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(v, ctx.kv[i][1], atol=1e-6, rtol=1e-5)
+
+
+def test_isolated_point_reports_errors_and_timeouts_instead_of_crashing():
+    from owl3.bench.latency import LatencySpec, _run_isolated
+
+    bad = _run_isolated(LatencySpec(preset="no-such-preset"), "owl3", 1, timeout=60)
+    assert bad["status"].startswith("error: Owl3Error: unknown preset") and bad["ftl_s"] is None
+    slow = _run_isolated(LatencySpec(preset="tiny", new_tokens=2), "owl3", 1, timeout=0.001)
+    assert slow["status"] == "timeout"
+    ok = _run_isolated(LatencySpec(preset="tiny", new_tokens=2), "owl3", 1, timeout=120)
+    assert ok["status"] == "ok" and ok["peak_mem_mb"] > 100  # the child's own RSS, model included

@@ -9,8 +9,9 @@ Three methods run on the same weights, the same prompt and the same engine code:
 
 First-token latency (FTL) runs from decoded RGB images in memory to the first sampled token: the image
 transform, vision encoding, visual K/V and prefill are all inside it. Decode time is the mean gap between
-the following tokens. On CPU every (method, image count) runs in a fresh process (see bench/common.py for
-how peak memory is read); on CUDA they share one process and the allocator's peak is reset per point.
+the following tokens. On CPU every (method, image count) runs in a process of its own, forked from a fork
+server that imported torch once (see bench/common.py for how peak memory is read); on CUDA they share one
+process and the allocator's peak is reset per point.
 The report is a table followed by one JSON line.
 """
 
@@ -19,8 +20,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -182,29 +181,63 @@ def measure(subject: Subject, method: str, n: int, spec: LatencySpec, warm: bool
 
 
 # ---------------------------------------------------------------------- running a sweep
-def _worker_main(payload: str) -> None:
-    job = json.loads(payload)
-    spec = LatencySpec(**job["spec"])
-    subject = load_subject(spec)
-    row = measure(subject, job["method"], job["images"], spec)
-    print("RESULT " + json.dumps(row), flush=True)
+def _point(payload: str, conn) -> None:
+    """One isolated point, in a child of the fork server: the row, or the error, back through `conn`."""
+    try:
+        job = json.loads(payload)
+        if job.get("threads"):
+            torch.set_num_threads(int(job["threads"]))
+        spec = LatencySpec(**job["spec"])
+        row = measure(load_subject(spec), job["method"], job["images"], spec)
+        conn.send(("ok", row))
+    except BaseException as e:  # reported as the point's status; the sweep goes on
+        conn.send(("error", f"{type(e).__name__}: {e}".splitlines()[0]))
+    finally:
+        conn.close()
+
+
+_FORK_SERVER = None
+
+
+def _fork_server():
+    """A fork server that has imported torch and owl3 but run no torch op: every isolated point is a fork
+    of it, so a point pays for its own model and request only (a fresh interpreter per point spent ~2 s
+    importing torch). Forking this process itself is not safe: once torch's OpenMP pool has run, a forked
+    child can deadlock in its first parallel op."""
+    global _FORK_SERVER
+    if _FORK_SERVER is None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["owl3.bench.latency"])
+        _FORK_SERVER = ctx
+    return _FORK_SERVER
 
 
 def _run_isolated(spec: LatencySpec, method: str, n: int, timeout: float | None) -> dict[str, Any]:
-    payload = json.dumps({"spec": asdict(spec), "method": method, "images": n})
-    cmd = [sys.executable, "-m", "owl3.bench.latency", "--worker", payload]
+    threads = os.environ.get("OWL3_BENCH_THREADS")
+    payload = json.dumps({"spec": asdict(spec), "method": method, "images": n, "threads": threads})
     base = {"method": method, "images": n, "ftl_s": None, "decode_ms_per_token": None, "peak_mem_mb": None}
+    ctx = _fork_server()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_point, args=(payload, send), daemon=True)
+    proc.start()
+    send.close()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**base, "status": "timeout"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    if proc.returncode in (-9, 137):  # SIGKILL: the kernel's out-of-memory killer
-        return {**base, "status": "oom"}
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**base, "status": f"error: {tail}"}
+        if not recv.poll(timeout):
+            proc.kill()
+            return {**base, "status": "timeout"}
+        try:
+            kind, value = recv.recv()
+        except EOFError:  # the child died without a word: the kernel's out-of-memory killer, or a crash
+            proc.join()
+            if proc.exitcode in (-9, 137):
+                return {**base, "status": "oom"}
+            return {**base, "status": f"error: worker exited with {proc.exitcode}"}
+    finally:
+        recv.close()
+        proc.join(timeout=10)
+    return value if kind == "ok" else {**base, "status": f"error: {value}"}
 
 
 def run_sweep(
@@ -425,20 +458,6 @@ def run(args) -> int:
             print(f"plot written to {out}")
     print(json.dumps(report), flush=True)
     return 0
-
-
-def _env_threads() -> None:
-    n = os.environ.get("OWL3_BENCH_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        _env_threads()
-        _worker_main(sys.argv[2])
-    else:
-        sys.exit("usage: owl3 bench latency ... (this module's own entry is the per-point worker)")
 
 
 __all__ = ["METHODS", "LatencySpec", "measure", "plot", "ratios", "run", "run_sweep"]
