@@ -90,7 +90,7 @@ def add_parser(sub) -> None:
         "--isolate",
         choices=("auto", "process", "none"),
         default="auto",
-        help="a fresh process per point (auto: on CPU, where peak memory needs it)",
+        help="a process of its own per point (auto: on CPU, where peak memory needs it)",
     )
     lat.add_argument("--timeout", type=float, default=None, metavar="S", help="per-point limit (isolated)")
     lat.add_argument(

@@ -3,8 +3,9 @@
 Peak memory is measured where it can be defended: on CUDA, `torch.cuda.max_memory_allocated` (the
 caching allocator's high-water mark of live tensors); on CPU, the process's resident-set high-water mark
 (`VmHWM` in /proc/self/status), reset through /proc/self/clear_refs right before the measured request and
-read right after it, in a fresh process per measurement so that nothing freed earlier is still held by the
-C allocator. It counts everything resident: Python, torch, the weights and the request's activations.
+read right after it, in a process of its own per measurement (a fork of a server that only imported
+torch) so that nothing freed earlier is still held by the C allocator. It counts everything resident in
+that process: Python, torch, the weights and the request's activations.
 """
 
 from __future__ import annotations

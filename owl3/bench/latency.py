@@ -49,7 +49,7 @@ from owl3.model.concat import ConcatModel, expand_image_tokens
 from owl3.processing import Encoding
 
 METHODS = ("owl3", "official", "concat")
-CPU_MEMORY = "process resident-set high-water mark (VmHWM), fresh process per point"
+CPU_MEMORY = "process resident-set high-water mark (VmHWM), a process of its own per point"
 CUDA_MEMORY = "torch.cuda.max_memory_allocated"
 
 
