@@ -19,6 +19,7 @@ the heads are thrown away, only the tower's weights are written back into a copy
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import time
@@ -122,7 +123,7 @@ def pretrain_tower(
     model_dir: str | Path,
     out_dir: str | Path,
     *,
-    steps: int = 800,
+    steps: int = 1600,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -136,6 +137,9 @@ def pretrain_tower(
     from owl3.checkpoint import save_model
     from owl3.checkpoint.load import load_model
 
+    unknown = set(heads) - set(HEADS)
+    if unknown or not heads:
+        raise Owl3Error(f"unknown tower heads {sorted(unknown)}; choose from {', '.join(HEADS)}")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -143,19 +147,12 @@ def pretrain_tower(
     tower = model.vision_model.requires_grad_(True).train()
     size = tower.cfg.image_size
     grid = size // tower.cfg.patch_size
-    unknown = set(heads) - set(HEADS)
-    if unknown or not heads:
-        raise Owl3Error(f"unknown tower heads {sorted(unknown)}; choose from {', '.join(HEADS)}")
     head_layer = TowerHeads(tower.cfg.dim, tuple(heads))
     params = [*tower.parameters(), *head_layer.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 20)
+    warm = max(1, steps // 20)  # linear warmup over 5% of the steps, then cosine from lr to lr / 10
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            min(1.0, (s + 1) / warm)
-            * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(s / steps * torch.pi)).item()))
-        ),
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
     )
     rng = random.Random(f"tower:{seed}")
     test = scene_batch(random.Random(f"tower-test:{seed}"), 256, size, grid)
