@@ -66,16 +66,25 @@ class VisualContext:
     # by its first hyper layer and reused by the others (they see the same positions tensor)
     split_plan: tuple[Tensor, Tensor, list[list[tuple[int, int, int, int]]]] | None = None
 
+    @staticmethod
+    def layout(
+        starts: list[int], tokens_per_image: int, device: torch.device, offset: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """One sample's (key_starts, positions) per visual token: image k's tokens start at s_k (their image
+        token) and sit at MI-RoPE position s_k + offset."""
+        s_t = torch.tensor(starts, dtype=torch.long, device=device).repeat_interleave(tokens_per_image)
+        return s_t, s_t + offset
+
     @classmethod
     def build(cls, features: list[Tensor | None], starts: list[list[int]], offset: int = 1) -> VisualContext:
         """Pack per-sample features (n_img, T, D) and image-token indices s_k into a padded batch."""
         ref = next(f for f in features if f is not None)
         t, d = ref.shape[1], ref.shape[2]
         if len(features) == 1:  # one sample: its features as they are, no padded copy
-            s_t = torch.tensor(starts[0], dtype=torch.long, device=ref.device).repeat_interleave(t)
             if ref.shape[0] != len(starts[0]):
                 raise ValueError(f"sample 0: {ref.shape[0]} images but {len(starts[0])} image tokens")
-            return cls(ref.reshape(1, -1, d), s_t[None], (s_t + offset)[None])
+            s_t, pos = cls.layout(starts[0], t, ref.device, offset)
+            return cls(ref.reshape(1, -1, d), s_t[None], pos[None])
         m = max((0 if f is None else f.shape[0] * t) for f in features)
         b = len(features)
         feats = ref.new_zeros(b, m, d)
@@ -88,9 +97,7 @@ class VisualContext:
                 raise ValueError(f"sample {i}: {f.shape[0]} images but {len(s)} image tokens")
             n = f.shape[0] * t
             feats[i, :n] = f.reshape(n, d)
-            s_t = torch.tensor(s, dtype=torch.long, device=ref.device).repeat_interleave(t)
-            key_starts[i, :n] = s_t
-            positions[i, :n] = s_t + offset
+            key_starts[i, :n], positions[i, :n] = cls.layout(s, t, ref.device, offset)
         padded = any((0 if f is None else f.shape[0] * t) < m for f in features)
         return cls(feats, key_starts, positions, padded=padded)
 
@@ -100,9 +107,9 @@ class VisualContext:
     ) -> VisualContext:
         """One sample whose visual K/V are already computed (e.g. loaded from a saved memory)."""
         k0 = next(iter(kv.values()))[0]  # (1, kv, M, d)
-        s_t = torch.tensor(starts, dtype=torch.long, device=k0.device).repeat_interleave(tokens_per_image)
+        s_t, pos = cls.layout(starts, tokens_per_image, k0.device, offset)
         feats = k0.new_zeros(1, s_t.shape[0], 0)  # never read: every hyper layer's K/V is given
-        return cls(feats, s_t[None], (s_t + offset)[None], kv=dict(kv))
+        return cls(feats, s_t[None], pos[None], kv=dict(kv))
 
     @property
     def n_tokens(self) -> int:
@@ -290,8 +297,9 @@ def _split_prefill(
             parts.append(_attention_with_lse(qg, k[:, :, :a], v[:, :, :a], scale))
         if c > a:
             s = torch.matmul(qg.float(), k[:, :, a:c].float().transpose(-1, -2)) * scale  # (1, kv, R, c-a)
-            mask = key_starts[None, a:c] < positions[i:j, None]  # (lb, c-a)
-            s = s.masked_fill(~mask.repeat(n_rep, 1), float("-inf"))
+            hidden = key_starts[None, a:c] >= positions[i:j, None]  # (lb, c-a): images after the query
+            # rows r*lb + p: one (lb, c-a) mask broadcast over the n_rep head groups, not copied per group
+            s = s.view(1, n_kv, n_rep, lb, c - a).masked_fill(hidden, float("-inf")).view_as(s)
             lse = torch.logsumexp(s, -1)  # -inf where a query sees none of these tokens
             p = torch.exp(s - lse.nan_to_num(neginf=0.0)[..., None])  # exp(-inf) = 0 on unseen rows
             parts.append((torch.matmul(p, v[:, :, a:c].float()), lse))

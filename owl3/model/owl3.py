@@ -68,8 +68,7 @@ class Owl3Model(nn.Module):
             raise ValueError(f"{n} images but {len(starts)} image tokens")
         lm = self.language_model.model
         hyper = [layer for layer in lm.layers if layer.self_attn.is_hyper]
-        # MI-RoPE position of every visual token: s_k + 1 (VisualContext's layout)
-        positions = (torch.tensor(starts, device=self.device).repeat_interleave(t) + 1)[None]
+        positions = VisualContext.layout(starts, t, self.device)[1][None]  # MI-RoPE position of each token
         shape = (1, cfg.n_kv_heads, n * t, cfg.head_dim)
         kv = {layer.self_attn.layer_idx: (self._empty(shape), self._empty(shape)) for layer in hyper}
         step = chunk_size or max(1, n)
