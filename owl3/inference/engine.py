@@ -193,7 +193,8 @@ class Engine:
         # one generator per request, so a request samples the same tokens alone or in a batch
         gens = [make_generator(params.seed, model.device) for _ in range(b)]
         pos = torch.tensor(batch.lengths, device=model.device)  # next raw position per row
-        padded = not bool(batch.key_valid[:, : cache.length].all())
+        # rows are left-padded to the longest prompt: the host knows, no device reduction needed
+        padded = min(batch.lengths) < cache.length
         active = [True] * b
         for step in range(params.max_new_tokens):
             next_ids = self._pick(logits, params, seen, gens)  # (B,)
