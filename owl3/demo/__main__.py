@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--recipe",
         default="tower",
-        choices=("tower", "sees", "shipped", "next", "see"),
+        choices=("tower", "recency", "sees", "shipped", "next", "see"),
         help="phases (see owl3/demo/train.py)",
     )
     r.add_argument("--no-progress", action="store_true")

@@ -158,7 +158,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--recipe",
         default="tower",
-        choices=("tower", "sees", "shipped", "next", "see"),
+        choices=("tower", "recency", "sees", "shipped", "next", "see"),
         help="phases (owl3/demo/train.py)",
     )
     t.set_defaults(func=cmd_demo_train)

@@ -63,6 +63,33 @@ def init_weights(model: Owl3Model, seed: int = 0, std: float = 0.02) -> Owl3Mode
     return model
 
 
+@torch.no_grad()
+def init_recency(
+    model: Owl3Model, kv_heads: tuple[int, ...] = (0,), strength: float = 3.0, pairs: int = 3
+) -> None:
+    """Make the first hyper layer's query heads of `kv_heads` attend to the most recent image.
+
+    Every text token should be able to take in the image just before it (the tokens after image k are
+    where a question about Image k later finds it, docs/demo.md), but a random layer attends to all
+    images alike and that pattern is slow to emerge. A constant `strength` in the `pairs` fastest MI-RoPE
+    channel pairs of those heads' query bias and visual key bias gives each query a score
+    strength^2 * sum_i cos(w_i * distance) / sqrt(d): highest at distance 0 (the image just before),
+    ~0 four tokens further (the image before it in `Image k: <|image|>` lists). Content still adds to the
+    score; training may change all of it.
+    """
+    cfg = model.cfg.text
+    first = next(layer.self_attn for layer in model.language_model.model.layers if layer.self_attn.is_hyper)
+    d, n_rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+    q_bias = first.q_proj.bias.view(cfg.n_heads, d)
+    kv_bias = first.v_kv_proj.bias.view(cfg.n_kv_heads, 2, d)  # (kv_head, {K, V}, d)
+    for g in kv_heads:
+        # rotate_half pairs channel i with i + d/2 at frequency theta^(-2i/d): channels 0.. are the fastest
+        q_bias[g * n_rep : (g + 1) * n_rep, :pairs] = strength
+        q_bias[g * n_rep : (g + 1) * n_rep, d // 2 : d // 2 + pairs] = 0.0
+        kv_bias[g, 0, :pairs] = strength
+        kv_bias[g, 0, d // 2 : d // 2 + pairs] = 0.0
+
+
 def init_checkpoint(
     out_dir: str | Path, *, seed: int = 0, tokenizer_dir: str | Path | None = None, name: str = "demo"
 ) -> Path:

@@ -55,6 +55,15 @@ class TowerPhase:
     batch_size: int = 64
 
 
+@dataclass(frozen=True)
+class RecencyInit:
+    """Set the first hyper layer's recency heads (`owl3.demo.model.init_recency`) on the model so far: the
+    tokens after each image then take in that image from the first step (docs/demo.md)."""
+
+    name: str
+    strength: float = 3.0
+
+
 # The recipe of the weights shipped before `tower` (`--recipe shipped`): one perception phase, every lr
 # 3e-3. It is known not to learn to see: the vision path's output scale runs away under Adam and its
 # gradients vanish (docs/demo.md, "What the session found").
@@ -108,8 +117,17 @@ TOWER_PHASES: tuple[Phase | TowerPhase, ...] = (
           vision_lr_scale=0.1),
     Phase("all", ALL, steps=900, lr=7e-4, min_lr=3e-5, vision_lr_scale=0.1),
 )  # fmt: skip
+# `--recipe recency`: `tower` with the first hyper layer's recency heads set after the tower phase
+# (`RecencyInit`): the tokens after each image look at that image from the first step, which the `tower`
+# model never learned (docs/demo.md, "Attention probes").
+RECENCY_PHASES: tuple[Phase | TowerPhase | RecencyInit, ...] = (
+    TOWER_PHASES[0],
+    RecencyInit("recency", strength=3.0),
+    *TOWER_PHASES[1:],
+)
 RECIPES = {
     "tower": TOWER_PHASES,
+    "recency": RECENCY_PHASES,
     "sees": SEES_PHASES,
     "shipped": PHASES,
     "next": NEXT_PHASES,
@@ -126,7 +144,7 @@ def train_demo(
     workers: int = 1,
     seed: int = 0,
     pool: int = 20_000,
-    phases: tuple[Phase | TowerPhase, ...] = TOWER_PHASES,
+    phases: tuple[Phase | TowerPhase | RecencyInit, ...] = TOWER_PHASES,
     preset: str = "demo",
     progress: bool = True,
     say=print,
@@ -151,7 +169,7 @@ def train_demo(
     say(f"init: {init} ({time.perf_counter() - t0:.0f} s)")
     model = init
     for k, ph in enumerate(phases, 1):
-        steps = max(1, round(ph.steps * scale))
+        steps = max(1, round(getattr(ph, "steps", 1) * scale))
         rows = steps * batch_size
         target = out / f"phase-{k}-{ph.name}"
         if (target / "model.safetensors").is_file():
@@ -161,6 +179,18 @@ def train_demo(
             model = target
             continue
         t1 = time.perf_counter()
+        if isinstance(ph, RecencyInit):
+            from owl3.checkpoint import load_model, save_model
+            from owl3.demo.model import init_recency
+
+            m = load_model(model)
+            init_recency(m, strength=ph.strength)
+            save_model(m, target, copy_from=model)
+            shutil.copy2(model / "generation_config.json", target / "generation_config.json")
+            log["phases"].append({"phase": ph.name, "steps": 0, "train_s": 0.0, "strength": ph.strength})
+            say(f"phase {k} ({ph.name}): recency heads of the first hyper layer set (strength {ph.strength})")
+            model = target
+            continue
         if isinstance(ph, TowerPhase):
             from owl3.demo.tower import pretrain_tower
 
@@ -231,4 +261,4 @@ def train_demo(
     return final
 
 
-__all__ = ["PHASES", "RECIPES", "TOWER_PHASES", "Phase", "TowerPhase", "train_demo"]
+__all__ = ["PHASES", "RECIPES", "TOWER_PHASES", "Phase", "RecencyInit", "TowerPhase", "train_demo"]
