@@ -94,7 +94,7 @@ def test_train_vision_unfreezes_the_tower():
     assert not any(n.startswith("vision_model.") for n in apply_stage(m, "pretrain", train_vision=False))
 
 
-@pytest.mark.parametrize("recipe", ["tower", "shipped"])
+@pytest.mark.parametrize("recipe", ["recency", "shipped"])
 def test_demo_train_plumbing(tmp_path, recipe):
     """A whole recipe at a tiny scale: tokenizer, init, each phase's data and training, OUT/model."""
     from safetensors.torch import load_file
@@ -171,15 +171,25 @@ def test_one_object_mix_draws_one_object_scenes(tmp_path):
 def test_default_recipe_pretrains_the_tower_first():
     from owl3.cli import build_parser as owl3_parser
     from owl3.demo.__main__ import build_parser
-    from owl3.demo.train import RECIPES, TOWER_PHASES, Phase, TowerPhase, train_demo
+    from owl3.demo.train import (
+        RECENCY_PHASES,
+        RECIPES,
+        TOWER_PHASES,
+        Phase,
+        RecencyInit,
+        TowerPhase,
+        train_demo,
+    )
 
-    assert train_demo.__kwdefaults__["phases"] is TOWER_PHASES is RECIPES["tower"]
-    assert build_parser().parse_args(["train", "x"]).recipe == "tower"
-    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "tower"
+    assert train_demo.__kwdefaults__["phases"] is RECENCY_PHASES is RECIPES["recency"]
+    assert build_parser().parse_args(["train", "x"]).recipe == "recency"
+    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "recency"
     # the random tower does not learn shapes through the language model (docs/demo.md): it is pretrained
     # alone first; the question phases then keep lr <= 1e-3 (3e-3 lets the vision path's scale run away)
-    assert isinstance(TOWER_PHASES[0], TowerPhase)
-    assert all(ph.lr <= 1e-3 for ph in TOWER_PHASES if isinstance(ph, Phase))
+    assert isinstance(RECENCY_PHASES[0], TowerPhase)
+    assert isinstance(RECENCY_PHASES[1], RecencyInit)
+    assert RECENCY_PHASES[2:] == TOWER_PHASES[1:]  # `tower` plus the recency heads, nothing else
+    assert all(ph.lr <= 1e-3 for ph in RECENCY_PHASES if isinstance(ph, Phase))
     assert RECIPES["sees"][0].mix.max_objects == 1
 
 

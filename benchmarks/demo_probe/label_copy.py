@@ -11,11 +11,15 @@ c^2 * sum_i cos(w_i (distance - o)) / sqrt(d), highest at distance o.
 """
 
 import argparse
+import random
 import shutil
 
 import torch
 
+import owl3
 from owl3.checkpoint import load_model, save_model
+from owl3.demo.questions import multi_question
+from owl3.model.layers import apply_rope
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model")
@@ -41,3 +45,23 @@ with torch.no_grad():
 save_model(model, args.out, copy_from=args.model)
 shutil.copy2(f"{args.model}/generation_config.json", f"{args.out}/generation_config.json")
 print(f"{args.out}: layer 1 heads of kv head {g} look {o} tokens back (strength {c}, {args.pairs} pairs)")
+
+# check: the first layer's self-attention share, per head, of the token after each inner image on the
+# token `offset` back (its label ` k` when offset is 3), over 10 five-image prompts
+pipe = owl3.load(args.out)
+layer = pipe.model.language_model.model.layers[0]
+a, lm = layer.self_attn, pipe.model.language_model.model
+rng, shares = random.Random("label:0"), []
+for _ in range(10):
+    qn = multi_question(rng, 5, "colour", hard=0.5)
+    enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
+    n = enc.input_ids.shape[0]
+    with torch.no_grad():
+        x = layer.input_layernorm(pipe.model.embed(enc.input_ids[None]))
+        q = a.q_proj(x).view(1, n, cfg.n_heads, d).transpose(1, 2)
+        k = a.k_proj(x).view(1, n, cfg.n_kv_heads, d).transpose(1, 2).repeat_interleave(n_rep, 1)
+        cos, sin = lm.rope(torch.arange(n)[None], x.dtype)
+        s = apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).transpose(-1, -2) / d**0.5
+        w = torch.softmax(s.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf")), -1)[0]
+    shares.append(torch.stack([w[:, p + 1, p + 1 - o] for p in enc.media_starts[:-1]]).mean(0))
+print("share on the token", o, "back, per head:", " ".join(f"{x:.2f}" for x in torch.stack(shares).mean(0)))

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", default="demo")
     r.add_argument(
         "--recipe",
-        default="tower",
+        default="recency",
         choices=("tower", "recency", "sees", "shipped", "next", "see"),
         help="phases (see owl3/demo/train.py)",
     )

@@ -157,7 +157,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--recipe",
-        default="tower",
+        default="recency",
         choices=("tower", "recency", "sees", "shipped", "next", "see"),
         help="phases (owl3/demo/train.py)",
     )
