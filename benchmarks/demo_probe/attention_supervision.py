@@ -1,12 +1,13 @@
 """Does telling the answer's cross-attention where to look teach the kinds the plain loss does not?
 
-    python benchmarks/demo_probe/attention_supervision.py MODEL OUT STEPS WEIGHT [KINDS]
+    python benchmarks/demo_probe/attention_supervision.py MODEL OUT STEPS WEIGHT [KINDS] [OPROJ_LR_SCALE]
 
 One-image questions of KINDS (default colour,shape,size,position; stream `attn-sup:0`), batches of 32,
 AdamW lr 1e-3 (the tower frozen), the answer loss of owl3's training plus WEIGHT x an attention loss: at
 the position that predicts the deciding word ("The square is in the | bottom left."), -log of the share of
 the last hyper layer's cross-attention (each head) on the asked object's 3x3 cell. WEIGHT 0 is the
-control. Writes OUT (a checkpoint) for `owl3 eval synthetic --model OUT`.
+control. OPROJ_LR_SCALE (default 1) multiplies the lr of the hyper layers' o_proj. Writes OUT (a
+checkpoint) for `owl3 eval synthetic --model OUT`.
 """
 
 import random
@@ -25,7 +26,9 @@ from owl3.demo.questions import single_question
 from owl3.demo.world import CELL_NAMES, COLOURS
 
 model_dir, out, steps, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-kinds = sys.argv[5].split(",") if len(sys.argv) > 5 else ["colour", "shape", "size", "position"]
+KINDS = ["colour", "shape", "size", "position"]
+kinds = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else KINDS
+o_scale = float(sys.argv[6]) if len(sys.argv) > 6 else 1.0
 torch.set_num_threads(1)
 torch.manual_seed(0)
 pipe = owl3.load(model_dir)
@@ -35,7 +38,13 @@ m.vision_model.requires_grad_(False)
 grid = m.cfg.vision.image_size // m.cfg.vision.patch_size
 last_hyper = max(i for i, layer in enumerate(m.language_model.model.layers) if layer.self_attn.is_hyper)
 params = [p for p in m.parameters() if p.requires_grad]
-opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+o_proj = {id(p) for layer in m.language_model.model.layers if layer.self_attn.is_hyper
+          for p in layer.self_attn.o_proj.parameters()}  # fmt: skip
+groups = [
+    {"params": [p for p in params if id(p) not in o_proj], "scale": 1.0},
+    {"params": [p for p in params if id(p) in o_proj], "scale": o_scale},
+]
+opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0)
 captured: list[torch.Tensor] = []
 real = text.cross_attention
 
@@ -64,7 +73,7 @@ rng = random.Random("attn-sup:0")
 t0 = time.time()
 for step in range(1, steps + 1):
     for g in opt.param_groups:
-        g["lr"] = 1e-3 * min(1.0, step / 20)
+        g["lr"] = 1e-3 * g["scale"] * min(1.0, step / 20)
     opt.zero_grad(set_to_none=True)
     lm_total = att_total = 0.0
     for _ in range(32):
