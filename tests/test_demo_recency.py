@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import owl3.model.text as text
 from owl3.config import preset
 from owl3.demo.model import init_recency, init_weights
+from owl3.demo.probe import record_cross_attention
 from owl3.model import Owl3Model, VisualContext
 
 
-def first_layer_shares(model: Owl3Model, monkeypatch) -> torch.Tensor:
+def first_layer_shares(model: Owl3Model) -> torch.Tensor:
     """Share of the first hyper layer's attention (per head) that the token right after each inner image
     puts on that image, in a `x x x <img> x x x <img> ...` prompt with random visual features."""
     torch.manual_seed(0)
@@ -19,29 +19,19 @@ def first_layer_shares(model: Owl3Model, monkeypatch) -> torch.Tensor:
     starts = [3 + 4 * k for k in range(n_img)]
     ids = torch.randint(0, 900, (1, starts[-1] + 6))
     feats = torch.randn(n_img, t, model.cfg.text.dim)
-    seen, real = [], text.cross_attention
-
-    def record(q, k, v, ctx, positions):
-        kk = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-        s = q[0] @ kk[0].transpose(-1, -2) / q.shape[-1] ** 0.5  # (H, L, M)
-        s = s.masked_fill(~(ctx.key_starts[0][None] < positions[0][:, None])[None], float("-inf"))
-        seen.append(torch.softmax(s, -1).nan_to_num(0.0))
-        return real(q, k, v, ctx, positions)
-
-    monkeypatch.setattr(text, "cross_attention", record)
-    with torch.no_grad():
+    with torch.no_grad(), record_cross_attention() as scores:
         ctx = VisualContext.build([feats], [starts])
         model.language_model.model(model.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
-    w = seen[0]  # the first hyper layer
+    w = torch.softmax(scores[0][0], -1).nan_to_num(0.0)  # the first hyper layer, (H, L, M)
     return torch.stack([w[:, s + 1, k * t : (k + 1) * t].sum(-1) for k, s in enumerate(starts[:-1])]).mean(0)
 
 
-def test_recency_heads_look_at_the_image_just_before(monkeypatch):
+def test_recency_heads_look_at_the_image_just_before():
     cfg = preset("demo")
     model = init_weights(Owl3Model(cfg), seed=0)
-    plain = first_layer_shares(model, monkeypatch)
+    plain = first_layer_shares(model)
     init_recency(model, kv_heads=(0,), strength=3.0)
-    shares = first_layer_shares(model, monkeypatch)
+    shares = first_layer_shares(model)
     n_rep = cfg.text.n_heads // cfg.text.n_kv_heads
     # images 1..4 before the probed tokens: a head that looks at all alike puts ~1/k on the last one
     uniform = sum(1 / (k + 1) for k in range(4)) / 4
@@ -50,7 +40,7 @@ def test_recency_heads_look_at_the_image_just_before(monkeypatch):
     assert shares[n_rep:] == pytest.approx(plain[n_rep:].tolist(), abs=1e-5)  # the others are untouched
 
 
-def test_recency_phase_of_a_recipe(tmp_path, monkeypatch):
+def test_recency_phase_of_a_recipe(tmp_path):
     """`RecencyInit` in a recipe writes the model so far with the recency heads set, and is resumable."""
     from owl3.checkpoint import load_model
     from owl3.demo.train import RECIPES, RecencyInit, train_demo
@@ -60,7 +50,7 @@ def test_recency_phase_of_a_recipe(tmp_path, monkeypatch):
     final = train_demo(tmp_path / "run", progress=False, say=lambda s: None, phases=phases)
     model = load_model(final)
     n_rep = model.cfg.text.n_heads // model.cfg.text.n_kv_heads
-    assert (first_layer_shares(model, monkeypatch)[:n_rep] > 0.95).all()
+    assert (first_layer_shares(model)[:n_rep] > 0.95).all()
     said = []
     train_demo(tmp_path / "run", progress=False, say=said.append, phases=phases)
     assert any("done before" in s for s in said)

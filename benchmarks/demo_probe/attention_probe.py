@@ -17,7 +17,7 @@ import random
 import torch
 
 import owl3
-import owl3.model.text as text
+from owl3.demo.probe import record_cross_attention
 from owl3.demo.questions import multi_question
 from owl3.demo.world import CELL_NAMES, COLOURS
 
@@ -32,15 +32,6 @@ pipe = owl3.load(args.model)
 m, tok = pipe.model, pipe.processor.tokenizer
 grid = m.cfg.vision.image_size // m.cfg.vision.patch_size
 per_image = grid * grid
-seen: list[torch.Tensor] = []
-real = text.cross_attention
-
-
-def record(q, k, v, ctx, positions):
-    kk = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    s = q[0, :, -1:] @ kk[0].transpose(-1, -2) / q.shape[-1] ** 0.5  # (H, 1, M)
-    seen.append(torch.softmax(s[:, 0], -1))  # (H, M)
-    return real(q, k, v, ctx, positions)
 
 
 def target_object(scene, kind, words):
@@ -54,7 +45,6 @@ def target_object(scene, kind, words):
     return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour))
 
 
-text.cross_attention = record
 for kind in args.kinds.split(","):
     rng = random.Random(f"probe:0:{kind}")
     on_image = on_cell = None
@@ -67,15 +57,14 @@ for kind in args.kinds.split(","):
         obj = target_object(qn.images[t], kind, words)
         enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
         ids = torch.cat([enc.input_ids, torch.tensor(tok.encode(" ".join(words[:-cut])).ids)]).view(1, -1)
-        seen.clear()
-        with torch.no_grad():
+        with torch.no_grad(), record_cross_attention() as scores:
             ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
             h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1]).view(1, -1), None, None, ctx)
             nxt = tok.decode([int(m.language_model.lm_head(h[:, -1]).argmax(-1))]).strip()
         right += nxt == words[-cut]
         cell = [t * per_image + p for p in range(per_image)
                 if (p // grid) * 3 // grid * 3 + (p % grid) * 3 // grid == obj.cell]  # fmt: skip
-        w = torch.stack(seen)  # (hyper layers, H, M)
+        w = torch.stack([torch.softmax(sc[0, :, -1], -1) for sc in scores])  # (hyper layers, H, M)
         a = w[..., t * per_image : (t + 1) * per_image].sum(-1)
         c = w[..., cell].sum(-1)
         on_image = a if on_image is None else on_image + a

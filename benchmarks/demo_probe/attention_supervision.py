@@ -11,17 +11,15 @@ checkpoint) for `owl3 eval synthetic --model OUT`.
 """
 
 import random
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import owl3
-import owl3.model.text as text
 from owl3.checkpoint import save_model
+from owl3.demo.probe import record_cross_attention
 from owl3.demo.questions import single_question
 from owl3.demo.world import CELL_NAMES, COLOURS
 
@@ -45,17 +43,6 @@ groups = [
     {"params": [p for p in params if id(p) in o_proj], "scale": o_scale},
 ]
 opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0)
-captured: list[torch.Tensor] = []
-real = text.cross_attention
-
-
-def record(q, k, v, ctx, positions):
-    kk = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-    captured.append(torch.log_softmax(q[0] @ kk[0].transpose(-1, -2) / q.shape[-1] ** 0.5, -1))  # (H, L, M)
-    return real(q, k, v, ctx, positions)
-
-
-text.cross_attention = record
 
 
 def target_cell(scene, kind, words):
@@ -87,16 +74,17 @@ for step in range(1, steps + 1):
         answer = tok.encode(qn.answer).ids + [pipe.config.eos_token_id]
         ids = torch.cat([enc.input_ids, torch.tensor(answer)]).view(1, -1)
         n_prompt = enc.input_ids.shape[0]
-        captured.clear()
-        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-        h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+        with record_cross_attention() as scores:
+            ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
+            h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
         logits = m.language_model.lm_head(h[0, n_prompt - 1 : -1]).float()
         lm = F.cross_entropy(logits, ids[0, n_prompt:])
         deciding = n_prompt + len(prefix) - 1  # the position whose next token is the deciding word
         patches = [
             p for p in range(grid * grid) if (p // grid) * 3 // grid * 3 + (p % grid) * 3 // grid == cell
-        ]  # noqa: E501
-        att = -torch.logsumexp(captured[-1][:, deciding, patches], -1).mean()
+        ]
+        log_w = torch.log_softmax(scores[-1][0, :, deciding], -1)  # (H, M), the last hyper layer
+        att = -torch.logsumexp(log_w[:, patches], -1).mean()
         ((lm + weight * att) / 32).backward()
         lm_total += lm.item() / 32
         att_total += att.item() / 32
@@ -107,4 +95,3 @@ for step in range(1, steps + 1):
         print(f"step {step} lm {lm_total:.4f} attention {att_total:.3f} ({secs:.0f} s)", flush=True)
 m.eval()
 save_model(m, out, copy_from=model_dir)
-shutil.copy2(Path(model_dir) / "generation_config.json", Path(out) / "generation_config.json")

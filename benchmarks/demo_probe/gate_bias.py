@@ -5,9 +5,7 @@
 LAYERS: comma-separated 1-based hyper-layer numbers among the hyper layers (default: all).
 """
 
-import shutil
 import sys
-from pathlib import Path
 
 import torch
 
@@ -21,5 +19,4 @@ with torch.no_grad():
     for k in which:
         hyper[k - 1].gate_proj[0].bias += bias
 save_model(m, out, copy_from=model_dir)
-shutil.copy2(Path(model_dir) / "generation_config.json", Path(out) / "generation_config.json")
 print(f"{out}: gate bias +{bias} in hyper layers {list(which)}")

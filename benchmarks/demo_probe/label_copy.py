@@ -12,7 +12,6 @@ c^2 * sum_i cos(w_i (distance - o)) / sqrt(d), highest at distance o.
 
 import argparse
 import random
-import shutil
 
 import torch
 
@@ -43,7 +42,6 @@ with torch.no_grad():
     kb[g, : args.pairs] = c
     kb[g, d // 2 : d // 2 + args.pairs] = 0.0
 save_model(model, args.out, copy_from=args.model)
-shutil.copy2(f"{args.model}/generation_config.json", f"{args.out}/generation_config.json")
 print(f"{args.out}: layer 1 heads of kv head {g} look {o} tokens back (strength {c}, {args.pairs} pairs)")
 
 # check: the first layer's self-attention share, per head, of the token after each inner image on the

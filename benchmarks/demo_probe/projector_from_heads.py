@@ -11,8 +11,6 @@ answers rose (55% -> 90%) but colour answers fell (85% -> 20%): not adopted.
 
 import argparse
 import random
-import shutil
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -66,5 +64,4 @@ with torch.no_grad():
     proj.weight[: sum(sizes)] = fit.weight
     proj.bias[: sum(sizes)] = fit.bias
 save_model(model, args.out, copy_from=args.model)
-shutil.copy2(Path(args.model) / "generation_config.json", Path(args.out) / "generation_config.json")
 print(args.out, held_out(tower, fit, *scene_batch(random.Random("projector-test:0"), 256, size, grid)))

@@ -14,7 +14,7 @@ import random
 import torch
 
 import owl3
-import owl3.model.text as text
+from owl3.demo.probe import record_cross_attention
 from owl3.demo.questions import multi_question
 
 ap = argparse.ArgumentParser()
@@ -26,29 +26,16 @@ torch.set_num_threads(1)
 pipe = owl3.load(args.model)
 m = pipe.model
 per_image = m.cfg.vision.n_tokens
-seen: list[torch.Tensor] = []
-real = text.cross_attention
-
-
-def record(q, k, v, ctx, positions):
-    kk = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-    s = q[0] @ kk[0].transpose(-1, -2) / q.shape[-1] ** 0.5  # (H, L, M)
-    s = s.masked_fill(~(ctx.key_starts[0][None] < positions[0][:, None])[None], float("-inf"))
-    seen.append(torch.softmax(s, -1).nan_to_num(0.0))
-    return real(q, k, v, ctx, positions)
-
-
-text.cross_attention = record
 rng, n_img = random.Random("summary:0"), args.images
 total = None
 for _ in range(args.n):
     qn = multi_question(rng, n_img, "colour", hard=0.5)
     enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
     ids = enc.input_ids.view(1, -1)
-    seen.clear()
-    with torch.no_grad():
+    with torch.no_grad(), record_cross_attention() as scores:
         ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
         m.language_model.model(m.embed(ids), torch.arange(ids.shape[1]).view(1, -1), None, None, ctx)
+    seen = [torch.softmax(sc[0], -1).nan_to_num(0.0) for sc in scores]  # per hyper layer (H, L, M)
     s = enc.media_starts
 
     def on_image_before(w, off, s=s):  # (H,): mean over inner images k of the share of token s_k + off on k

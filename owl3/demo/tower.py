@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,10 +179,7 @@ def pretrain_tower(
             say("tower " + " ".join(f"{k} {v}" for k, v in rec.items()))
     out = Path(out_dir)
     tower.eval().requires_grad_(False)
-    save_model(model, out, copy_from=model_dir)
-    gen = Path(model_dir) / "generation_config.json"
-    if gen.is_file():
-        shutil.copy2(gen, out / gen.name)
+    save_model(model, out, copy_from=model_dir)  # tokenizer and generation config come along
     return TowerResult(steps, round(time.perf_counter() - t0, 1), history[-1] if history else {}, history)
 
 

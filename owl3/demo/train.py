@@ -173,8 +173,6 @@ def train_demo(
     say(f"init: {init} ({time.perf_counter() - t0:.0f} s)")
     model = init
     for k, ph in enumerate(phases, 1):
-        steps = max(1, round(getattr(ph, "steps", 1) * scale))
-        rows = steps * batch_size
         target = out / f"phase-{k}-{ph.name}"
         if (target / "model.safetensors").is_file():
             say(f"phase {k} ({ph.name}): done before, {target}")
@@ -189,12 +187,13 @@ def train_demo(
 
             m = load_model(model)
             init_recency(m, strength=ph.strength)
-            save_model(m, target, copy_from=model)
-            shutil.copy2(model / "generation_config.json", target / "generation_config.json")
+            save_model(m, target, copy_from=model)  # tokenizer and generation config come along
             log["phases"].append({"phase": ph.name, "steps": 0, "train_s": 0.0, "strength": ph.strength})
             say(f"phase {k} ({ph.name}): recency heads of the first hyper layer set (strength {ph.strength})")
             model = target
             continue
+        steps = max(1, round(ph.steps * scale))
+        rows = steps * batch_size
         if isinstance(ph, TowerPhase):
             from owl3.demo.tower import pretrain_tower
 
