@@ -64,6 +64,9 @@ class Mix:
     n_frames: int = 8
     # most objects per pool scene (1: one object, nothing to pick out; the world's scenes have up to 4)
     max_objects: int = 4
+    # one-image rows whose answer is read from one object (colour, shape, position, size) carry an
+    # "attend" target: that object's cell, at the answer's deciding word (training's attention loss)
+    attend: bool = False
 
 
 MIXES: dict[str, Mix] = {
@@ -104,6 +107,7 @@ class Row:
     answer: str
     images: tuple[int, ...] = ()  # pool indices, in placeholder order
     video: Question | None = None
+    attend: tuple[dict, ...] = ()  # training/data.py `Attend` targets, as written to the row
 
 
 def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
@@ -123,7 +127,9 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
         if qa is not None:
             break
     if n == 1:
-        return Row(kind, f"{IMAGE}\n{qa.question}", qa.answer, (target,))
+        ground = qa.grounding() if mix.attend else None
+        attend = () if ground is None else (_attend(0, *ground),)
+        return Row(kind, f"{IMAGE}\n{qa.question}", qa.answer, (target,), attend=attend)
     others = []
     for _ in range(n - 1):
         hard = qa.subject is not None and rng.random() < mix.hard
@@ -134,6 +140,12 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     start = _start(rng, mix, n)
     prompt = f"{image_list(n, style, start)}. In Image {start + x - 1}, {lower_first(qa.question)}"
     return Row(kind, prompt, qa.answer, tuple(others))
+
+
+def _attend(image: int, cell: int, after: str) -> dict:
+    row, col = divmod(cell, 3)
+    box = [round(col / 3, 4), round(row / 3, 4), round((col + 1) / 3, 4), round((row + 1) / 3, 4)]
+    return {"image": image, "box": box, "after": after}
 
 
 def _start(rng: random.Random, mix: Mix, n: int) -> int:
@@ -231,6 +243,8 @@ def write_dataset(
                     images.append(rel)
                 prompt = prompt.replace(VIDEO, IMAGE * len(frames))
         rows.append(_format(fmt, f"{name}-{r:06d}", prompt, row.answer, images, videos))
+        if row.attend:
+            rows[-1]["attend"] = list(row.attend)
     target = out / f"{name}.{'jsonl' if fmt == 'swift' else 'json'}"
     with open(target, "w") as f:
         if fmt == "swift":

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from torch import Tensor
 
 import owl3.model.text as text
+from owl3.model.hyper import cross_scores
 
 
 @contextmanager
@@ -25,10 +26,7 @@ def record_cross_attention() -> Iterator[list[Tensor]]:
     real = text.cross_attention
 
     def record(q, k, v, ctx, positions):
-        kk = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, M, d)
-        s = q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, L, M)
-        visible = ctx.key_starts[:, None, None, :] < positions[:, None, :, None]
-        scores.append(s.masked_fill(~visible, float("-inf")))
+        scores.append(cross_scores(q, k, ctx.key_starts, positions))
         return real(q, k, v, ctx, positions)
 
     text.cross_attention = record

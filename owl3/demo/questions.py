@@ -56,6 +56,16 @@ class QA:
     question: str  # a full sentence, capitalised: "What colour is the star?"
     answer: str
     subject: str | None = None  # the shape asked about, if any (hard distractors show it too)
+    cell: int | None = None  # the cell of the one object the answer is read from (colour/shape/position/size)
+
+    def grounding(self) -> tuple[int, str] | None:
+        """(cell, the answer before its deciding word) when the answer is read from one object: "The star
+        is" of "The star is red.", "The star is in the" of "The star is in the top left."."""
+        if self.cell is None:
+            return None
+        last = " " + CELL_NAMES[self.cell] + "." if self.kind == "position" else None
+        cut = self.answer.rindex(last) if last else self.answer.rindex(" ")
+        return self.cell, self.answer[:cut]
 
 
 @dataclass(frozen=True)
@@ -117,13 +127,14 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
         if not cands:
             return None
         o = rng.choice(cands)
-        return QA(kind, f"What colour is the {o.shape}?", f"The {o.shape} is {o.colour}.", o.shape)
+        return QA(kind, f"What colour is the {o.shape}?", f"The {o.shape} is {o.colour}.", o.shape, o.cell)
     if kind == "shape":
         cands = [o for o in objs if scene.count(colour=o.colour) == 1]
         if not cands:
             return None
         o = rng.choice(cands)
-        return QA(kind, f"What shape is the {o.colour} object?", f"The {o.colour} object is a {o.shape}.")
+        answer = f"The {o.colour} object is a {o.shape}."
+        return QA(kind, f"What shape is the {o.colour} object?", answer, None, o.cell)
     if kind == "count_shape":
         present = sorted({o.shape for o in objs})
         shape = rng.choice(present) if present and rng.random() < 0.8 else rng.choice(SHAPES)
@@ -142,8 +153,8 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
             return None
         o, r = rng.choice(cands)
         if kind == "position":
-            return QA(kind, f"Where is the {r}?", f"The {r} is in the {CELL_NAMES[o.cell]}.", o.shape)
-        return QA(kind, f"Is the {r} big or small?", f"The {r} is {o.size}.", o.shape)
+            return QA(kind, f"Where is the {r}?", f"The {r} is in the {CELL_NAMES[o.cell]}.", o.shape, o.cell)
+        return QA(kind, f"Is the {r} big or small?", f"The {r} is {o.size}.", o.shape, o.cell)
     if kind == "exists":
         if objs and rng.random() < 0.5:
             o = rng.choice(objs)

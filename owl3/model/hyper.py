@@ -65,6 +65,9 @@ class VisualContext:
     # the split prefill's (positions, visible counts (B, L), blocks per row) of the current forward, made
     # by its first hyper layer and reused by the others (they see the same positions tensor)
     split_plan: tuple[Tensor, Tensor, list[list[tuple[int, int, int, int]]]] | None = None
+    # when a list: every hyper layer of a forward appends its rotated queries (B, H, L, d) and visual keys
+    # (B, kv, M, d), autograd graph kept, for `cross_scores` (training's attention loss, probes)
+    record: list[tuple[Tensor, Tensor]] | None = None
 
     @staticmethod
     def layout(
@@ -189,6 +192,18 @@ def project_kv(
     # MI-RoPE: every token of image k rotated by one position; computed and applied in float32
     cos, sin = rope(positions, torch.float32)
     return apply_rope(k.float(), cos, sin).to(v.dtype), v
+
+
+def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor) -> Tensor:
+    """The attention logits of text queries over visual keys, -inf where a query may not see the token.
+
+    q (B, H, L, d) rotated; k (B, kv, M, d); key_starts (B, M); positions (B, L) -> (B, H, L, M). What
+    `cross_attention` softmaxes, written out for the few queries someone wants to look at (it is not how
+    the model runs: that never builds the whole (L, M) matrix)."""
+    kk = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, M, d)
+    s = q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5
+    visible = key_starts[:, None, None, :] < positions[:, None, :, None]
+    return s.masked_fill(~visible, float("-inf"))
 
 
 def cross_attention(

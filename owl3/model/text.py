@@ -75,6 +75,8 @@ class Attention(nn.Module):
                 visual, self.layer_idx, norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim
             )
             a_cross, seen = cross_attention(q, vk, vv, visual, positions)
+            if visual.record is not None:
+                visual.record.append((q, vk))
             all_seen = t == 1 and visual.after_prompt and not visual.padded
             a = gate(a, a_cross, seen, self.gate_proj, all_seen)
         return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))

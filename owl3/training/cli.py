@@ -50,6 +50,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (0)")
     g.add_argument("--max-grad-norm", type=float, default=S, help="gradient clipping, 0 = off (1.0)")
     g.add_argument("--seed", type=int, default=S, help="data order, crops and init (0)")
+    g.add_argument(
+        "--lr-scale", dest="lr_scales", type=lr_scale, action="append", metavar="REGEX=X", default=S,
+        help="lr multiplier of the parameters whose name matches REGEX (repeatable)",
+    )  # fmt: skip
+    g.add_argument(
+        "--attention-loss-weight", type=float, metavar="W", default=S,
+        help='weight of the attention loss on samples with "attend" targets (0 = off)',
+    )  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument(
         "--seq-len", type=int, metavar="L", default=S, help="longest sample in tokens (stage default)"
@@ -103,11 +111,23 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")
 
 
+def lr_scale(text: str) -> tuple[str, float]:
+    pattern, eq, factor = text.rpartition("=")
+    try:
+        if not eq or not pattern:
+            raise ValueError
+        return pattern, float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected REGEX=FACTOR (e.g. o_proj=10), got {text!r}") from None
+
+
 def options(args: argparse.Namespace) -> dict:
     from owl3.training.config import TrainConfig, load_recipe
 
     known = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in known}
+    if "lr_scales" in given:
+        given["lr_scales"] = dict(given["lr_scales"])
     recipe = load_recipe(args.config) if getattr(args, "config", None) else {}
     return {**{k.replace("-", "_"): v for k, v in recipe.items()}, **given}
 

@@ -8,6 +8,7 @@ the same field names (dashes or underscores). Nothing here touches torch.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,14 @@ class TrainConfig:
     # lr multiplier of the vision tower and projector: their output is RMS-normed in the hyper layers, so
     # their scale is free to grow under Adam until the gradients reaching them vanish (from-scratch models)
     vision_lr_scale: float = 1.0
+    # more lr multipliers: parameter-name regex -> factor (every match multiplies), e.g.
+    # {"self_attn.o_proj": 10} (the demo model: hyper layers' o_proj at 10x carries place, docs/demo.md)
+    lr_scales: dict[str, float] = field(default_factory=dict)
     max_grad_norm: float = 1.0
+    # attention loss on samples with "attend" targets (training/data.py `Attend`): each target adds this
+    # weight x -log(share of the hyper layer's cross-attention on its box); 1 = as much as one answer token
+    attention_loss_weight: float = 0.0
+    attention_layer: int = -1  # which hyper layer's attention (index among the hyper layers)
     # data
     seq_len: int | None = None  # longer samples are bad data (skipped or refused), never truncated
     frames: int = 8  # frames sampled per video (paper: 8 in training)
@@ -163,6 +171,15 @@ class TrainConfig:
             raise Owl3Error(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.num_workers < 0:
             raise Owl3Error(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.attention_loss_weight < 0:
+            raise Owl3Error(f"attention_loss_weight must be >= 0, got {self.attention_loss_weight}")
+        for pattern, factor in self.lr_scales.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise Owl3Error(f"lr_scales: {pattern!r} is not a regular expression ({e})") from None
+            if not isinstance(factor, (int, float)) or factor < 0:
+                raise Owl3Error(f"lr_scales[{pattern!r}] must be a number >= 0, got {factor!r}")
         if self.save_dtype not in (None, "float32", "bfloat16", "float16"):
             raise Owl3Error(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
 

@@ -3,7 +3,8 @@
 - LLaVA: a JSON list (or JSONL) of `{"image": str | [str], "video": ..., "conversations":
   [{"from": "human" | "gpt" | "system", "value": "<image>\\n..."}]}`.
 - ms-swift: JSONL of `{"messages": [{"role", "content"}], "images": [...], "videos": [...]}`.
-The format is told per record by its keys, so both may sit in one file. `<image>` / `<video>` tags (or
+The format is told per record by its keys, so both may sit in one file. Either may carry `"attend"`
+(grounding targets for the attention loss, see `Attend`). `<image>` / `<video>` tags (or
 owl3's own `<|image|>` / `<|video|>`) mark where the media go, in order. A video is a video file, a
 folder of frame images, or a list of frame image paths.
 
@@ -39,6 +40,19 @@ Video = str | tuple[str, ...]  # a video file or frame folder, or the frame file
 
 
 @dataclass(frozen=True)
+class Attend:
+    """Where the answer should look: when the first answer has been written up to `after` (a prefix of
+    it, "" = its start), the hyper layers' cross-attention of the position that predicts the next token
+    should fall on `box` (x0, y0, x1, y1, fractions of the width and height) of image `image` (0-based,
+    in the record's order). Record key: `"attend": [{"image": 0, "box": [0, 0, 0.5, 0.5], "after":
+    "The square is in the"}]`; used by the training option `attention_loss_weight`."""
+
+    image: int
+    box: tuple[float, float, float, float]
+    after: str
+
+
+@dataclass(frozen=True)
 class Record:
     """One training conversation, media paths resolved, placeholders in owl3 form."""
 
@@ -47,6 +61,7 @@ class Record:
     messages: tuple[dict[str, str], ...]
     images: tuple[str, ...] = ()
     videos: tuple[Video, ...] = ()
+    attend: tuple[Attend, ...] = ()
 
     @property
     def where(self) -> str:
@@ -156,7 +171,32 @@ def parse_record(raw: Any, source: str, line: int, root: Path) -> Record:
         tuple(messages),
         tuple(_image_path(p, root) for p in images),
         tuple(_video(v, root) for v in videos),
+        _attend(raw.get("attend"), messages, len(images), len(videos)),
     )
+
+
+def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos: int) -> tuple[Attend, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadRecord('"attend" must be a list of {"image", "box", "after"}')
+    if value and n_videos:
+        raise BadRecord('"attend" is for images only; this sample has a video')
+    answer = next(m["content"] for m in messages if m["role"] == "assistant")
+    out = []
+    for i, a in enumerate(value):
+        if not isinstance(a, dict) or set(a) != {"image", "box", "after"}:
+            raise BadRecord(f'attend[{i}] must be {{"image": int, "box": [x0, y0, x1, y1], "after": str}}')
+        image, box, after = a["image"], a["box"], a["after"]
+        if not isinstance(image, int) or isinstance(image, bool) or not 0 <= image < n_images:
+            raise BadRecord(f"attend[{i}].image must be an image index in 0..{n_images - 1}, got {image!r}")
+        ok = isinstance(box, list) and len(box) == 4 and all(isinstance(x, (int, float)) for x in box)
+        if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+            raise BadRecord(f"attend[{i}].box must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, got {box!r}")
+        if not isinstance(after, str) or not answer.startswith(after):
+            raise BadRecord(f"attend[{i}].after must be the start of the first answer, got {after!r}")
+        out.append(Attend(image, (float(box[0]), float(box[1]), float(box[2]), float(box[3])), after))
+    return tuple(out)
 
 
 def _llava_messages(conv: Any) -> list[dict[str, str]]:

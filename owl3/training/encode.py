@@ -8,9 +8,14 @@ after the last turn is dropped. Labels are not shifted here: token t is predicte
 
 Cropping: a lone image (no other image, no video) is cropped with probability `crop_prob`, decided by a
 generator seeded with (seed, epoch, index), so the choice is the same on every rank and after a resume.
-Several images and videos are never cropped (paper). A sample longer than `seq_len` is bad data: it is
-reported and skipped (or refused), never truncated, because truncation could cut an image's tokens apart
-from its features.
+Several images and videos are never cropped (paper), nor an image with attention targets (their boxes are
+on the whole picture). A sample longer than `seq_len` is bad data: it is reported and skipped (or
+refused), never truncated, because truncation could cut an image's tokens apart from its features.
+
+Attention targets (`Record.attend`; read when the encoder is given `grid`, the patches per image side):
+each becomes the position that predicts the token after `after` in the first answer, and the indices of
+the row's visual tokens whose patch centres lie in the box (image k's are k * grid^2 ... in token order,
+one view per image).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from owl3.errors import Owl3Error
 from owl3.processing import Processor
 from owl3.processing.chat import END_OF_TEXT, GENERATION_HEADER, IM_END
 from owl3.processing.video import frame_indices, read_video
-from owl3.training.data import Record, frame_files
+from owl3.training.data import Attend, Record, frame_files
 
 IGNORE = -100
 
@@ -39,6 +44,8 @@ class Sample:
     pixel_values: Tensor | None  # (N, 3, S, S), one view per <|image|> token, in token order
     media_starts: list[int]  # index of each <|image|> token
     where: str
+    # attention targets: (position of the query, indices of the visual tokens it should attend to)
+    attend: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -54,10 +61,18 @@ class SampleEncoder:
     """Record -> Sample (or Skipped with the reason). Picklable, so DataLoader workers can run it."""
 
     def __init__(
-        self, processor: Processor, *, seq_len: int, frames: int, crop_prob: float, seed: int
+        self,
+        processor: Processor,
+        *,
+        seq_len: int,
+        frames: int,
+        crop_prob: float,
+        seed: int,
+        grid: int | None = None,
     ) -> None:
         self.processor = processor
         self.seq_len, self.frames, self.crop_prob, self.seed = seq_len, frames, crop_prob, seed
+        self.grid = grid  # patches per image side; None: attention targets are not read
         self.header = self._encode(GENERATION_HEADER)
         self.eot = processor.pad_token_id  # <|endoftext|>
         if processor.tokenizer.token_to_id(END_OF_TEXT) != self.eot:
@@ -69,7 +84,7 @@ class SampleEncoder:
         return self.processor.tokenizer.encode(text, add_special_tokens=False).ids
 
     def crop(self, record: Record, epoch: int, index: int) -> bool:
-        if len(record.images) != 1 or record.videos or self.crop_prob <= 0:
+        if len(record.images) != 1 or record.videos or record.attend or self.crop_prob <= 0:
             return False
         return bool(np.random.default_rng([self.seed, epoch, index]).random() < self.crop_prob)
 
@@ -87,13 +102,39 @@ class SampleEncoder:
         ids = enc.input_ids.tolist()
         labels = self.labels(ids, record)
         ids, labels = ids[:n], labels[:n]  # drop the trailing generation header
+        attend = []
+        if record.attend and self.grid is not None:
+            try:
+                attend = [self.attention_target(a, ids, labels) for a in record.attend]
+            except ValueError as e:
+                return Skipped(record.where, str(e))
         return Sample(
             torch.tensor(ids, dtype=torch.long),
             torch.tensor(labels, dtype=torch.long),
             enc.pixel_values,
             enc.media_starts,
             record.where,
+            attend,
         )
+
+    def attention_target(self, a: Attend, ids: list[int], labels: list[int]) -> tuple[int, list[int]]:
+        """(query position, visual token indices) of one target: the position that predicts the token
+        after `a.after` in the first answer; the patches of image `a.image` whose centres lie in the box."""
+        start = next(i for i, y in enumerate(labels) if y != IGNORE)  # the first answer's first token
+        prefix = self._encode(a.after) if a.after else []
+        if ids[start : start + len(prefix)] != prefix:
+            raise ValueError(f"attend.after {a.after!r} does not end where a token of the answer ends")
+        g = self.grid
+        x0, y0, x1, y1 = a.box
+        cells = [
+            r * g + c
+            for r in range(g)
+            for c in range(g)
+            if x0 <= (c + 0.5) / g < x1 and y0 <= (r + 0.5) / g < y1
+        ]
+        if not cells:
+            raise ValueError(f"attend.box {list(a.box)} holds no patch centre of the {g}x{g} grid")
+        return start + len(prefix) - 1, [a.image * g * g + p for p in cells]
 
     def labels(self, ids: list[int], record: Record) -> list[int]:
         """Labels for the token ids of `record`: the answers and their end tokens, IGNORE elsewhere."""
@@ -146,6 +187,7 @@ class Batch:
     media_starts: list[list[int]]
     lengths: Tensor  # (B,) real tokens per row
     skipped: list[Skipped] = field(default_factory=list)
+    attend: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
 
     @property
     def n_targets(self) -> int:
@@ -189,4 +231,5 @@ def collate(items: list[Sample | Skipped], pad_id: int) -> Batch:
         [s.media_starts for s in samples],
         torch.tensor([s.input_ids.shape[0] for s in samples]),
         skipped,
+        [s.attend for s in samples],
     )

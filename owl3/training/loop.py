@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import signal
 import sys
@@ -143,7 +144,13 @@ class Trainer:
         self.model = model.to(env.device).train()
         n_params = sum(p.numel() for p in model.parameters())
         self.strategy = D.pick_strategy(cfg.strategy, env, n_params)
-        self.step_module = TrainStep(self.model, always_visual=env.distributed, train_vision=cfg.train_vision)
+        self.step_module = TrainStep(
+            self.model,
+            always_visual=env.distributed,
+            train_vision=cfg.train_vision,
+            attention_weight=cfg.attention_loss_weight,
+            attention_layer=cfg.attention_layer,
+        )
         self.wrapped = D.wrap(self.step_module, env, self.strategy, cfg.bf16)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.say(
@@ -157,18 +164,25 @@ class Trainer:
         cfg = self.cfg
         named = [(n, p) for n, p in self.wrapped.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
-        groups = []
-        for vision in (False, True):  # the vision tower + projector may get their own lr (vision_lr_scale)
-            mine = [p for n, p in named if ("vision" in n) == vision]
-            lr = cfg.lr * (cfg.vision_lr_scale if vision else 1.0)
-            groups.append(
-                {"params": [p for p in mine if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr}
-            )
-            groups.append({"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
+        # one group per (lr factor, decayed): the vision tower + projector may get their own lr
+        # (vision_lr_scale), and any parameter more through lr_scales; biases and norms are not decayed
+        groups: dict[tuple[float, bool], list] = {}
+        for n, p in named:
+            factor = cfg.vision_lr_scale if "vision" in n else 1.0
+            for pattern, x in cfg.lr_scales.items():
+                if re.search(pattern, n):
+                    factor *= x
+            groups.setdefault((factor, p.ndim >= 2), []).append(p)
+        if cfg.lr_scales and self.env.is_main:
+            unmatched = [pat for pat in cfg.lr_scales if not any(re.search(pat, n) for n, _ in named)]
+            for pat in unmatched:
+                self.say(f"warning: lr_scales pattern {pat!r} matches no trained parameter")
+        groups = [
+            {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * factor}
+            for (factor, decay), ps in groups.items()
+        ]
         self.params = params
-        self.optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.adam_betas
-        )
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas)
         warmup = round(cfg.warmup * self.total_steps)
         factor = partial(lr_factor, total=self.total_steps, warmup=warmup, min_ratio=cfg.min_lr / cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
@@ -202,8 +216,9 @@ class Trainer:
         cfg, env = self.cfg, self.env
         self.setup()
         encoder = SampleEncoder(
-            self.processor, seq_len=cfg.seq_len, frames=cfg.frames, crop_prob=cfg.crop_prob, seed=cfg.seed
-        )
+            self.processor, seq_len=cfg.seq_len, frames=cfg.frames, crop_prob=cfg.crop_prob, seed=cfg.seed,
+            grid=self.model_cfg.vision.image_size // self.model_cfg.vision.patch_size,
+        )  # fmt: skip
         sampler = StepSampler(
             len(self.records), cfg.batch_size, cfg.grad_accum, env.rank, env.world, cfg.seed, cfg.shuffle,
             self.start_step, self.total_steps,
@@ -284,7 +299,7 @@ class Trainer:
             if cfg.bf16 and self.strategy != "fsdp"
             else nullcontext()
         )
-        loss_sum = 0.0
+        loss_sum, att_sum, att_count = 0.0, 0.0, 0
         for i, b in enumerate(micro):
             dev = env.device
             with D.accumulating(self.wrapped, self.strategy, sync=i == len(micro) - 1), autocast:
@@ -294,20 +309,26 @@ class Trainer:
                     None if b.pixel_values is None else b.pixel_values.to(dev),
                     b.n_media,
                     b.media_starts,
+                    b.attend,
                 )
                 (loss * scale).backward()
             loss_sum += float(loss.detach())
+            att_sum += self.step_module.attention_sum
+            att_count += self.step_module.attention_count
         norm = torch.nn.utils.clip_grad_norm_(
             self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
         )
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # the base lr of this step
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        total_loss = D.all_sum([loss_sum], env)[0] / max(targets, 1.0)
-        return {
+        loss_sum, att_sum, att_count = D.all_sum([loss_sum, att_sum, float(att_count)], env)
+        if att_count:  # "loss" stays the answer loss; the attention loss is logged per target
+            loss_sum -= cfg.attention_loss_weight * att_sum
+        total_loss = loss_sum / max(targets, 1.0)
+        record = {
             "step": step + 1,
             "epoch": step // self.steps_per_epoch,
             "loss": total_loss,
@@ -317,6 +338,9 @@ class Trainer:
             "target_tokens": int(targets),
             "skipped": int(skipped),
         }
+        if att_count:
+            record["attention_loss"] = att_sum / att_count
+        return record
 
     def report(self, text: str, load_time: bool = False) -> None:
         """Bad data: one line on stderr and in OUT/bad_samples.txt, once per sample per process."""

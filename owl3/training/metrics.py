@@ -39,9 +39,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def format_line(r: dict[str, Any], total: int) -> str:
+    attention = f" | attention {r['attention_loss']:.3f}" if "attention_loss" in r else ""
     return (
-        f"step {r['step']}/{total} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | grad {r['grad_norm']:.3f} | "
-        f"{r['tokens_per_s']:.0f} tok/s"
+        f"step {r['step']}/{total} | loss {r['loss']:.4f}{attention} | lr {r['lr']:.2e} | "
+        f"grad {r['grad_norm']:.3f} | {r['tokens_per_s']:.0f} tok/s"
     )
 
 

@@ -11,6 +11,11 @@ With `always_visual`, a batch without images still runs one blank image through 
 projector, with no text position allowed to see it (key start NEVER): the logits are exactly those of a
 text-only forward (the gate keeps A_self where nothing is seen), but every trainable parameter is in the
 graph, which DDP and FSDP need when ranks differ in whether they hold images.
+
+With `attention_weight` > 0, rows with attention targets (`Sample.attend`) add, per target, `attention_weight`
+x the mean over heads of -log(the share of one hyper layer's cross-attention, `attention_layer` among the
+hyper layers, that the target's query gives the target's visual tokens): weight 1 counts a target as much
+as one answer token. The attention part of the last forward is kept in `attention_sum`/`attention_count`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from owl3.model import Owl3Model, VisualContext
-from owl3.model.hyper import NEVER
+from owl3.model.hyper import NEVER, cross_scores
 from owl3.training.encode import IGNORE
 
 
@@ -31,10 +36,14 @@ class TrainStep(nn.Module):
         always_visual: bool = False,
         vision_chunk: int = 64,
         train_vision: bool = False,
+        attention_weight: float = 0.0,
+        attention_layer: int = -1,
     ) -> None:
         super().__init__()
         self.model = model
         self.train_vision = train_vision
+        self.attention_weight, self.attention_layer = attention_weight, attention_layer
+        self.attention_sum, self.attention_count = 0.0, 0
         self.always_visual = always_visual
         self.vision_chunk = vision_chunk
 
@@ -45,17 +54,28 @@ class TrainStep(nn.Module):
         pixel_values: Tensor | None,
         n_media: list[int],
         media_starts: list[list[int]],
+        attend: list[list[tuple[int, list[int]]]] | None = None,
     ) -> Tensor:
         """input_ids, labels (B, T), right-padded; pixel_values (N, 3, S, S) -> summed loss (scalar)."""
         m = self.model
         b, t = input_ids.shape
         visual = self.visual(pixel_values, n_media, media_starts, b, input_ids.device)
+        supervise = self.attention_weight > 0 and visual is not None and attend is not None and any(attend)
+        if supervise:
+            visual.record = []
         positions = torch.arange(t, device=input_ids.device).expand(b, t)
         h = m.language_model.model(m.embed(input_ids), positions, None, None, visual)  # (B, T, D)
         target = labels[:, 1:]  # token t+1 is predicted at t
         keep = target != IGNORE  # (B, T-1)
         logits = m.language_model.lm_head(h[:, :-1][keep]).float()  # (n_targets, V)
-        return F.cross_entropy(logits, target[keep], reduction="sum")
+        loss = F.cross_entropy(logits, target[keep], reduction="sum")
+        self.attention_sum, self.attention_count = 0.0, 0
+        if supervise:
+            q, k = visual.record[self.attention_layer]
+            att = attention_loss(q, k, visual.key_starts, attend)
+            self.attention_sum, self.attention_count = float(att.detach()), sum(len(a) for a in attend)
+            loss = loss + self.attention_weight * att
+        return loss
 
     def visual(
         self,
@@ -91,3 +111,21 @@ class TrainStep(nn.Module):
             ctx = VisualContext.build(per_sample, media_starts)
         ctx.recompute = True  # no K/V caching across calls: gradient checkpointing recomputes layers
         return ctx
+
+
+def attention_loss(
+    q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[tuple[int, list[int]]]]
+) -> Tensor:
+    """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens).
+
+    q (B, H, L, d), k (B, kv, M, d) as one hyper layer saw them; attend: per row, (query position,
+    visual token indices)."""
+    total = q.new_zeros(())
+    for row, targets in enumerate(attend):
+        for pos, tokens in targets:
+            at = torch.tensor([[pos]], device=q.device)
+            one = slice(row, row + 1)
+            s = cross_scores(q[one, :, pos : pos + 1], k[one], key_starts[one], at)
+            log_w = torch.log_softmax(s[0, :, 0].float(), -1)  # (H, M)
+            total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
+    return total

@@ -1,0 +1,183 @@
+"""Attention targets in training data ("attend"): read and checked, turned into query positions and
+visual tokens, a loss that moves the cross-attention there; per-parameter lr multipliers (lr_scales)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from owl3.checkpoint import load_model
+from owl3.cli import main
+from owl3.demo.data import Mix, write_dataset
+from owl3.demo.questions import scene_and_qa
+from owl3.demo.world import CELL_NAMES
+from owl3.model.hyper import cross_scores
+from owl3.processing import Processor
+from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
+from owl3.training.encode import Sample, Skipped
+from owl3.training.metrics import read_metrics
+from owl3.training.step import attention_loss
+from tests.train_helpers import FIXTURE, IMAGES, base_options
+
+ANSWER = "The left one is bigger."
+TWO = {"role": "user", "content": "Compare <image> and <image>."}
+
+
+def _record(attend, images=("m1.png", "m2.png")) -> dict:
+    return {
+        "messages": [TWO, {"role": "assistant", "content": ANSWER}],
+        "images": list(images),
+        "attend": attend,
+    }
+
+
+def test_attend_targets_are_read_and_checked(tmp_path):
+    good = [{"image": 1, "box": [0.5, 0, 1, 0.5], "after": "The left one is"}]
+    rows = [
+        _record(good),
+        _record([{"image": 2, "box": [0, 0, 1, 1], "after": ""}]),
+        _record([{"image": 0, "box": [0.5, 0, 0.5, 1], "after": ""}]),
+        _record([{"image": 0, "box": [0, 0, 1, 1], "after": "The right"}]),
+        _record([{"image": 0, "box": [0, 0, 1, 1]}]),
+        {
+            "messages": [{"role": "user", "content": "<video>Hm?"}, {"role": "assistant", "content": "A."}],
+            "videos": [["f0.png", "f1.png"]],
+            "attend": [{"image": 0, "box": [0, 0, 1, 1], "after": ""}],
+        },
+        _record({"image": 0}),
+    ]
+    f = tmp_path / "a.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, problems = read_data([f], media_root=str(IMAGES))
+    assert [r.line for r in records] == [1]
+    a = records[0].attend[0]
+    assert (a.image, a.box, a.after) == (1, (0.5, 0.0, 1.0, 0.5), "The left one is")
+    why = {int(p.where.rsplit(":", 1)[1]): p.reason for p in problems}
+    assert "image index in 0..1, got 2" in why[2]
+    assert "0 <= x0 < x1 <= 1" in why[3]
+    assert "start of the first answer" in why[4]
+    assert '"after": str' in why[5]
+    assert "images only" in why[6]
+    assert "must be a list" in why[7]
+
+
+def test_targets_become_the_deciding_position_and_the_boxed_patches(tmp_path):
+    processor = Processor.from_dir(FIXTURE, 56)
+    attend = [
+        {"image": 1, "box": [0.5, 0, 1, 0.5], "after": "The left one is"},
+        {"image": 0, "box": [0, 0, 1, 1], "after": ""},
+    ]
+    f = tmp_path / "a.jsonl"
+    f.write_text(json.dumps(_record(attend)) + "\n")
+    (record,), _ = read_data([f], media_root=str(IMAGES))
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=1.0, seed=0, grid=4)
+    sample = enc(record)
+    assert isinstance(sample, Sample)
+    ids = sample.input_ids.tolist()
+    (pos, tokens), (pos0, tokens0) = sample.attend
+    decode = processor.tokenizer.decode
+    # the query predicts the word after `after`: everything up to it is the prompt + "The left one is"
+    assert decode(ids[pos0 + 1 : pos + 1]) == "The left one is"
+    assert decode(ids[pos + 1 :]).startswith(" bigger.")
+    assert sample.labels[pos0 + 1] == ids[pos0 + 1]  # pos0 is the last token before the answer
+    # top-right quadrant of the 4x4 grid of image 1 (whose tokens start at 16); all of image 0
+    assert tokens == [16 + r * 4 + c for r in (0, 1) for c in (2, 3)]
+    assert tokens0 == list(range(16))
+    assert sample.pixel_values.shape[0] == 2  # crop_prob 1 but two images: never cropped
+    batch = collate([sample, enc(record)], processor.pad_token_id)
+    assert batch.attend == [sample.attend, sample.attend]
+    # no grid: the targets are not read; an `after` that splits a token: the sample is skipped
+    assert SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0)(record).attend == []
+    ids_of = lambda text: processor.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    whole = ids_of(ANSWER)
+    cut = next(i for i in range(1, len(ANSWER)) if whole[: len(ids_of(ANSWER[:i]))] != ids_of(ANSWER[:i]))
+    f.write_text(json.dumps(_record([{"image": 0, "box": [0, 0, 1, 1], "after": ANSWER[:cut]}])) + "\n")
+    (split,), _ = read_data([f], media_root=str(IMAGES))
+    skipped = enc(split)
+    assert isinstance(skipped, Skipped) and "does not end where a token" in skipped.reason
+
+
+def test_attention_loss_is_minus_log_the_share_on_the_targets():
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 6, 8)
+    k = torch.randn(1, 2, 10, 8)
+    key_starts = torch.tensor([[0] * 5 + [3] * 5])  # image 2 is seen from position 4 on
+    loss = attention_loss(q, k, key_starts, [[(5, [1, 7]), (2, [0, 4])]])
+    s = cross_scores(q, k, key_starts, torch.arange(6)[None])
+    w = s.softmax(-1)
+    want = -w[0, :, 5, [1, 7]].sum(-1).log().mean() - w[0, :, 2, [0, 4]].sum(-1).log().mean()
+    assert torch.allclose(loss, want)
+    assert (w[0, :, 2, 5:] == 0).all()  # position 2 does not see image 2 yet
+    same = torch.zeros(1, 2, 10, 8)  # equal scores: the share is 2 of the 5 visible tokens
+    assert math.isclose(
+        float(attention_loss(q, same, key_starts, [[(2, [0, 4])]])), -math.log(2 / 5), rel_tol=1e-6
+    )
+
+
+def test_training_with_the_attention_loss_moves_attention_to_the_box(tmp_path):
+    attend = [{"image": 1, "box": [0.5, 0.5, 1, 1], "after": "The left one is"}]
+    f = tmp_path / "a.jsonl"
+    f.write_text((json.dumps(_record(attend)) + "\n") * 8)
+    runs = {}
+    for weight in (0.0, 4.0):
+        opts = base_options(tmp_path / f"w{weight}", data=[str(f)], max_steps=25, lr=3e-3, warmup=0.0)
+        opts["attention_loss_weight"] = weight
+        train(TrainConfig.from_dict(opts))
+        runs[weight] = read_metrics(tmp_path / f"w{weight}" / "out" / "metrics.jsonl")
+    assert all("attention_loss" not in r for r in runs[0.0])
+    att = [r["attention_loss"] for r in runs[4.0]]
+    # 4 of the 32 visible visual tokens: -log(1/8) = 2.08 for attention spread evenly
+    assert att[0] > 1.5 and att[-1] < 0.5 * att[0], att
+    # "loss" is the answer loss alone in both runs: the same start, and both learn the answer
+    assert math.isclose(runs[0.0][0]["loss"], runs[4.0][0]["loss"], rel_tol=1e-4)
+    assert runs[4.0][-1]["loss"] < 0.5 * runs[4.0][0]["loss"]
+
+
+def test_lr_scales_multiply_the_lr_of_matching_parameters(tmp_path, capsys):
+    opts = base_options(tmp_path, max_steps=3, lr_scales={r"self_attn\.o_proj": 0.0, "nothing_here": 2.0})
+    train(TrainConfig.from_dict(opts))
+    assert "'nothing_here' matches no trained parameter" in capsys.readouterr().err
+    before, after = load_model(FIXTURE).state_dict(), load_model(tmp_path / "out").state_dict()
+    o_proj = [n for n in before if "self_attn.o_proj" in n]
+    assert o_proj and all(torch.equal(before[n], after[n]) for n in o_proj)  # lr 0: untouched
+    assert not torch.equal(before["language_model.model.layers.0.self_attn.q_proj.weight"],
+                           after["language_model.model.layers.0.self_attn.q_proj.weight"])  # fmt: skip
+    with pytest.raises(Exception, match="not a regular expression"):
+        TrainConfig.from_dict(base_options(tmp_path, lr_scales={"(": 2.0})).resolved()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--model", str(FIXTURE), "--data", "x", "--output", "y", "--lr-scale", "o_proj"])
+    assert e.value.code == 2
+    assert "expected REGEX=FACTOR" in capsys.readouterr().err
+
+
+def test_demo_rows_carry_grounding_targets_that_encode(tmp_path):
+    rng = random.Random(3)
+    for kind in ("colour", "shape", "size", "position"):
+        scene, qa = scene_and_qa(rng, kind)
+        cell, after = qa.grounding()
+        obj = next(o for o in scene.objects if o.cell == cell)
+        assert qa.answer.startswith(after + " ")
+        word = qa.answer[len(after) + 1 : -1]  # the deciding word(s)
+        want = {"colour": obj.colour, "shape": obj.shape, "size": obj.size, "position": CELL_NAMES[cell]}
+        assert word == want[kind]
+    assert scene_and_qa(rng, "count_all")[1].grounding() is None
+    mix = Mix(single=1.0, multi=0.0, which=0.0, video=0.0, attend=True)
+    data = write_dataset(tmp_path / "d", 40, mix=mix, pool=100)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    grounded = [r for r in rows if "attend" in r]
+    assert 0 < len(grounded) < len(rows)
+    demo = "owl3/assets/demo"
+    processor = Processor.from_dir(demo, 84)
+    records, problems = read_data([data])
+    assert not problems
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=6)
+    for record in records:
+        sample = enc(record)
+        assert isinstance(sample, Sample)
+        assert len(sample.attend) == len(record.attend)
+        for pos, tokens in sample.attend:
+            assert len(tokens) == 4 and sample.labels[pos + 1] != -100  # a 2x2 cell; inside the answer
