@@ -94,7 +94,7 @@ def test_train_vision_unfreezes_the_tower():
     assert not any(n.startswith("vision_model.") for n in apply_stage(m, "pretrain", train_vision=False))
 
 
-@pytest.mark.parametrize("recipe", ["recency", "shipped"])
+@pytest.mark.parametrize("recipe", ["grounded", "shipped"])
 def test_demo_train_plumbing(tmp_path, recipe):
     """A whole recipe at a tiny scale: tokenizer, init, each phase's data and training, OUT/model."""
     from safetensors.torch import load_file

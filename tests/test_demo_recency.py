@@ -54,3 +54,39 @@ def test_recency_phase_of_a_recipe(tmp_path):
     said = []
     train_demo(tmp_path / "run", progress=False, say=said.append, phases=phases)
     assert any("done before" in s for s in said)
+
+
+def test_gate_step_and_a_grounded_phase(tmp_path):
+    """`GateInit` adds its bias to every hyper layer's gate; a phase with `Mix.attend` and the grounding
+    options trains with the attention loss (logged) and the hyper layers' o_proj at 10x the lr."""
+    from owl3.checkpoint import load_model
+    from owl3.demo.data import Mix
+    from owl3.demo.train import GROUNDED_PHASES, GROUNDING, RECIPES, GateInit, Phase, train_demo
+    from owl3.training.metrics import read_metrics
+
+    assert RECIPES["grounded"] is GROUNDED_PHASES and isinstance(GROUNDED_PHASES[4], GateInit)
+    assert GROUNDED_PHASES[5].mix.attend and GROUNDED_PHASES[5].attention_loss_weight > 0
+    mix = Mix(single=1.0, multi=0.0, which=0.0, video=0.0, kinds=("colour",), attend=True)
+    phases = (GateInit("gates", 3.0), Phase("ground", mix, steps=3, lr=1e-3, min_lr=1e-4, **GROUNDING))
+    out = tmp_path / "run"
+    train_demo(out, batch_size=4, pool=30, progress=False, say=lambda s: None, phases=phases)
+    init, opened = load_model(out / "init"), load_model(out / "phase-1-gates")
+    for a, b in zip(init.language_model.model.layers, opened.language_model.model.layers, strict=True):
+        if a.self_attn.is_hyper:
+            gain = b.self_attn.gate_proj[0].bias - a.self_attn.gate_proj[0].bias
+            assert torch.allclose(gain, torch.full_like(gain, 3.0))
+    rows = read_metrics(out / "phase-2-ground" / "metrics.jsonl")
+    assert len(rows) == 3 and all(r["attention_loss"] > 0 for r in rows)  # every colour row is grounded
+    trained = load_model(out / "phase-2-ground").state_dict()
+    before = opened.state_dict()
+
+    def moved(name):
+        return float((trained[name] - before[name]).abs().max())
+
+    hyper = [i for i, layer in enumerate(opened.language_model.model.layers) if layer.self_attn.is_hyper]
+    o_proj = "language_model.model.layers.{}.self_attn.o_proj.weight"
+    q_proj = f"language_model.model.layers.{hyper[0]}.self_attn.q_proj.weight"
+    # Adam moves each weight by about lr per step: the hyper layers' o_proj at 10x, the other layers' not
+    for i in range(len(opened.language_model.model.layers)):
+        ratio = moved(o_proj.format(i)) / moved(q_proj)
+        assert ratio > 5 if i in hyper else ratio < 2, (i, ratio)

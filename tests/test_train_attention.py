@@ -13,7 +13,7 @@ import torch
 from owl3.checkpoint import load_model
 from owl3.cli import main
 from owl3.demo.data import Mix, write_dataset
-from owl3.demo.questions import scene_and_qa
+from owl3.demo.questions import scene_and_qa, video_grounding, video_question
 from owl3.demo.world import CELL_NAMES
 from owl3.model.hyper import cross_scores
 from owl3.processing import Processor
@@ -35,6 +35,18 @@ def _record(attend, images=("m1.png", "m2.png")) -> dict:
     }
 
 
+def _video_record(attend) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": "Look: <image> then <video>"},
+            {"role": "assistant", "content": "A ball rolls."},
+        ],
+        "images": ["m1.png"],
+        "videos": [[f"f{i}.png" for i in range(5)]],
+        "attend": attend,
+    }
+
+
 def test_attend_targets_are_read_and_checked(tmp_path):
     good = [{"image": 1, "box": [0.5, 0, 1, 0.5], "after": "The left one is"}]
     rows = [
@@ -43,12 +55,9 @@ def test_attend_targets_are_read_and_checked(tmp_path):
         _record([{"image": 0, "box": [0.5, 0, 0.5, 1], "after": ""}]),
         _record([{"image": 0, "box": [0, 0, 1, 1], "after": "The right"}]),
         _record([{"image": 0, "box": [0, 0, 1, 1]}]),
-        {
-            "messages": [{"role": "user", "content": "<video>Hm?"}, {"role": "assistant", "content": "A."}],
-            "videos": [["f0.png", "f1.png"]],
-            "attend": [{"image": 0, "box": [0, 0, 1, 1], "after": ""}],
-        },
+        _video_record([{"video": 1, "frame": 0, "box": [0, 0, 1, 1], "after": ""}]),
         _record({"image": 0}),
+        _video_record([{"video": 0, "frame": -1, "box": [0, 0, 1, 1], "after": ""}]),
     ]
     f = tmp_path / "a.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -61,8 +70,9 @@ def test_attend_targets_are_read_and_checked(tmp_path):
     assert "0 <= x0 < x1 <= 1" in why[3]
     assert "start of the first answer" in why[4]
     assert '"after": str' in why[5]
-    assert "images only" in why[6]
+    assert "video index in 0..0, got 1" in why[6]
     assert "must be a list" in why[7]
+    assert "frame index >= 0" in why[8]
 
 
 def test_targets_become_the_deciding_position_and_the_boxed_patches(tmp_path):
@@ -99,6 +109,27 @@ def test_targets_become_the_deciding_position_and_the_boxed_patches(tmp_path):
     (split,), _ = read_data([f], media_root=str(IMAGES))
     skipped = enc(split)
     assert isinstance(skipped, Skipped) and "does not end where a token" in skipped.reason
+
+
+def test_video_frame_targets_count_the_pictures_before_them(tmp_path):
+    processor = Processor.from_dir(FIXTURE, 56)
+    f = tmp_path / "v.jsonl"
+    rows = [
+        _video_record([{"video": 0, "frame": 2, "box": [0, 0, 0.5, 1], "after": "A ball"}]),
+        _video_record([{"video": 0, "frame": 5, "box": [0, 0, 1, 1], "after": ""}]),
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (ok, too_far), problems = read_data([f], media_root=str(IMAGES))
+    assert not problems
+    enc = SampleEncoder(processor, seq_len=4096, frames=5, crop_prob=0.0, seed=0, grid=4)
+    sample = enc(ok)
+    assert sample.pixel_values.shape[0] == 6  # the image, then 5 frames
+    ((pos, tokens),) = sample.attend
+    # the image is view 0, so frame 2 is view 3; the left half of a 4x4 grid
+    assert tokens == [3 * 16 + r * 4 + c for r in range(4) for c in (0, 1)]
+    assert processor.tokenizer.decode(sample.input_ids[pos + 1 :].tolist()).startswith(" rolls.")
+    skipped = enc(too_far)
+    assert isinstance(skipped, Skipped) and "attend.frame 5 but the video gives 5 frames" in skipped.reason
 
 
 def test_attention_loss_is_minus_log_the_share_on_the_targets():
@@ -156,15 +187,26 @@ def test_lr_scales_multiply_the_lr_of_matching_parameters(tmp_path, capsys):
 
 def test_demo_rows_carry_grounding_targets_that_encode(tmp_path):
     rng = random.Random(3)
-    for kind in ("colour", "shape", "size", "position"):
+    for kind in ("colour", "shape", "size", "position", "position", "position"):
         scene, qa = scene_and_qa(rng, kind)
-        cell, after = qa.grounding()
+        targets = qa.grounding()
+        (cell, after), *more = targets
         obj = next(o for o in scene.objects if o.cell == cell)
         assert qa.answer.startswith(after + " ")
         word = qa.answer[len(after) + 1 : -1]  # the deciding word(s)
         want = {"colour": obj.colour, "shape": obj.shape, "size": obj.size, "position": CELL_NAMES[cell]}
         assert word == want[kind]
-    assert scene_and_qa(rng, "count_all")[1].grounding() is None
+        # a two-word place is decided at both words
+        assert [a for _, a in more] == ([f"{after} {word.split()[0]}"] if " " in word else [])
+    assert scene_and_qa(rng, "count_all")[1].grounding() == []
+    for _ in range(20):
+        scene, qa = scene_and_qa(rng, "exists")
+        if qa.answer.startswith("No"):
+            assert qa.grounding() == []
+        elif qa.grounding():
+            ((cell, after),) = qa.grounding()
+            obj = next(o for o in scene.objects if o.cell == cell)
+            assert after == "" and qa.answer == f"Yes, there is a {obj.colour} {obj.shape}."
     mix = Mix(single=1.0, multi=0.0, which=0.0, video=0.0, attend=True)
     data = write_dataset(tmp_path / "d", 40, mix=mix, pool=100)
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -181,3 +223,36 @@ def test_demo_rows_carry_grounding_targets_that_encode(tmp_path):
         assert len(sample.attend) == len(record.attend)
         for pos, tokens in sample.attend:
             assert len(tokens) == 4 and sample.labels[pos + 1] != -100  # a 2x2 cell; inside the answer
+        assert len({pos for pos, _ in sample.attend}) == len(sample.attend)
+
+
+def test_demo_video_rows_point_at_the_named_object_where_it_appeared(tmp_path):
+    rng = random.Random(5)
+    seen = set()
+    for _ in range(60):
+        q = video_question(rng)
+        targets = video_grounding(q)
+        if not targets:
+            assert q.kind not in ("appear_after", "appear_first", "appear_last", "move_what")
+            continue
+        seen.add(q.kind)
+        (frame, cell, after), (frame2, cell2, after2) = targets
+        assert (frame, cell, after) == (frame2, cell2, "The") and q.answer.startswith(after2 + " ")
+        colour, shape = after2.split(" ")[1], q.answer.split(" ")[2].rstrip(".")
+        here = [(o.colour, o.shape) for o in q.video.frames[frame].objects if o.cell == cell]
+        assert here == [(colour, shape)]
+        if frame:  # it was not there a frame earlier: the frame it appeared in
+            assert (colour, shape) not in [(o.colour, o.shape) for o in q.video.frames[frame - 1].objects]
+    assert seen == {"appear_after", "appear_first", "appear_last", "move_what"}
+    mix = Mix(single=0.0, multi=0.0, which=0.0, video=1.0, attend=True)
+    processor = Processor.from_dir("owl3/assets/demo", 84)
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=6)
+    for video in ("mp4", "images"):
+        data = write_dataset(tmp_path / video, 12, mix=mix, pool=20, video=video)
+        records, problems = read_data([data])
+        assert not problems and any(r.attend for r in records)
+        for record in records:
+            sample = enc(record)
+            assert isinstance(sample, Sample) and len(sample.attend) == len(record.attend)
+        grounded = next(r for r in records if r.attend)
+        assert (grounded.attend[0].video is None) == (video == "images")

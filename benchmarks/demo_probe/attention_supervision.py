@@ -1,13 +1,19 @@
 """Does telling the answer's cross-attention where to look teach the kinds the plain loss does not?
 
-    python benchmarks/demo_probe/attention_supervision.py MODEL OUT STEPS WEIGHT [KINDS] [OPROJ_LR_SCALE]
+    python benchmarks/demo_probe/attention_supervision.py MODEL OUT STEPS WEIGHT \
+        [KINDS] [OPROJ] [IMAGES] [STYLE]
 
 One-image questions of KINDS (default colour,shape,size,position; stream `attn-sup:0`), batches of 32,
 AdamW lr 1e-3 (the tower frozen), the answer loss of owl3's training plus WEIGHT x an attention loss: at
 the position that predicts the deciding word ("The square is in the | bottom left."), -log of the share of
 the last hyper layer's cross-attention (each head) on the asked object's 3x3 cell. WEIGHT 0 is the
-control. OPROJ_LR_SCALE (default 1) multiplies the lr of the hyper layers' o_proj. Writes OUT (a
-checkpoint) for `owl3 eval synthetic --model OUT`.
+control. OPROJ (default 1) multiplies the lr of the hyper layers' o_proj. IMAGES (default 1;
+"2-8": uniform from 2 to 8) asks "In Image X, ..." among that many images, half the distractors showing
+the asked shape, the target cell being the object's in image X (binding). STYLE: the image list's layout,
+`official` (`Image 1: <|image|> ...`, default) or `label_after` (`<|image|> (Image 1) ...`: the tokens
+after image X name it). Writes OUT (a checkpoint) for `owl3 eval synthetic --model OUT`; with IMAGES or
+STYLE given, it ends by scoring 200 held-out questions of the same kind (stream `attn-sup:eval`): exact
+answers (teacher-forced argmax) and the mean attention share on the target cell.
 """
 
 import random
@@ -20,13 +26,16 @@ import torch.nn.functional as F
 import owl3
 from owl3.checkpoint import save_model
 from owl3.demo.probe import record_cross_attention
-from owl3.demo.questions import single_question
+from owl3.demo.questions import multi_question
 from owl3.demo.world import CELL_NAMES, COLOURS
 
 model_dir, out, steps, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 KINDS = ["colour", "shape", "size", "position"]
 kinds = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else KINDS
 o_scale = float(sys.argv[6]) if len(sys.argv) > 6 else 1.0
+lo, _, hi = (sys.argv[7] if len(sys.argv) > 7 else "1").partition("-")
+n_range = (int(lo), int(hi or lo))
+style = sys.argv[8] if len(sys.argv) > 8 else "official"
 torch.set_num_threads(1)
 torch.manual_seed(0)
 pipe = owl3.load(model_dir)
@@ -56,6 +65,38 @@ def target_cell(scene, kind, words):
     return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour)).cell
 
 
+def forward(qn, kind):
+    """(answer loss, attention loss, share on the target, exact) of one question."""
+    words = qn.answer.rstrip(".").split(" ")
+    cut = 2 if kind == "position" and words[-1] != "center" else 1
+    cell = target_cell(qn.images[qn.target - 1], kind, words)
+    enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
+    prefix = tok.encode(" ".join(words[:-cut])).ids
+    answer = tok.encode(qn.answer).ids + [pipe.config.eos_token_id]
+    ids = torch.cat([enc.input_ids, torch.tensor(answer)]).view(1, -1)
+    n_prompt = enc.input_ids.shape[0]
+    with record_cross_attention() as scores:
+        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
+        h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+    logits = m.language_model.lm_head(h[0, n_prompt - 1 : -1]).float()
+    lm = F.cross_entropy(logits, ids[0, n_prompt:])
+    deciding = n_prompt + len(prefix) - 1  # the position whose next token is the deciding word
+    offset = (qn.target - 1) * grid * grid  # image X's first visual token
+    patches = [
+        offset + p for p in range(grid * grid) if (p // grid) * 3 // grid * 3 + (p % grid) * 3 // grid == cell
+    ]
+    log_w = torch.log_softmax(scores[-1][0, :, deciding], -1)  # (H, M), the last hyper layer
+    att = -torch.logsumexp(log_w[:, patches], -1).mean()
+    share = float(log_w[:, patches].exp().sum(-1).mean())
+    return lm, att, share, bool((logits.argmax(-1) == ids[0, n_prompt:]).all())
+
+
+def draw(rng):
+    kind = rng.choice(kinds)
+    n = n_range[0] if n_range[0] == n_range[1] else rng.randint(*n_range)  # IMAGES 1: the rows as before
+    return multi_question(rng, n, kind, hard=0.5, style=style), kind
+
+
 rng = random.Random("attn-sup:0")
 t0 = time.time()
 for step in range(1, steps + 1):
@@ -64,27 +105,7 @@ for step in range(1, steps + 1):
     opt.zero_grad(set_to_none=True)
     lm_total = att_total = 0.0
     for _ in range(32):
-        kind = rng.choice(kinds)
-        qn = single_question(rng, kind)
-        words = qn.answer.rstrip(".").split(" ")
-        cut = 2 if kind == "position" and words[-1] != "center" else 1
-        cell = target_cell(qn.images[0], kind, words)
-        enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
-        prefix = tok.encode(" ".join(words[:-cut])).ids
-        answer = tok.encode(qn.answer).ids + [pipe.config.eos_token_id]
-        ids = torch.cat([enc.input_ids, torch.tensor(answer)]).view(1, -1)
-        n_prompt = enc.input_ids.shape[0]
-        with record_cross_attention() as scores:
-            ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-            h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
-        logits = m.language_model.lm_head(h[0, n_prompt - 1 : -1]).float()
-        lm = F.cross_entropy(logits, ids[0, n_prompt:])
-        deciding = n_prompt + len(prefix) - 1  # the position whose next token is the deciding word
-        patches = [
-            p for p in range(grid * grid) if (p // grid) * 3 // grid * 3 + (p % grid) * 3 // grid == cell
-        ]
-        log_w = torch.log_softmax(scores[-1][0, :, deciding], -1)  # (H, M), the last hyper layer
-        att = -torch.logsumexp(log_w[:, patches], -1).mean()
+        lm, att, _, _ = forward(*draw(rng))
         ((lm + weight * att) / 32).backward()
         lm_total += lm.item() / 32
         att_total += att.item() / 32
@@ -93,5 +114,14 @@ for step in range(1, steps + 1):
     if step % 25 == 0 or step == steps:
         secs = time.time() - t0
         print(f"step {step} lm {lm_total:.4f} attention {att_total:.3f} ({secs:.0f} s)", flush=True)
+if len(sys.argv) > 7:
+    m.eval()
+    held_out = random.Random("attn-sup:eval")
+    with torch.no_grad():
+        results = [forward(*draw(held_out))[2:] for _ in range(200)]
+    exact = sum(r[1] for r in results) / len(results)
+    share = sum(r[0] for r in results) / len(results)
+    where = f"{style}, {n_range[0]}-{n_range[1]} images"
+    print(f"held-out ({where}): exact {exact:.3f}, share on target {share:.3f}")
 m.eval()
 save_model(m, out, copy_from=model_dir)

@@ -35,6 +35,7 @@ from owl3.demo.questions import (
     ask,
     image_list,
     lower_first,
+    video_grounding,
     video_question,
     which_property,
 )
@@ -64,8 +65,10 @@ class Mix:
     n_frames: int = 8
     # most objects per pool scene (1: one object, nothing to pick out; the world's scenes have up to 4)
     max_objects: int = 4
-    # one-image rows whose answer is read from one object (colour, shape, position, size) carry an
-    # "attend" target: that object's cell, at the answer's deciding word (training's attention loss)
+    # one-image rows whose answer is read from one object (colour, shape, position, size, a "yes" of
+    # exists) carry "attend" targets: that object's cell, at each deciding word (training's attention loss);
+    # video rows naming one object (what appeared first / last / after X, what moved) too, in the frame
+    # where it appeared (or the first)
     attend: bool = False
 
 
@@ -114,7 +117,9 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     r = rng.random() * (mix.single + mix.multi + mix.which + mix.video)
     if r < mix.video:
         q = video_question(rng, rng.choice(ALL_VIDEO_KINDS), mix.n_frames)
-        return Row(q.kind, q.prompt, q.answer, video=q)
+        targets = video_grounding(q) if mix.attend else []
+        attend = tuple({"video": 0, "frame": f, **_attend(cell, after)} for f, cell, after in targets)
+        return Row(q.kind, q.prompt, q.answer, video=q, attend=attend)
     r -= mix.video
     if r < mix.which:
         return _which_row(rng, pool, n_images(rng, mix), mix)
@@ -127,8 +132,11 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
         if qa is not None:
             break
     if n == 1:
-        ground = qa.grounding() if mix.attend else None
-        attend = () if ground is None else (_attend(0, *ground),)
+        attend = (
+            tuple({"image": 0, **_attend(cell, after)} for cell, after in qa.grounding())
+            if mix.attend
+            else ()
+        )
         return Row(kind, f"{IMAGE}\n{qa.question}", qa.answer, (target,), attend=attend)
     others = []
     for _ in range(n - 1):
@@ -142,10 +150,11 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     return Row(kind, prompt, qa.answer, tuple(others))
 
 
-def _attend(image: int, cell: int, after: str) -> dict:
+def _attend(cell: int, after: str) -> dict:
+    """The box of a cell and the answer prefix (an "attend" target without its picture)."""
     row, col = divmod(cell, 3)
     box = [round(col / 3, 4), round(row / 3, 4), round((col + 1) / 3, 4), round((row + 1) / 3, 4)]
-    return {"image": image, "box": box, "after": after}
+    return {"box": box, "after": after}
 
 
 def _start(rng: random.Random, mix: Mix, n: int) -> int:
@@ -243,8 +252,11 @@ def write_dataset(
                     images.append(rel)
                 prompt = prompt.replace(VIDEO, IMAGE * len(frames))
         rows.append(_format(fmt, f"{name}-{r:06d}", prompt, row.answer, images, videos))
-        if row.attend:
-            rows[-1]["attend"] = list(row.attend)
+        if row.attend:  # a video written as inlined frames: its frame k is picture k of the row
+            inline = row.video is not None and video == "images"
+            attend = [{"image": a["frame"], **a} if inline else a for a in row.attend]
+            rows[-1]["attend"] = [{k: v for k, v in a.items() if not inline or k not in ("video", "frame")}
+                                  for a in attend]  # fmt: skip
     target = out / f"{name}.{'jsonl' if fmt == 'swift' else 'json'}"
     with open(target, "w") as f:
         if fmt == "swift":

@@ -90,6 +90,16 @@ def init_recency(
         kv_bias[g, 0, d // 2 : d // 2 + pairs] = 0.0
 
 
+@torch.no_grad()
+def open_gates(model: Owl3Model, bias: float = 3.0) -> None:
+    """Add `bias` to every hyper layer's gate bias (sigmoid(3) = 0.95: the cross-attention passes almost
+    whole). A half-shut gate lets what the answer attended to (an object's place) reach the residual too
+    weakly to be read (docs/demo.md, "Attention probes")."""
+    for layer in model.language_model.model.layers:
+        if layer.self_attn.is_hyper:
+            layer.self_attn.gate_proj[0].bias += bias
+
+
 def init_checkpoint(
     out_dir: str | Path, *, seed: int = 0, tokenizer_dir: str | Path | None = None, name: str = "demo"
 ) -> Path:

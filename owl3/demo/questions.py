@@ -58,14 +58,23 @@ class QA:
     subject: str | None = None  # the shape asked about, if any (hard distractors show it too)
     cell: int | None = None  # the cell of the one object the answer is read from (colour/shape/position/size)
 
-    def grounding(self) -> tuple[int, str] | None:
-        """(cell, the answer before its deciding word) when the answer is read from one object: "The star
-        is" of "The star is red.", "The star is in the" of "The star is in the top left."."""
+    def grounding(self) -> list[tuple[int, str]]:
+        """(cell, the answer before a word read from that object) for each such word: "The star is" of "The
+        star is red."; "The star is in the" and "The star is in the top" of "The star is in the top
+        left."; "" (the first word) of "Yes, there is a red star.". Empty when no one object decides."""
         if self.cell is None:
-            return None
-        last = " " + CELL_NAMES[self.cell] + "." if self.kind == "position" else None
-        cut = self.answer.rindex(last) if last else self.answer.rindex(" ")
-        return self.cell, self.answer[:cut]
+            return []
+        if self.kind == "exists":
+            return [(self.cell, "")]
+        if self.kind == "position":
+            name = CELL_NAMES[self.cell]
+            start = self.answer.rindex(" " + name + ".")
+            words = name.split(" ")
+            return [
+                (self.cell, self.answer[:start] + "".join(" " + w for w in words[:i]))
+                for i in range(len(words))
+            ]
+        return [(self.cell, self.answer[: self.answer.rindex(" ")])]
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,10 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
                     break
             yes = scene.count(shape=shape, colour=colour) > 0
         answer = f"Yes, there is a {colour} {shape}." if yes else f"No, there is no {colour} {shape}."
-        return QA(kind, f"Is there a {colour} {shape}?", answer, shape)
+        # a lone match decides "Yes" (the near-miss loop can land on a present pair by chance: any match)
+        matches = [o.cell for o in objs if (o.shape, o.colour) == (shape, colour)]
+        cell = matches[0] if yes and len(matches) == 1 else None
+        return QA(kind, f"Is there a {colour} {shape}?", answer, shape, cell)
     if kind == "word":
         if scene.word is None:
             return None
@@ -349,8 +361,26 @@ def video_question(
     return Question(kind, f"{VIDEO}\n{question}", answer, video=video)
 
 
+def video_grounding(q: Question) -> list[tuple[int, int, str]]:
+    """(frame, cell, the answer before a word read from that object) for video answers that name one
+    object seen at one moment: what appeared first / last / after X (the frame it appeared in) and what
+    moved (the first frame). Empty for the others (counts, directions, colour changes)."""
+    if q.video is None or q.kind not in ("appear_after", "appear_first", "appear_last", "move_what"):
+        return []
+    _, colour, shape = q.answer.split(" ")[:3]  # "The blue circle appeared ..." / "The red square moved."
+    shape = shape.rstrip(".")
+    frame = next(
+        f
+        for f, scene in enumerate(q.video.frames)
+        if any((o.colour, o.shape) == (colour, shape) for o in scene.objects)
+    )
+    obj = next(o for o in q.video.frames[frame].objects if (o.colour, o.shape) == (colour, shape))
+    return [(frame, obj.cell, "The"), (frame, obj.cell, f"The {colour}")]
+
+
 ALL_VIDEO_KINDS = tuple(k for ks in VIDEO_QUESTION_KINDS.values() for k in ks)
 __all__ = [
     "ALL_VIDEO_KINDS", "IMAGE", "QA", "Question", "SINGLE_KINDS", "VIDEO", "WHICH_KINDS", "WORDS",
-    "ask", "image_list", "multi_question", "single_question", "video_question", "which_question",
+    "ask", "image_list", "multi_question", "single_question", "video_grounding", "video_question",
+    "which_question",
 ]  # fmt: skip

@@ -44,12 +44,15 @@ class Attend:
     """Where the answer should look: when the first answer has been written up to `after` (a prefix of
     it, "" = its start), the hyper layers' cross-attention of the position that predicts the next token
     should fall on `box` (x0, y0, x1, y1, fractions of the width and height) of image `image` (0-based,
-    in the record's order). Record key: `"attend": [{"image": 0, "box": [0, 0, 0.5, 0.5], "after":
-    "The square is in the"}]`; used by the training option `attention_loss_weight`."""
+    in the record's order), or of frame `frame` of video `video` (among the frames training samples).
+    Record key: `"attend": [{"image": 0, "box": [0, 0, 0.5, 0.5], "after": "The square is in the"}]`
+    (`{"video": 0, "frame": 3, ...}` for a video); used by the training option `attention_loss_weight`."""
 
-    image: int
+    image: int | None
     box: tuple[float, float, float, float]
     after: str
+    video: int | None = None
+    frame: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,24 +182,36 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise BadRecord('"attend" must be a list of {"image", "box", "after"}')
-    if value and n_videos:
-        raise BadRecord('"attend" is for images only; this sample has a video')
+        raise BadRecord('"attend" must be a list of {"image" (or "video" and "frame"), "box", "after"}')
     answer = next(m["content"] for m in messages if m["role"] == "assistant")
     out = []
     for i, a in enumerate(value):
-        if not isinstance(a, dict) or set(a) != {"image", "box", "after"}:
-            raise BadRecord(f'attend[{i}] must be {{"image": int, "box": [x0, y0, x1, y1], "after": str}}')
-        image, box, after = a["image"], a["box"], a["after"]
-        if not isinstance(image, int) or isinstance(image, bool) or not 0 <= image < n_images:
-            raise BadRecord(f"attend[{i}].image must be an image index in 0..{n_images - 1}, got {image!r}")
+        keys = set(a) if isinstance(a, dict) else set()
+        if keys not in ({"image", "box", "after"}, {"video", "frame", "box", "after"}):
+            raise BadRecord(
+                f'attend[{i}] must be {{"image": int, "box": [x0, y0, x1, y1], "after": str}} '
+                '(or "video" and "frame" for "image")'
+            )
+        box, after = a["box"], a["after"]
+        medium, count = ("image", n_images) if "image" in keys else ("video", n_videos)
+        index = a[medium]
+        if not _index(index, count):
+            raise BadRecord(f"attend[{i}].{medium} must be a {medium} index in 0..{count - 1}, got {index!r}")
+        if medium == "video" and not _index(a["frame"], 1 << 30):
+            raise BadRecord(f"attend[{i}].frame must be a frame index >= 0, got {a['frame']!r}")
         ok = isinstance(box, list) and len(box) == 4 and all(isinstance(x, (int, float)) for x in box)
         if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
             raise BadRecord(f"attend[{i}].box must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, got {box!r}")
         if not isinstance(after, str) or not answer.startswith(after):
             raise BadRecord(f"attend[{i}].after must be the start of the first answer, got {after!r}")
-        out.append(Attend(image, (float(box[0]), float(box[1]), float(box[2]), float(box[3])), after))
+        frame = a["frame"] if medium == "video" else 0
+        box4 = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+        out.append(Attend(index if medium == "image" else None, box4, after, a.get("video"), frame))
     return tuple(out)
+
+
+def _index(value: Any, count: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count
 
 
 def _llava_messages(conv: Any) -> list[dict[str, str]]:

@@ -21,6 +21,7 @@ one view per image).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,7 +106,8 @@ class SampleEncoder:
         attend = []
         if record.attend and self.grid is not None:
             try:
-                attend = [self.attention_target(a, ids, labels) for a in record.attend]
+                first = self.first_views(record, [len(v) for v in videos])
+                attend = [self.attention_target(a, ids, labels, first) for a in record.attend]
             except ValueError as e:
                 return Skipped(record.where, str(e))
         return Sample(
@@ -117,9 +119,25 @@ class SampleEncoder:
             attend,
         )
 
-    def attention_target(self, a: Attend, ids: list[int], labels: list[int]) -> tuple[int, list[int]]:
+    def first_views(self, record: Record, n_frames: list[int]) -> dict[tuple[str, int], tuple[int, int]]:
+        """(medium, index) -> (its first view among the row's pictures in token order, its view count).
+        Images with targets are never cropped: one view each; a video has one per sampled frame."""
+        order = re.findall(r"<\|image\|>|<\|video\|>", "".join(m["content"] for m in record.messages))
+        out, view, counts = {}, 0, {"image": 0, "video": 0}
+        for tag in order:
+            medium = "image" if tag == "<|image|>" else "video"
+            k = counts[medium]
+            n = 1 if medium == "image" else n_frames[k]
+            out[(medium, k)] = (view, n)
+            view, counts[medium] = view + n, k + 1
+        return out
+
+    def attention_target(
+        self, a: Attend, ids: list[int], labels: list[int], first: dict[tuple[str, int], tuple[int, int]]
+    ) -> tuple[int, list[int]]:
         """(query position, visual token indices) of one target: the position that predicts the token
-        after `a.after` in the first answer; the patches of image `a.image` whose centres lie in the box."""
+        after `a.after` in the first answer; the patches of the image (or video frame) whose centres lie
+        in the box."""
         start = next(i for i, y in enumerate(labels) if y != IGNORE)  # the first answer's first token
         prefix = self._encode(a.after) if a.after else []
         if ids[start : start + len(prefix)] != prefix:
@@ -134,7 +152,10 @@ class SampleEncoder:
         ]
         if not cells:
             raise ValueError(f"attend.box {list(a.box)} holds no patch centre of the {g}x{g} grid")
-        return start + len(prefix) - 1, [a.image * g * g + p for p in cells]
+        view, n = first[("image", a.image) if a.video is None else ("video", a.video)]
+        if a.frame >= n:
+            raise ValueError(f"attend.frame {a.frame} but the video gives {n} frames")
+        return start + len(prefix) - 1, [(view + a.frame) * g * g + p for p in cells]
 
     def labels(self, ids: list[int], record: Record) -> list[int]:
         """Labels for the token ids of `record`: the answers and their end tokens, IGNORE elsewhere."""
