@@ -170,26 +170,35 @@ def test_one_object_mix_draws_one_object_scenes(tmp_path):
 
 def test_default_recipe_pretrains_the_tower_first():
     from owl3.cli import build_parser as owl3_parser
+    from owl3.demo import DEFAULT_RECIPE, RECIPE_NAMES
     from owl3.demo.__main__ import build_parser
     from owl3.demo.train import (
+        GROUNDED_PHASES,
         RECENCY_PHASES,
         RECIPES,
         TOWER_PHASES,
+        GateInit,
         Phase,
         RecencyInit,
         TowerPhase,
         train_demo,
     )
 
-    assert train_demo.__kwdefaults__["phases"] is RECENCY_PHASES is RECIPES["recency"]
-    assert build_parser().parse_args(["train", "x"]).recipe == "recency"
-    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "recency"
+    assert tuple(RECIPES) == RECIPE_NAMES and DEFAULT_RECIPE == "grounded"
+    assert train_demo.__kwdefaults__["phases"] is GROUNDED_PHASES is RECIPES["grounded"]
+    assert build_parser().parse_args(["train", "x"]).recipe == "grounded"
+    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "grounded"
     # the random tower does not learn shapes through the language model (docs/demo.md): it is pretrained
     # alone first; the question phases then keep lr <= 1e-3 (3e-3 lets the vision path's scale run away)
     assert isinstance(RECENCY_PHASES[0], TowerPhase)
     assert isinstance(RECENCY_PHASES[1], RecencyInit)
     assert RECENCY_PHASES[2:] == TOWER_PHASES[1:]  # `tower` plus the recency heads, nothing else
-    assert all(ph.lr <= 1e-3 for ph in RECENCY_PHASES if isinstance(ph, Phase))
+    # `grounded`: `recency` up to its binding phase, open gates, then its last phase grounded
+    assert GROUNDED_PHASES[:4] == RECENCY_PHASES[:4] and isinstance(GROUNDED_PHASES[4], GateInit)
+    last, grounded = RECENCY_PHASES[4], GROUNDED_PHASES[5]
+    assert (grounded.steps, grounded.lr, grounded.mix.kinds) == (last.steps, last.lr, last.mix.kinds)
+    assert grounded.mix.attend and not last.mix.attend
+    assert all(ph.lr <= 1e-3 for ph in GROUNDED_PHASES if isinstance(ph, Phase))
     assert RECIPES["sees"][0].mix.max_objects == 1
 
 

@@ -21,7 +21,7 @@ from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
 from owl3.training.encode import Sample, Skipped
 from owl3.training.metrics import read_metrics
 from owl3.training.step import attention_loss
-from tests.train_helpers import FIXTURE, IMAGES, base_options
+from tests.train_helpers import FIXTURE, IMAGES, base_options, reasons_by_line, write_rows
 
 ANSWER = "The left one is bigger."
 TWO = {"role": "user", "content": "Compare <image> and <image>."}
@@ -59,13 +59,11 @@ def test_attend_targets_are_read_and_checked(tmp_path):
         _record({"image": 0}),
         _video_record([{"video": 0, "frame": -1, "box": [0, 0, 1, 1], "after": ""}]),
     ]
-    f = tmp_path / "a.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    records, problems = read_data([f], media_root=str(IMAGES))
+    records, problems = read_data([write_rows(tmp_path / "a.jsonl", rows)], media_root=str(IMAGES))
     assert [r.line for r in records] == [1]
     a = records[0].attend[0]
     assert (a.image, a.box, a.after) == (1, (0.5, 0.0, 1.0, 0.5), "The left one is")
-    why = {int(p.where.rsplit(":", 1)[1]): p.reason for p in problems}
+    why = reasons_by_line(problems)
     assert "image index in 0..1, got 2" in why[2]
     assert "0 <= x0 < x1 <= 1" in why[3]
     assert "start of the first answer" in why[4]
@@ -113,12 +111,11 @@ def test_targets_become_the_deciding_position_and_the_boxed_patches(tmp_path):
 
 def test_video_frame_targets_count_the_pictures_before_them(tmp_path):
     processor = Processor.from_dir(FIXTURE, 56)
-    f = tmp_path / "v.jsonl"
     rows = [
         _video_record([{"video": 0, "frame": 2, "box": [0, 0, 0.5, 1], "after": "A ball"}]),
         _video_record([{"video": 0, "frame": 5, "box": [0, 0, 1, 1], "after": ""}]),
     ]
-    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    f = write_rows(tmp_path / "v.jsonl", rows)
     (ok, too_far), problems = read_data([f], media_root=str(IMAGES))
     assert not problems
     enc = SampleEncoder(processor, seq_len=4096, frames=5, crop_prob=0.0, seed=0, grid=4)

@@ -14,7 +14,15 @@ import torch
 from owl3.processing import Processor
 from owl3.training import IGNORE, SampleEncoder, collate, read_data
 from owl3.training.encode import Skipped
-from tests.train_helpers import FIXTURE, IMAGES, llava_records, swift_records, write_data
+from tests.train_helpers import (
+    FIXTURE,
+    IMAGES,
+    llava_records,
+    reasons_by_line,
+    swift_records,
+    write_data,
+    write_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +75,10 @@ def test_bad_samples_are_reported_with_their_line(tmp_path):
             "images": ["one.png"],
         },
     ]
-    f = tmp_path / "bad.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in bad) + "{not json\n")
+    f = write_rows(tmp_path / "bad.jsonl", bad, tail="{not json\n")
     records, problems = read_data([f], media_root=str(IMAGES))
     assert [r.line for r in records] == [1]
-    by_line = {int(p.where.rsplit(":", 1)[1]): p.reason for p in problems}
+    by_line = reasons_by_line(problems)
     assert sorted(by_line) == list(range(2, 11))
     assert "image not found" in by_line[2]
     assert "1 <image> tag(s) for 2 image(s)" in by_line[3]

@@ -93,3 +93,14 @@ def base_options(tmp: Path, **kw) -> dict:
     )
     opts.update(kw)
     return opts
+
+
+def write_rows(path: Path, rows: list[dict], tail: str = "") -> Path:
+    """`rows` as JSON Lines (then `tail` as written), for the reader's tests."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+    return path
+
+
+def reasons_by_line(problems) -> dict[int, str]:
+    """The reader's problems as {line: reason}."""
+    return {int(p.where.rsplit(":", 1)[1]): p.reason for p in problems}

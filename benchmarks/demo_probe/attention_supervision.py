@@ -87,7 +87,7 @@ def forward(qn, kind):
     ]
     log_w = torch.log_softmax(scores[-1][0, :, deciding], -1)  # (H, M), the last hyper layer
     att = -torch.logsumexp(log_w[:, patches], -1).mean()
-    share = float(log_w[:, patches].exp().sum(-1).mean())
+    share = float(log_w[:, patches].detach().exp().sum(-1).mean())
     return lm, att, share, bool((logits.argmax(-1) == ids[0, n_prompt:]).all())
 
 

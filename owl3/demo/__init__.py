@@ -7,3 +7,8 @@
 - model.py      the `demo` preset fitted to the tokenizer; a random initial checkpoint to train from
 Command line: `python -m owl3.demo {tokenizer,init,data,prepare} ...` (see docs/demo.md).
 """
+
+# the recipes of `owl3 demo-train` (owl3/demo/train.py `RECIPES`), named here so that the command line
+# knows them without importing the training code
+RECIPE_NAMES = ("grounded", "tower", "recency", "sees", "shipped", "next", "see")
+DEFAULT_RECIPE = "grounded"

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from owl3.demo import DEFAULT_RECIPE, RECIPE_NAMES
 from owl3.errors import Owl3Error
 
 
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", default="demo")
     r.add_argument(
         "--recipe",
-        default="recency",
-        choices=("tower", "recency", "sees", "shipped", "next", "see"),
+        default=DEFAULT_RECIPE,
+        choices=RECIPE_NAMES,
         help="phases (see owl3/demo/train.py)",
     )
     r.add_argument("--no-progress", action="store_true")

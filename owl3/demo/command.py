@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from owl3.demo import DEFAULT_RECIPE, RECIPE_NAMES
 from owl3.errors import Owl3Error
 
 N_IMAGES = 5
@@ -157,8 +158,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--recipe",
-        default="recency",
-        choices=("tower", "recency", "sees", "shipped", "next", "see"),
+        default=DEFAULT_RECIPE,
+        choices=RECIPE_NAMES,
         help="phases (owl3/demo/train.py)",
     )
     t.set_defaults(func=cmd_demo_train)

@@ -7,7 +7,8 @@ writes its training set (`OUT/data/PHASE/`) and runs owl3's own training code (`
 stage `sft`, the vision tower trained too at the phase's `vision_lr_scale`). The last phase's model is
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
-Recipes (`--recipe`): `recency` (default; the shipped weights since the fourth session) pretrains the
+Recipes (`--recipe`): `grounded` (default, the shipped weights since the fifth session; below) and
+`recency` (the shipped weights of the fourth session): `recency` pretrains the
 tower (1,600 steps), sets the first hyper layer's recency heads (the tokens after each image attend to
 that image), then trains one-image questions of every kind (600 steps), the binding mix (1,000 steps:
 "In Image X" among 2-8 images with hard distractors, "which image", 8-frame videos) and everything mixed
@@ -175,7 +176,7 @@ def train_demo(
     workers: int = 1,
     seed: int = 0,
     pool: int = 20_000,
-    phases: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = RECENCY_PHASES,
+    phases: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = GROUNDED_PHASES,
     preset: str = "demo",
     progress: bool = True,
     say=print,
