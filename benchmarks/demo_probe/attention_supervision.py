@@ -1,7 +1,7 @@
 """Does telling the answer's cross-attention where to look teach the kinds the plain loss does not?
 
     python benchmarks/demo_probe/attention_supervision.py MODEL OUT STEPS WEIGHT \
-        [KINDS] [OPROJ] [IMAGES] [STYLE]
+        [KINDS] [OPROJ] [IMAGES] [STYLE] [SELF_WEIGHT SELF_LAYER]
 
 One-image questions of KINDS (default colour,shape,size,position; stream `attn-sup:0`), batches of 32,
 AdamW lr 1e-3 (the tower frozen), the answer loss of owl3's training plus WEIGHT x an attention loss: at
@@ -13,7 +13,10 @@ the asked shape, the target cell being the object's in image X (binding). STYLE:
 `official` (`Image 1: <|image|> ...`, default) or `label_after` (`<|image|> (Image 1) ...`: the tokens
 after image X name it). Writes OUT (a checkpoint) for `owl3 eval synthetic --model OUT`; with IMAGES or
 STYLE given, it ends by scoring 200 held-out questions of the same kind (stream `attn-sup:eval`): exact
-answers (teacher-forced argmax) and the mean attention share on the target cell.
+answers (teacher-forced argmax) and the mean attention share on the target cell. SELF_WEIGHT (default 0)
+x -log(the share of decoder layer SELF_LAYER's self-attention (1-based, mean over heads) at the deciding
+position on the 4 tokens after image X) is added too: the route by which image X's signature, there
+since the first hyper layer, could reach the answer (signature_probe.py); its share is reported.
 """
 
 import random
@@ -28,6 +31,7 @@ from owl3.checkpoint import save_model
 from owl3.demo.probe import record_cross_attention
 from owl3.demo.questions import multi_question
 from owl3.demo.world import CELL_NAMES, COLOURS
+from owl3.model.layers import apply_rope, repeat_kv
 
 model_dir, out, steps, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 KINDS = ["colour", "shape", "size", "position"]
@@ -36,6 +40,8 @@ o_scale = float(sys.argv[6]) if len(sys.argv) > 6 else 1.0
 lo, _, hi = (sys.argv[7] if len(sys.argv) > 7 else "1").partition("-")
 n_range = (int(lo), int(hi or lo))
 style = sys.argv[8] if len(sys.argv) > 8 else "official"
+self_weight = float(sys.argv[9]) if len(sys.argv) > 9 else 0.0
+self_layer = int(sys.argv[10]) - 1 if len(sys.argv) > 10 else 1
 torch.set_num_threads(1)
 torch.manual_seed(0)
 pipe = owl3.load(model_dir)
@@ -65,8 +71,19 @@ def target_cell(scene, kind, words):
     return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour)).cell
 
 
+def self_scores(attn, h, cos_sin, row):
+    """Log attention weights (H, row + 1) of self-attention `attn` at query `row`; h (1, T, D) its input."""
+    t, d = h.shape[1], attn.head_dim
+    q = attn.q_proj(h).view(1, t, attn.n_heads, d).transpose(1, 2)
+    k = attn.k_proj(h).view(1, t, attn.n_kv_heads, d).transpose(1, 2)
+    cos, sin = cos_sin
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k = repeat_kv(k, attn.n_heads // attn.n_kv_heads)[0, :, : row + 1]  # (H, row + 1, d), causal
+    return torch.log_softmax((k @ q[0, :, row, :, None])[..., 0] / d**0.5, -1)
+
+
 def forward(qn, kind):
-    """(answer loss, attention loss, share on the target, exact) of one question."""
+    """(answer loss, attention loss, share on the target, exact, self-attention loss, its share)."""
     words = qn.answer.rstrip(".").split(" ")
     cut = 2 if kind == "position" and words[-1] != "center" else 1
     cell = target_cell(qn.images[qn.target - 1], kind, words)
@@ -75,9 +92,15 @@ def forward(qn, kind):
     answer = tok.encode(qn.answer).ids + [pipe.config.eos_token_id]
     ids = torch.cat([enc.input_ids, torch.tensor(answer)]).view(1, -1)
     n_prompt = enc.input_ids.shape[0]
-    with record_cross_attention() as scores:
-        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-        h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+    seen = []  # the self-attention input of SELF_LAYER: (normed hidden states, cos/sin)
+    attn = m.language_model.model.layers[self_layer].self_attn
+    hook = attn.register_forward_pre_hook(lambda mod, args: seen.append((args[0], args[7])))
+    try:
+        with record_cross_attention() as scores:
+            ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
+            h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+    finally:
+        hook.remove()
     logits = m.language_model.lm_head(h[0, n_prompt - 1 : -1]).float()
     lm = F.cross_entropy(logits, ids[0, n_prompt:])
     deciding = n_prompt + len(prefix) - 1  # the position whose next token is the deciding word
@@ -88,7 +111,12 @@ def forward(qn, kind):
     log_w = torch.log_softmax(scores[-1][0, :, deciding], -1)  # (H, M), the last hyper layer
     att = -torch.logsumexp(log_w[:, patches], -1).mean()
     share = float(log_w[:, patches].detach().exp().sum(-1).mean())
-    return lm, att, share, bool((logits.argmax(-1) == ids[0, n_prompt:]).all())
+    after = enc.media_starts[qn.target - 1] + 1  # the 4 tokens after image X's <|image|>
+    self_w = self_scores(attn, *seen[0], deciding)[:, after : after + 4]
+    self_att = -torch.logsumexp(self_w, -1).mean()
+    self_share = float(self_w.detach().exp().sum(-1).mean())
+    exact = bool((logits.argmax(-1) == ids[0, n_prompt:]).all())
+    return lm, att, share, exact, self_att, self_share
 
 
 def draw(rng):
@@ -103,25 +131,31 @@ for step in range(1, steps + 1):
     for g in opt.param_groups:
         g["lr"] = 1e-3 * g["scale"] * min(1.0, step / 20)
     opt.zero_grad(set_to_none=True)
-    lm_total = att_total = 0.0
+    lm_total = att_total = self_total = 0.0
     for _ in range(32):
-        lm, att, _, _ = forward(*draw(rng))
-        ((lm + weight * att) / 32).backward()
+        lm, att, _, _, self_att, _ = forward(*draw(rng))
+        ((lm + weight * att + self_weight * self_att) / 32).backward()
         lm_total += lm.item() / 32
         att_total += att.item() / 32
+        self_total += self_att.item() / 32
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     if step % 25 == 0 or step == steps:
         secs = time.time() - t0
-        print(f"step {step} lm {lm_total:.4f} attention {att_total:.3f} ({secs:.0f} s)", flush=True)
+        also = f" self-attention {self_total:.3f}" if self_weight else ""
+        print(f"step {step} lm {lm_total:.4f} attention {att_total:.3f}{also} ({secs:.0f} s)", flush=True)
 if len(sys.argv) > 7:
     m.eval()
     held_out = random.Random("attn-sup:eval")
     with torch.no_grad():
-        results = [forward(*draw(held_out))[2:] for _ in range(200)]
+        results = [forward(*draw(held_out))[2:] for _ in range(200)]  # (share, exact, -, self share)
     exact = sum(r[1] for r in results) / len(results)
     share = sum(r[0] for r in results) / len(results)
     where = f"{style}, {n_range[0]}-{n_range[1]} images"
-    print(f"held-out ({where}): exact {exact:.3f}, share on target {share:.3f}")
+    also = ""
+    if len(sys.argv) > 9:
+        self_share = sum(r[3] for r in results) / len(results)
+        also = f", layer {self_layer + 1} self-attention on the 4 tokens after image X {self_share:.3f}"
+    print(f"held-out ({where}): exact {exact:.3f}, share on target {share:.3f}{also}")
 m.eval()
 save_model(m, out, copy_from=model_dir)
