@@ -252,11 +252,13 @@ def write_dataset(
                     images.append(rel)
                 prompt = prompt.replace(VIDEO, IMAGE * len(frames))
         rows.append(_format(fmt, f"{name}-{r:06d}", prompt, row.answer, images, videos))
-        if row.attend:  # a video written as inlined frames: its frame k is picture k of the row
-            inline = row.video is not None and video == "images"
-            attend = [{"image": a["frame"], **a} if inline else a for a in row.attend]
-            rows[-1]["attend"] = [{k: v for k, v in a.items() if not inline or k not in ("video", "frame")}
-                                  for a in attend]  # fmt: skip
+        if row.attend:
+            if row.video is not None and video == "images":  # inlined frames: frame k is picture k
+                rows[-1]["attend"] = [
+                    {"image": a["frame"], "box": a["box"], "after": a["after"]} for a in row.attend
+                ]
+            else:
+                rows[-1]["attend"] = list(row.attend)
     target = out / f"{name}.{'jsonl' if fmt == 'swift' else 'json'}"
     with open(target, "w") as f:
         if fmt == "swift":

@@ -8,18 +8,17 @@ stage `sft`, the vision tower trained too at the phase's `vision_lr_scale`). The
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
 Recipes (`--recipe`): `grounded` (default, the shipped weights since the fifth session; below) and
-`recency` (the shipped weights of the fourth session): `recency` pretrains the
-tower (1,600 steps), sets the first hyper layer's recency heads (the tokens after each image attend to
-that image), then trains one-image questions of every kind (600 steps), the binding mix (1,000 steps:
-"In Image X" among 2-8 images with hard distractors, "which image", 8-frame videos) and everything mixed
-at a lower lr (900 steps), the tower at 0.1x the lr; docs/demo.md has its time and scores. `grounded` is
-`recency` with the hyper layers' gates opened before the last phase, which then adds an attention loss on
-questions whose answer is read from one object (`Mix.attend`) and trains the hyper layers' o_proj at 10x
-the lr. `tower` is
-the same without the recency heads (the weights shipped before). `sees` (lr 1e-3, one object per
-picture first, no tower pretraining) made a model that uses its images but answers ~40% of one-image
-questions. `shipped` is the recipe of the weights shipped before `tower`: one perception phase, 900
-steps, lr 3e-3; it does not learn to see. `see` and `next` are older attempts kept for the record.
+`recency` (the shipped weights of the fourth session): `recency` pretrains the tower (1,600 steps), sets
+the first hyper layer's recency heads (the tokens after each image attend to that image), then trains
+one-image questions of every kind (600 steps), the binding mix (1,000 steps: "In Image X" among 2-8 images
+with hard distractors, "which image", 8-frame videos) and everything mixed at a lower lr (900 steps), the
+tower at 0.1x the lr; docs/demo.md has its time and scores. `grounded` is `recency` with the hyper layers'
+gates opened before the last phase, which then adds an attention loss on questions whose answer is read
+from one object (`Mix.attend`) and trains the hyper layers' o_proj at 10x the lr. `tower` is `recency`
+without the recency heads (the weights of the third session). `sees` (lr 1e-3, one object per picture
+first, no tower pretraining) made a model that uses its images but answers ~40% of one-image questions.
+`shipped` is the recipe of the weights shipped before `tower`: one perception phase, 900 steps, lr 3e-3;
+it does not learn to see. `see` and `next` are older attempts kept for the record.
 
 Every phase trains on fresh rows (one epoch; phase k draws its rows and scene pool with seed + 1000 (k-1)),
 uncropped images, the loss on answer tokens only (the training code's rule), AdamW (no weight decay) with
@@ -36,6 +35,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from owl3.config import preset
 from owl3.demo.data import MIXES, Mix, write_dataset
 
 
@@ -134,10 +134,10 @@ TOWER_PHASES: tuple[Phase | TowerPhase, ...] = (
           vision_lr_scale=0.1),
     Phase("all", ALL, steps=900, lr=7e-4, min_lr=3e-5, vision_lr_scale=0.1),
 )  # fmt: skip
-# The default recipe (`--recipe recency`): `tower` with the first hyper layer's recency heads set after the
-# tower phase (`RecencyInit`): the tokens after each image look at that image from the first step, which
-# the `tower` model never learned (docs/demo.md, "Attention probes"). Same scores as `tower` within noise
-# except "which image?" (13% -> 31% of 100 questions).
+# The default recipe of the fourth session (`--recipe recency`): `tower` with the first hyper layer's
+# recency heads set after the tower phase (`RecencyInit`): the tokens after each image look at that image
+# from the first step, which the `tower` model never learned (docs/demo.md, "Attention probes"). Same
+# scores as `tower` within noise except "which image?" (13% -> 31% of 100 questions).
 RECENCY_PHASES: tuple[Phase | TowerPhase | RecencyInit, ...] = (
     TOWER_PHASES[0],
     RecencyInit("recency", strength=3.0),
@@ -149,7 +149,9 @@ RECENCY_PHASES: tuple[Phase | TowerPhase | RecencyInit, ...] = (
 # deciding word the last hyper layer should look at that object's cell (weight 8, about one answer's
 # tokens). Each piece was found by a probe (docs/demo.md, "Attention probes"); grounding from the first
 # question phase on learned worse (48% at one image after the single phase, against 70.5%).
-HYPER_O_PROJ = r"layers\.(0|3)\.self_attn\.o_proj"  # the demo preset's hyper layers (1-based 1 and 4)
+# the o_proj of the demo preset's hyper layers: r"layers\.(0|3)\.self_attn\.o_proj"
+_HYPER = "|".join(str(i - 1) for i in preset("demo").text.hyper_layers)  # 1-based in the preset
+HYPER_O_PROJ = rf"layers\.({_HYPER})\.self_attn\.o_proj"
 GROUNDING = {"attention_loss_weight": 8.0, "lr_scales": ((HYPER_O_PROJ, 10.0),)}
 GROUNDED_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *RECENCY_PHASES[:4],

@@ -33,7 +33,7 @@ from owl3.errors import Owl3Error
 from owl3.processing import Processor
 from owl3.processing.chat import END_OF_TEXT, GENERATION_HEADER, IM_END
 from owl3.processing.video import frame_indices, read_video
-from owl3.training.data import Attend, Record, frame_files
+from owl3.training.data import IMAGE, VIDEO, Attend, Record, frame_files
 
 IGNORE = -100
 
@@ -122,10 +122,10 @@ class SampleEncoder:
     def first_views(self, record: Record, n_frames: list[int]) -> dict[tuple[str, int], tuple[int, int]]:
         """(medium, index) -> (its first view among the row's pictures in token order, its view count).
         Images with targets are never cropped: one view each; a video has one per sampled frame."""
-        order = re.findall(r"<\|image\|>|<\|video\|>", "".join(m["content"] for m in record.messages))
+        text = "".join(m["content"] for m in record.messages)
         out, view, counts = {}, 0, {"image": 0, "video": 0}
-        for tag in order:
-            medium = "image" if tag == "<|image|>" else "video"
+        for tag in re.findall(f"{re.escape(IMAGE)}|{re.escape(VIDEO)}", text):
+            medium = "image" if tag == IMAGE else "video"
             k = counts[medium]
             n = 1 if medium == "image" else n_frames[k]
             out[(medium, k)] = (view, n)
