@@ -1,11 +1,13 @@
 """Attention targets in training data ("attend"): read and checked, turned into query positions and
-visual tokens, a loss that moves the cross-attention there; per-parameter lr multipliers (lr_scales)."""
+visual tokens (or text tokens), a loss that moves the cross-attention (or self-attention) there;
+per-parameter lr multipliers (lr_scales)."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,12 +17,14 @@ from owl3.cli import main
 from owl3.demo.data import Mix, write_dataset
 from owl3.demo.questions import scene_and_qa, video_grounding, video_question
 from owl3.demo.world import CELL_NAMES
+from owl3.errors import Owl3Error
 from owl3.model.hyper import cross_scores
+from owl3.model.layers import repeat_kv
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
 from owl3.training.encode import Sample, Skipped
 from owl3.training.metrics import read_metrics
-from owl3.training.step import attention_loss
+from owl3.training.step import TrainStep, attention_loss, text_attention_loss
 from tests.train_helpers import FIXTURE, IMAGES, base_options, reasons_by_line, write_rows
 
 ANSWER = "The left one is bigger."
@@ -253,3 +257,110 @@ def test_demo_video_rows_point_at_the_named_object_where_it_appeared(tmp_path):
             assert isinstance(sample, Sample) and len(sample.attend) == len(record.attend)
         grounded = next(r for r in records if r.attend)
         assert (grounded.attend[0].video is None) == (video == "images")
+
+
+# ------------------------------------------------------------------------------ text ("next_tokens") targets
+
+
+def test_text_targets_are_read_checked_and_become_the_tokens_after_the_picture(tmp_path):
+    rows = [
+        _record([{"image": 0, "next_tokens": 3, "after": "The left one is"}]),
+        _video_record([{"video": 0, "next_tokens": 2, "after": "A ball"}]),
+        _record([{"image": 0, "next_tokens": 0, "after": ""}]),
+        _record([{"image": 0, "next_tokens": True, "after": ""}]),
+        _record([{"image": 0, "next_tokens": 2, "box": [0, 0, 1, 1], "after": ""}]),
+        _record([{"image": 0, "next_tokens": 5, "after": ""}]),  # takes in image 1's token: skipped later
+        _record([{"image": 1, "next_tokens": 20, "after": ""}]),  # reaches past the query: skipped later
+    ]
+    records, problems = read_data([write_rows(tmp_path / "t.jsonl", rows)], media_root=str(IMAGES))
+    assert [r.line for r in records] == [1, 2, 6, 7]
+    why = reasons_by_line(problems)
+    assert "next_tokens must be a token count >= 1, got 0" in why[3]
+    assert "got True" in why[4]
+    assert '"next_tokens": int' in why[5]
+    processor = Processor.from_dir(FIXTURE, 56)
+    enc = SampleEncoder(processor, seq_len=4096, frames=5, crop_prob=0.0, seed=0, grid=4)
+    decode = processor.tokenizer.decode
+    image, video, *bad = (enc(r) for r in records)
+    assert image.attend == [] and video.attend == []  # text targets only
+    ((pos, tokens),) = image.attend_text
+    ids = image.input_ids.tolist()
+    first = image.media_starts[0]
+    assert tokens == [first + 1, first + 2, first + 3]  # right after image 0's <|image|> token
+    assert decode(ids[first + 1 : first + 4]).startswith(" and")  # "Compare <image> and <image>."
+    assert decode(ids[pos + 1 :]).startswith(" bigger.")  # the same query as a box target's
+    ((vpos, vtokens),) = video.attend_text
+    last_frame = video.media_starts[-1]  # the video's 5 frames come after the image
+    assert vtokens == [last_frame + 1, last_frame + 2] and len(video.media_starts) == 6
+    assert decode(video.input_ids[vpos + 1 :].tolist()).startswith(" rolls.")
+    assert all(isinstance(b, Skipped) and "must be text before the answer's query" in b.reason for b in bad)
+    batch = collate([image, video], processor.pad_token_id)
+    assert batch.attend_text == [image.attend_text, video.attend_text]
+
+
+def test_text_attention_loss_is_minus_log_the_causal_share_on_the_tokens():
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 7, 8)
+    k = torch.randn(2, 2, 7, 8)
+    loss = text_attention_loss(q, k, [[(6, [1, 2])], [(3, [0]), (5, [4, 5])]])
+    kk = repeat_kv(k, 2)  # head h reads kv head h // 2
+    causal = torch.ones(7, 7).tril().bool()
+    w = (q @ kk.transpose(-1, -2) / 8**0.5).masked_fill(~causal, -math.inf).softmax(-1)  # (B, H, T, T)
+    want = -(
+        w[0, :, 6, [1, 2]].sum(-1).log().mean()
+        + w[1, :, 3, [0]].sum(-1).log().mean()
+        + w[1, :, 5, [4, 5]].sum(-1).log().mean()
+    )
+    assert torch.allclose(loss, want)
+    flat = torch.zeros(1, 2, 7, 8)  # equal scores: 2 of the 5 tokens a query at 4 sees
+    loss_flat = float(text_attention_loss(q[:1], flat, [[(4, [0, 3])]]))
+    assert math.isclose(loss_flat, -math.log(2 / 5), rel_tol=1e-6)
+
+
+def test_training_with_text_targets_moves_self_attention_onto_them(tmp_path, capsys):
+    attend = [{"image": 0, "next_tokens": 2, "after": "The left one is"}]
+    f = tmp_path / "a.jsonl"
+    f.write_text((json.dumps(_record(attend)) + "\n") * 8)
+    opts = base_options(tmp_path / "t", data=[str(f)], max_steps=25, lr=3e-3, warmup=0.0)
+    opts["attention_loss_weight"] = 4.0
+    train(TrainConfig.from_dict(opts))
+    att = [r["attention_loss"] for r in read_metrics(tmp_path / "t" / "out" / "metrics.jsonl")]
+    # 2 of the ~30 tokens the query sees: about -log(2/30) = 2.7 for attention spread evenly
+    assert att[0] > 1.5 and att[-1] < 0.5 * att[0], att
+    # the default layer is the one before the last hyper layer (tiny: hyper layers 0 and 2 -> layer 1)
+    model = load_model(FIXTURE)
+    assert TrainStep(model).text_layer == 1
+    assert TrainStep(model, attention_layer=0).text_layer == 0
+    with pytest.raises(Owl3Error, match="decoder layers 0..3"):
+        TrainStep(model, text_layer=4)
+    code = main(["train", "--model", str(FIXTURE), "--data", str(f), "--output", str(tmp_path / "x"),
+                 "--media-root", str(IMAGES), "--attention-loss-weight", "1",
+                 "--text-attention-layer", "9"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "decoder layers 0..3" in err[-1]
+
+
+def test_demo_binding_rows_target_image_x_without_changing_the_rows(tmp_path):
+    plain = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=6)
+    bound = replace(plain, bind=True)
+    a = write_dataset(tmp_path / "plain", 30, mix=plain, pool=100, name="rows")
+    b = write_dataset(tmp_path / "bound", 30, mix=bound, pool=100, name="rows")
+    rows_a = [json.loads(line) for line in a.read_text().splitlines()]
+    rows_b = [json.loads(line) for line in b.read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "attend"} for r in rows_b] == rows_a  # the same draws
+    assert all("attend" not in r for r in rows_a)
+    processor = Processor.from_dir("owl3/assets/demo", 84)
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=6)
+    records, problems = read_data([b])
+    assert not problems
+    targeted = [r for r in records if r.attend]
+    assert len(targeted) > 10
+    for record in targeted:
+        x = int(record.messages[0]["content"].split("In Image ")[1].split(",")[0]) - 1  # labels from 1
+        assert {a.image for a in record.attend} == {x}
+        sample = enc(record)
+        assert len(sample.attend) == len(sample.attend_text) == len(record.attend) // 2
+        for (pos, cells), (pos2, tokens) in zip(sample.attend, sample.attend_text, strict=True):
+            assert pos == pos2 and len(cells) == 4 and all(x * 36 <= c < (x + 1) * 36 for c in cells)
+            assert tokens[0] == sample.media_starts[x] + 1 and len(tokens) == 4

@@ -10,5 +10,5 @@ Command line: `python -m owl3.demo {tokenizer,init,data,prepare} ...` (see docs/
 
 # the recipes of `owl3 demo-train` (owl3/demo/train.py `RECIPES`), named here so that the command line
 # knows them without importing the training code
-RECIPE_NAMES = ("grounded", "tower", "recency", "sees", "shipped", "next", "see")
+RECIPE_NAMES = ("grounded", "bound", "late-bound", "tower", "recency", "sees", "shipped", "next", "see")
 DEFAULT_RECIPE = "grounded"

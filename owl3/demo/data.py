@@ -70,6 +70,11 @@ class Mix:
     # video rows naming one object (what appeared first / last / after X, what moved) too, in the frame
     # where it appeared (or the first)
     attend: bool = False
+    # "In Image X" rows carry binding targets at each deciding word (as `attend`, in image X): that object's
+    # cell, and `bind_tokens` text tokens right after image X (self-attention: the route by which the
+    # question reaches image X's content, docs/demo.md "Binding targets")
+    bind: bool = False
+    bind_tokens: int = 4
 
 
 MIXES: dict[str, Mix] = {
@@ -147,7 +152,17 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     style = "label_after" if rng.random() < mix.label_after else "official"
     start = _start(rng, mix, n)
     prompt = f"{image_list(n, style, start)}. In Image {start + x - 1}, {lower_first(qa.question)}"
-    return Row(kind, prompt, qa.answer, tuple(others))
+    attend = ()
+    if mix.bind:
+        attend = tuple(
+            target
+            for cell, after in qa.grounding()
+            for target in (
+                {"image": x - 1, **_attend(cell, after)},
+                {"image": x - 1, "next_tokens": mix.bind_tokens, "after": after},
+            )
+        )
+    return Row(kind, prompt, qa.answer, tuple(others), attend=attend)
 
 
 def _attend(cell: int, after: str) -> dict:

@@ -158,8 +158,22 @@ GROUNDED_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     GateInit("gates", bias=3.0),
     replace(RECENCY_PHASES[4], mix=replace(RECENCY_PHASES[4].mix, attend=True), **GROUNDING),
 )
+# `bound`: `grounded` with binding targets on "In Image X" rows (`Mix.bind`: image X's object cell through
+# the last hyper layer's cross-attention, and the 4 tokens after image X through the self-attention of the
+# layer before it) in the binding phase (weight 1, the probe's) and the last phase (with the grounding).
+# `late-bound`: the binding targets in the last phase only.
+_BINDING, _ALL = RECENCY_PHASES[3], GROUNDED_PHASES[5]
+BOUND_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
+    *RECENCY_PHASES[:3],
+    replace(_BINDING, mix=replace(_BINDING.mix, bind=True), attention_loss_weight=1.0),
+    GateInit("gates", bias=3.0),
+    replace(_ALL, mix=replace(_ALL.mix, bind=True)),
+)
+LATE_BOUND_PHASES = (*GROUNDED_PHASES[:5], replace(_ALL, mix=replace(_ALL.mix, bind=True)))
 RECIPES = {
     "grounded": GROUNDED_PHASES,
+    "bound": BOUND_PHASES,
+    "late-bound": LATE_BOUND_PHASES,
     "tower": TOWER_PHASES,
     "recency": RECENCY_PHASES,
     "sees": SEES_PHASES,

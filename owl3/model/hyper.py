@@ -68,6 +68,9 @@ class VisualContext:
     # when a list: every hyper layer of a forward appends its rotated queries (B, H, L, d) and visual keys
     # (B, kv, M, d), autograd graph kept, for `cross_scores` (training's attention loss, probes)
     record: list[tuple[Tensor, Tensor]] | None = None
+    # when a dict: each decoder layer whose index is a key puts its rotated self-attention queries
+    # (B, H, T, d) and keys (B, kv, T, d) there, autograd graph kept (training's text attention targets)
+    record_self: dict[int, tuple[Tensor, Tensor] | None] | None = None
 
     @staticmethod
     def layout(

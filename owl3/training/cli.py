@@ -58,6 +58,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--attention-loss-weight", type=float, metavar="W", default=S,
         help='weight of the attention loss on samples with "attend" targets (0 = off)',
     )  # fmt: skip
+    g.add_argument(
+        "--text-attention-layer", type=int, metavar="L", default=S,
+        help='decoder layer (0-based) whose self-attention "next_tokens" targets supervise '
+        "(default: the one before the last hyper layer)",
+    )  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument(
         "--seq-len", type=int, metavar="L", default=S, help="longest sample in tokens (stage default)"

@@ -60,6 +60,9 @@ class TrainConfig:
     # weight x -log(share of the hyper layer's cross-attention on its box); 1 = as much as one answer token
     attention_loss_weight: float = 0.0
     attention_layer: int = -1  # which hyper layer's attention (index among the hyper layers)
+    # text targets ("next_tokens"): which decoder layer's self-attention (0-based; None: the layer right
+    # before the hyper layer `attention_layer`)
+    text_attention_layer: int | None = None
     # data
     seq_len: int | None = None  # longer samples are bad data (skipped or refused), never truncated
     frames: int = 8  # frames sampled per video (paper: 8 in training)
@@ -173,6 +176,10 @@ class TrainConfig:
             raise Owl3Error(f"num_workers must be >= 0, got {self.num_workers}")
         if self.attention_loss_weight < 0:
             raise Owl3Error(f"attention_loss_weight must be >= 0, got {self.attention_loss_weight}")
+        if self.text_attention_layer is not None and self.text_attention_layer < 0:
+            raise Owl3Error(
+                f"text_attention_layer must be a decoder layer index >= 0, got {self.text_attention_layer}"
+            )
         for pattern, factor in self.lr_scales.items():
             try:
                 re.compile(pattern)

@@ -42,17 +42,25 @@ Video = str | tuple[str, ...]  # a video file or frame folder, or the frame file
 @dataclass(frozen=True)
 class Attend:
     """Where the answer should look: when the first answer has been written up to `after` (a prefix of
-    it, "" = its start), the hyper layers' cross-attention of the position that predicts the next token
-    should fall on `box` (x0, y0, x1, y1, fractions of the width and height) of image `image` (0-based,
-    in the record's order), or of frame `frame` of video `video` (among the frames training samples).
-    Record key: `"attend": [{"image": 0, "box": [0, 0, 0.5, 0.5], "after": "The square is in the"}]`
-    (`{"video": 0, "frame": 3, ...}` for a video); used by the training option `attention_loss_weight`."""
+    it, "" = its start), the position that predicts the next token should attend to
+
+    - `box` (x0, y0, x1, y1, fractions of the width and height) of image `image` (0-based, in the record's
+      order), or of frame `frame` of video `video` (among the frames training samples), through the hyper
+      layers' cross-attention: `{"image": 0, "box": [0, 0, 0.5, 0.5], "after": "The square is in the"}`
+      (`{"video": 0, "frame": 3, ...}` for a video); or
+    - the `next_tokens` prompt tokens right after that image's (or video's last frame's) `<|image|>` token,
+      through one decoder layer's self-attention: `{"image": 2, "next_tokens": 4, "after": "The star is"}`.
+      Those tokens take in the image through the first hyper layer; attending to them is how a question
+      about "Image 3" can carry image 3's content to the answer (docs/training.md, "Attention targets").
+
+    Used by the training option `attention_loss_weight`."""
 
     image: int | None
-    box: tuple[float, float, float, float]
+    box: tuple[float, float, float, float] | None
     after: str
     video: int | None = None
     frame: int = 0
+    next_tokens: int = 0  # > 0: a text target (self-attention), `box` None
 
 
 @dataclass(frozen=True)
@@ -182,32 +190,48 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise BadRecord('"attend" must be a list of {"image" (or "video" and "frame"), "box", "after"}')
+        raise BadRecord(f'"attend" must be a list of targets: {_ATTEND_FORMS}')
     answer = next(m["content"] for m in messages if m["role"] == "assistant")
     out = []
     for i, a in enumerate(value):
         keys = set(a) if isinstance(a, dict) else set()
-        if keys not in ({"image", "box", "after"}, {"video", "frame", "box", "after"}):
-            raise BadRecord(
-                f'attend[{i}] must be {{"image": int, "box": [x0, y0, x1, y1], "after": str}} '
-                '(or "video" and "frame" for "image")'
-            )
-        box, after = a["box"], a["after"]
+        if keys not in _ATTEND_KEYS:
+            raise BadRecord(f"attend[{i}] must be one of {_ATTEND_FORMS}")
+        after = a["after"]
         medium, count = ("image", n_images) if "image" in keys else ("video", n_videos)
         index = a[medium]
         if not _index(index, count):
             raise BadRecord(f"attend[{i}].{medium} must be a {medium} index in 0..{count - 1}, got {index!r}")
-        if medium == "video" and not _index(a["frame"], 1 << 30):
+        if "frame" in keys and not _index(a["frame"], 1 << 30):
             raise BadRecord(f"attend[{i}].frame must be a frame index >= 0, got {a['frame']!r}")
+        if not isinstance(after, str) or not answer.startswith(after):
+            raise BadRecord(f"attend[{i}].after must be the start of the first answer, got {after!r}")
+        image, video = (index, None) if medium == "image" else (None, index)
+        if "next_tokens" in keys:
+            n = a["next_tokens"]
+            if not _index(n, 1 << 30) or n == 0:
+                raise BadRecord(f"attend[{i}].next_tokens must be a token count >= 1, got {n!r}")
+            out.append(Attend(image, None, after, video, next_tokens=n))
+            continue
+        box = a["box"]
         ok = isinstance(box, list) and len(box) == 4 and all(isinstance(x, (int, float)) for x in box)
         if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
             raise BadRecord(f"attend[{i}].box must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, got {box!r}")
-        if not isinstance(after, str) or not answer.startswith(after):
-            raise BadRecord(f"attend[{i}].after must be the start of the first answer, got {after!r}")
-        frame = a["frame"] if medium == "video" else 0
         box4 = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
-        out.append(Attend(index if medium == "image" else None, box4, after, a.get("video"), frame))
+        out.append(Attend(image, box4, after, video, a.get("frame", 0)))
     return tuple(out)
+
+
+_ATTEND_KEYS = (
+    {"image", "box", "after"},
+    {"video", "frame", "box", "after"},
+    {"image", "next_tokens", "after"},
+    {"video", "next_tokens", "after"},
+)
+_ATTEND_FORMS = (
+    '{"image": int, "box": [x0, y0, x1, y1], "after": str} ("video" and "frame" for "image"), or '
+    '{"image": int, "next_tokens": int, "after": str} ("video" for "image")'
+)
 
 
 def _index(value: Any, count: int) -> bool:

@@ -13,9 +13,10 @@ on the whole picture). A sample longer than `seq_len` is bad data: it is reporte
 refused), never truncated, because truncation could cut an image's tokens apart from its features.
 
 Attention targets (`Record.attend`; read when the encoder is given `grid`, the patches per image side):
-each becomes the position that predicts the token after `after` in the first answer, and the indices of
-the row's visual tokens whose patch centres lie in the box (image k's are k * grid^2 ... in token order,
-one view per image).
+each becomes the position that predicts the token after `after` in the first answer, and either the
+indices of the row's visual tokens whose patch centres lie in the box (image k's are k * grid^2 ... in
+token order, one view per image; `Sample.attend`), or the positions of the `next_tokens` text tokens after
+the image's `<|image|>` token (`Sample.attend_text`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Sample:
     where: str
     # attention targets: (position of the query, indices of the visual tokens it should attend to)
     attend: list[tuple[int, list[int]]] = field(default_factory=list)
+    # text targets: (position of the query, positions of the text tokens it should attend to)
+    attend_text: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -103,11 +106,15 @@ class SampleEncoder:
         ids = enc.input_ids.tolist()
         labels = self.labels(ids, record)
         ids, labels = ids[:n], labels[:n]  # drop the trailing generation header
-        attend = []
+        attend, attend_text = [], []
         if record.attend and self.grid is not None:
             try:
                 first = self.first_views(record, [len(v) for v in videos])
-                attend = [self.attention_target(a, ids, labels, first) for a in record.attend]
+                for a in record.attend:
+                    if a.next_tokens:
+                        attend_text.append(self.text_target(a, ids, labels, first, enc.media_starts))
+                    else:
+                        attend.append(self.attention_target(a, ids, labels, first))
             except ValueError as e:
                 return Skipped(record.where, str(e))
         return Sample(
@@ -117,6 +124,7 @@ class SampleEncoder:
             enc.media_starts,
             record.where,
             attend,
+            attend_text,
         )
 
     def first_views(self, record: Record, n_frames: list[int]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -138,10 +146,6 @@ class SampleEncoder:
         """(query position, visual token indices) of one target: the position that predicts the token
         after `a.after` in the first answer; the patches of the image (or video frame) whose centres lie
         in the box."""
-        start = next(i for i, y in enumerate(labels) if y != IGNORE)  # the first answer's first token
-        prefix = self._encode(a.after) if a.after else []
-        if ids[start : start + len(prefix)] != prefix:
-            raise ValueError(f"attend.after {a.after!r} does not end where a token of the answer ends")
         g = self.grid
         x0, y0, x1, y1 = a.box
         cells = [
@@ -155,7 +159,36 @@ class SampleEncoder:
         view, n = first[("image", a.image) if a.video is None else ("video", a.video)]
         if a.frame >= n:
             raise ValueError(f"attend.frame {a.frame} but the video gives {n} frames")
-        return start + len(prefix) - 1, [(view + a.frame) * g * g + p for p in cells]
+        return self.query(a, ids, labels), [(view + a.frame) * g * g + p for p in cells]
+
+    def text_target(
+        self,
+        a: Attend,
+        ids: list[int],
+        labels: list[int],
+        first: dict[tuple[str, int], tuple[int, int]],
+        media_starts: list[int],
+    ) -> tuple[int, list[int]]:
+        """(query position, text token positions) of one text target: the `a.next_tokens` tokens after the
+        `<|image|>` token of the image (of a video: of its last frame)."""
+        view, n = first[("image", a.image) if a.video is None else ("video", a.video)]
+        after = media_starts[view + n - 1] + 1
+        pos = self.query(a, ids, labels)
+        tokens = list(range(after, after + a.next_tokens))
+        if tokens[-1] > pos or any(ids[t] == self.processor.image_token_id for t in tokens):
+            raise ValueError(
+                f"attend.next_tokens {a.next_tokens}: the {a.next_tokens} tokens after the picture must be "
+                "text before the answer's query"
+            )
+        return pos, tokens
+
+    def query(self, a: Attend, ids: list[int], labels: list[int]) -> int:
+        """The position that predicts the token after `a.after` in the first answer."""
+        start = next(i for i, y in enumerate(labels) if y != IGNORE)  # the first answer's first token
+        prefix = self._encode(a.after) if a.after else []
+        if ids[start : start + len(prefix)] != prefix:
+            raise ValueError(f"attend.after {a.after!r} does not end where a token of the answer ends")
+        return start + len(prefix) - 1
 
     def labels(self, ids: list[int], record: Record) -> list[int]:
         """Labels for the token ids of `record`: the answers and their end tokens, IGNORE elsewhere."""
@@ -209,6 +242,7 @@ class Batch:
     lengths: Tensor  # (B,) real tokens per row
     skipped: list[Skipped] = field(default_factory=list)
     attend: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
+    attend_text: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
 
     @property
     def n_targets(self) -> int:
@@ -253,4 +287,5 @@ def collate(items: list[Sample | Skipped], pad_id: int) -> Batch:
         torch.tensor([s.input_ids.shape[0] for s in samples]),
         skipped,
         [s.attend for s in samples],
+        [s.attend_text for s in samples],
     )

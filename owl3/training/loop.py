@@ -150,6 +150,7 @@ class Trainer:
             train_vision=cfg.train_vision,
             attention_weight=cfg.attention_loss_weight,
             attention_layer=cfg.attention_layer,
+            text_layer=cfg.text_attention_layer,
         )
         self.wrapped = D.wrap(self.step_module, env, self.strategy, cfg.bf16)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -310,6 +311,7 @@ class Trainer:
                     b.n_media,
                     b.media_starts,
                     b.attend,
+                    b.attend_text,
                 )
                 (loss * scale).backward()
             loss_sum += float(loss.detach())

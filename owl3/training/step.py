@@ -15,7 +15,9 @@ graph, which DDP and FSDP need when ranks differ in whether they hold images.
 With `attention_weight` > 0, rows with attention targets (`Sample.attend`) add, per target, `attention_weight`
 x the mean over heads of -log(the share of one hyper layer's cross-attention, `attention_layer` among the
 hyper layers, that the target's query gives the target's visual tokens): weight 1 counts a target as much
-as one answer token. The attention part of the last forward is kept in `attention_sum`/`attention_count`.
+as one answer token. Text targets (`Sample.attend_text`) add the same of decoder layer `text_layer`'s
+self-attention on the target's text tokens. The attention part of the last forward is kept in
+`attention_sum`/`attention_count`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, VisualContext
 from owl3.model.hyper import NEVER, cross_scores
 from owl3.training.encode import IGNORE
@@ -38,11 +41,23 @@ class TrainStep(nn.Module):
         train_vision: bool = False,
         attention_weight: float = 0.0,
         attention_layer: int = -1,
+        text_layer: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.train_vision = train_vision
         self.attention_weight, self.attention_layer = attention_weight, attention_layer
+        # default: the decoder layer right before the supervised hyper layer (it can bring the text that
+        # took in an image to the query that hyper layer then reads with)
+        hyper = [i for i, layer in enumerate(model.language_model.model.layers) if layer.self_attn.is_hyper]
+        n_layers = len(model.language_model.model.layers)
+        if text_layer is None:
+            text_layer = max(hyper[attention_layer] - 1, 0) if hyper else 0
+        if not 0 <= text_layer < n_layers:
+            raise Owl3Error(
+                f"text_attention_layer {text_layer}: the model has decoder layers 0..{n_layers - 1}"
+            )
+        self.text_layer = text_layer
         self.attention_sum, self.attention_count = 0.0, 0
         self.always_visual = always_visual
         self.vision_chunk = vision_chunk
@@ -55,14 +70,19 @@ class TrainStep(nn.Module):
         n_media: list[int],
         media_starts: list[list[int]],
         attend: list[list[tuple[int, list[int]]]] | None = None,
+        attend_text: list[list[tuple[int, list[int]]]] | None = None,
     ) -> Tensor:
         """input_ids, labels (B, T), right-padded; pixel_values (N, 3, S, S) -> summed loss (scalar)."""
         m = self.model
         b, t = input_ids.shape
         visual = self.visual(pixel_values, n_media, media_starts, b, input_ids.device)
-        supervise = self.attention_weight > 0 and visual is not None and attend is not None and any(attend)
+        on = self.attention_weight > 0 and visual is not None
+        supervise = on and attend is not None and any(attend)
+        supervise_text = on and attend_text is not None and any(attend_text)
         if supervise:
             visual.record = []
+        if supervise_text:
+            visual.record_self = {self.text_layer: None}
         positions = torch.arange(t, device=input_ids.device).expand(b, t)
         h = m.language_model.model(m.embed(input_ids), positions, None, None, visual)  # (B, T, D)
         target = labels[:, 1:]  # token t+1 is predicted at t
@@ -74,6 +94,12 @@ class TrainStep(nn.Module):
             q, k = visual.record[self.attention_layer]
             att = attention_loss(q, k, visual.key_starts, attend)
             self.attention_sum, self.attention_count = float(att.detach()), sum(len(a) for a in attend)
+            loss = loss + self.attention_weight * att
+        if supervise_text:
+            q, k = visual.record_self[self.text_layer]
+            att = text_attention_loss(q, k, attend_text)
+            self.attention_sum += float(att.detach())
+            self.attention_count += sum(len(a) for a in attend_text)
             loss = loss + self.attention_weight * att
         return loss
 
@@ -127,5 +153,21 @@ def attention_loss(
             one = slice(row, row + 1)
             s = cross_scores(q[one, :, pos : pos + 1], k[one], key_starts[one], at)
             log_w = torch.log_softmax(s[0, :, 0].float(), -1)  # (H, M)
+            total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
+    return total
+
+
+def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple[int, list[int]]]]) -> Tensor:
+    """Sum over targets of the mean over heads of -log(causal self-attention share on the target tokens).
+
+    q (B, H, T, d), k (B, kv, T, d) rotated, as one decoder layer saw them; attend_text: per row, (query
+    position, text token positions before it)."""
+    total = q.new_zeros(())
+    n_rep = q.shape[1] // k.shape[1]
+    for row, targets in enumerate(attend_text):
+        for pos, tokens in targets:
+            keys = k[row, :, : pos + 1].repeat_interleave(n_rep, 0)  # (H, pos + 1, d): causal
+            s = (keys @ q[row, :, pos, :, None])[..., 0] / q.shape[-1] ** 0.5  # (H, pos + 1)
+            log_w = torch.log_softmax(s.float(), -1)
             total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
     return total
