@@ -342,8 +342,8 @@ def test_training_with_text_targets_moves_self_attention_onto_them(tmp_path, cap
 
 
 def test_demo_binding_rows_target_image_x_without_changing_the_rows(tmp_path):
-    plain = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=6)
-    bound = replace(plain, bind=True)
+    plain = Mix(single=0.0, multi=0.7, which=0.3, video=0.0, n_min=2, n_max=6, window=0.5)
+    bound = replace(plain, bind=True, bind_which=True)
     a = write_dataset(tmp_path / "plain", 30, mix=plain, pool=100, name="rows")
     b = write_dataset(tmp_path / "bound", 30, mix=bound, pool=100, name="rows")
     rows_a = [json.loads(line) for line in a.read_text().splitlines()]
@@ -356,8 +356,20 @@ def test_demo_binding_rows_target_image_x_without_changing_the_rows(tmp_path):
     assert not problems
     targeted = [r for r in records if r.attend]
     assert len(targeted) > 10
-    for record in targeted:
-        x = int(record.messages[0]["content"].split("In Image ")[1].split(",")[0]) - 1  # labels from 1
+    labels = lambda text: [int(w.split(":")[0]) for w in text.split("Image ")[1:]]  # noqa: E731
+    which = [r for r in records if "Which image" in r.messages[0]["content"]]
+    assert which and all(r.attend for r in which)
+    for record in which:  # the label of the answer is read from the tokens after the image that has it
+        x = labels(record.messages[0]["content"]).index(int(record.messages[1]["content"].split()[1]))
+        (target,) = record.attend
+        assert (target.image, target.next_tokens, target.after) == (x, 4, "Image")
+        sample = enc(record)
+        ((pos, tokens),) = sample.attend_text
+        assert tokens[0] == sample.media_starts[x] + 1
+        assert processor.tokenizer.decode(sample.input_ids[pos + 1 : pos + 2].tolist()).strip().isdigit()
+    for record in (r for r in targeted if r not in which):
+        listed = labels(record.messages[0]["content"].split(". In Image")[0])
+        x = listed.index(int(record.messages[0]["content"].split("In Image ")[1].split(",")[0]))
         assert {a.image for a in record.attend} == {x}
         sample = enc(record)
         assert len(sample.attend) == len(sample.attend_text) == len(record.attend) // 2

@@ -75,6 +75,9 @@ class Mix:
     # question reaches image X's content, docs/demo.md "Binding targets")
     bind: bool = False
     bind_tokens: int = 4
+    # "which image?" rows carry a text target at the label of their answer ("Image | 3 has ..."): the
+    # `bind_tokens` tokens after the image that has the property
+    bind_which: bool = False
 
 
 MIXES: dict[str, Mix] = {
@@ -187,8 +190,15 @@ def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix | None = No
     x = rng.randint(1, n)
     others.insert(x - 1, target)
     start = _start(rng, mix, n) if mix is not None else 1
+    attend = ()
+    if mix is not None and mix.bind_which:
+        attend = ({"image": x - 1, "next_tokens": mix.bind_tokens, "after": "Image"},)
     return Row(
-        kind, f"{image_list(n, start=start)}. {question}", f"Image {start + x - 1} {tail}", tuple(others)
+        kind,
+        f"{image_list(n, start=start)}. {question}",
+        f"Image {start + x - 1} {tail}",
+        tuple(others),
+        attend=attend,
     )
 
 
