@@ -376,3 +376,23 @@ def test_demo_binding_rows_target_image_x_without_changing_the_rows(tmp_path):
         for (pos, cells), (pos2, tokens) in zip(sample.attend, sample.attend_text, strict=True):
             assert pos == pos2 and len(cells) == 4 and all(x * 36 <= c < (x + 1) * 36 for c in cells)
             assert tokens[0] == sample.media_starts[x] + 1 and len(tokens) == 4
+
+
+def test_attention_targets_train_the_same_under_gradient_checkpointing(tmp_path):
+    """The recorded queries and keys come from inside checkpointed layers: backward must recompute them."""
+    attend = [
+        {"image": 0, "next_tokens": 2, "after": "The left one is"},
+        {"image": 1, "box": [0.5, 0.5, 1, 1], "after": "The left one is"},
+    ]
+    f = tmp_path / "a.jsonl"
+    f.write_text((json.dumps(_record(attend)) + "\n") * 8)
+    runs = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"gc{checkpointing}"
+        opts = base_options(out, data=[str(f)], max_steps=3, lr=3e-3, warmup=0.0)
+        opts.update(attention_loss_weight=4.0, gradient_checkpointing=checkpointing)
+        train(TrainConfig.from_dict(opts))
+        metrics = read_metrics(out / "out" / "metrics.jsonl")
+        runs[checkpointing] = [v for r in metrics for v in (r["loss"], r["attention_loss"], r["grad_norm"])]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    assert runs[False][-2] < runs[False][1]  # the attention loss is trained
