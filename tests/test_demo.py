@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,10 +17,10 @@ from owl3.api import DEFAULT_MODEL
 from owl3.cli import main
 
 # `owl3 demo --seed 0` with the shipped model: how many of its 8 answers are right (deterministic: greedy
-# decoding, fixed pictures). The shipped model (recipe `grounded`, docs/demo.md) gets 2 of 8, as did the
-# `recency` model before it; `tower` got 1. A regression guard to raise with each better model (the goal
-# is most of the 8).
-MIN_RIGHT = 2
+# decoding, fixed pictures). The shipped model (recipe `bound`, docs/demo.md) gets 3 of 8; `grounded` and
+# `recency` before it got 2, `tower` 1. A regression guard to raise with each better model (the goal is
+# most of the 8).
+MIN_RIGHT = 3
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_train_vision_unfreezes_the_tower():
     assert not any(n.startswith("vision_model.") for n in apply_stage(m, "pretrain", train_vision=False))
 
 
-@pytest.mark.parametrize("recipe", ["grounded", "shipped"])
+@pytest.mark.parametrize("recipe", ["bound", "shipped"])
 def test_demo_train_plumbing(tmp_path, recipe):
     """A whole recipe at a tiny scale: tokenizer, init, each phase's data and training, OUT/model."""
     from safetensors.torch import load_file
@@ -174,6 +175,7 @@ def test_default_recipe_pretrains_the_tower_first():
     from owl3.demo import DEFAULT_RECIPE, RECIPE_NAMES
     from owl3.demo.__main__ import build_parser
     from owl3.demo.train import (
+        BOUND_PHASES,
         GROUNDED_PHASES,
         RECENCY_PHASES,
         RECIPES,
@@ -185,10 +187,10 @@ def test_default_recipe_pretrains_the_tower_first():
         train_demo,
     )
 
-    assert tuple(RECIPES) == RECIPE_NAMES and DEFAULT_RECIPE == "grounded"
-    assert train_demo.__kwdefaults__["phases"] is GROUNDED_PHASES is RECIPES["grounded"]
-    assert build_parser().parse_args(["train", "x"]).recipe == "grounded"
-    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "grounded"
+    assert tuple(RECIPES) == RECIPE_NAMES and DEFAULT_RECIPE == "bound"
+    assert train_demo.__kwdefaults__["phases"] is BOUND_PHASES is RECIPES["bound"]
+    assert build_parser().parse_args(["train", "x"]).recipe == "bound"
+    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "bound"
     # the random tower does not learn shapes through the language model (docs/demo.md): it is pretrained
     # alone first; the question phases then keep lr <= 1e-3 (3e-3 lets the vision path's scale run away)
     assert isinstance(RECENCY_PHASES[0], TowerPhase)
@@ -199,7 +201,14 @@ def test_default_recipe_pretrains_the_tower_first():
     last, grounded = RECENCY_PHASES[4], GROUNDED_PHASES[5]
     assert (grounded.steps, grounded.lr, grounded.mix.kinds) == (last.steps, last.lr, last.mix.kinds)
     assert grounded.mix.attend and not last.mix.attend
-    assert all(ph.lr <= 1e-3 for ph in GROUNDED_PHASES if isinstance(ph, Phase))
+    # `bound`: `grounded` plus the binding targets in the binding phase (weight 1) and the last phase
+    assert BOUND_PHASES[:3] == RECENCY_PHASES[:3] and BOUND_PHASES[4] == GROUNDED_PHASES[4]
+    binding, bound_last = BOUND_PHASES[3], BOUND_PHASES[5]
+    plain = replace(binding, mix=replace(binding.mix, bind=False), attention_loss_weight=0.0)
+    assert plain == RECENCY_PHASES[3]
+    assert binding.mix.bind and binding.attention_loss_weight == 1.0 and not binding.mix.attend
+    assert bound_last == replace(grounded, mix=replace(grounded.mix, bind=True))
+    assert all(ph.lr <= 1e-3 for ph in BOUND_PHASES if isinstance(ph, Phase))
     assert RECIPES["sees"][0].mix.max_objects == 1
 
 

@@ -7,16 +7,20 @@ writes its training set (`OUT/data/PHASE/`) and runs owl3's own training code (`
 stage `sft`, the vision tower trained too at the phase's `vision_lr_scale`). The last phase's model is
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
-Recipes (`--recipe`): `grounded` (default, the shipped weights since the fifth session; below) and
-`recency` (the shipped weights of the fourth session): `recency` pretrains the tower (1,600 steps), sets
-the first hyper layer's recency heads (the tokens after each image attend to that image), then trains
-one-image questions of every kind (600 steps), the binding mix (1,000 steps: "In Image X" among 2-8 images
-with hard distractors, "which image", 8-frame videos) and everything mixed at a lower lr (900 steps), the
-tower at 0.1x the lr; docs/demo.md has its time and scores. `grounded` is `recency` with the hyper layers'
-gates opened before the last phase, which then adds an attention loss on questions whose answer is read
-from one object (`Mix.attend`) and trains the hyper layers' o_proj at 10x the lr. `tower` is `recency`
-without the recency heads (the weights of the third session). `sees` (lr 1e-3, one object per picture
-first, no tower pretraining) made a model that uses its images but answers ~40% of one-image questions.
+Recipes (`--recipe`): `bound` (default, the shipped weights since the sixth session; below), `grounded`
+(the shipped weights of the fifth session) and `recency` (of the fourth): `recency` pretrains the tower
+(1,600 steps), sets the first hyper layer's recency heads (the tokens after each image attend to that
+image), then trains one-image questions of every kind (600 steps), the binding mix (1,000 steps: "In
+Image X" among 2-8 images with hard distractors, "which image", 8-frame videos) and everything mixed at a
+lower lr (900 steps), the tower at 0.1x the lr; docs/demo.md has its time and scores. `grounded` is
+`recency` with the hyper layers' gates opened before the last phase, which then adds an attention loss on
+questions whose answer is read from one object (`Mix.attend`) and trains the hyper layers' o_proj at 10x
+the lr. `bound` adds binding targets (`Mix.bind`: on "In Image X" rows, image X's object for the
+cross-attention and the tokens after image X for the self-attention of the layer before the last hyper
+layer) to the binding phase and to `grounded`'s last phase; `late-bound` only to the last phase,
+`bound-which` also to "which image?" rows (`Mix.bind_which`). `tower` is `recency` without the recency
+heads (the weights of the third session). `sees` (lr 1e-3, one object per picture first, no tower
+pretraining) made a model that uses its images but answers ~40% of one-image questions.
 `shipped` is the recipe of the weights shipped before `tower`: one perception phase, 900 steps, lr 3e-3;
 it does not learn to see. `see` and `next` are older attempts kept for the record.
 
@@ -158,10 +162,11 @@ GROUNDED_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     GateInit("gates", bias=3.0),
     replace(RECENCY_PHASES[4], mix=replace(RECENCY_PHASES[4].mix, attend=True), **GROUNDING),
 )
-# `bound`: `grounded` with binding targets on "In Image X" rows (`Mix.bind`: image X's object cell through
-# the last hyper layer's cross-attention, and the 4 tokens after image X through the self-attention of the
-# layer before it) in the binding phase (weight 1, the probe's) and the last phase (with the grounding).
-# `late-bound`: the binding targets in the last phase only.
+# `bound` (the default since the sixth session): `grounded` with binding targets on "In Image X" rows
+# (`Mix.bind`: image X's object cell through the last hyper layer's cross-attention, and the 4 tokens after
+# image X through the self-attention of the layer before it) in the binding phase (weight 1, the probe's)
+# and the last phase (with the grounding). 8 images 52% -> 58%, 100 images 27% -> 35% (docs/demo.md,
+# "Binding targets in the recipe"). `late-bound`: the binding targets in the last phase only.
 _BINDING, _ALL = RECENCY_PHASES[3], GROUNDED_PHASES[5]
 BOUND_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *RECENCY_PHASES[:3],
@@ -170,10 +175,16 @@ BOUND_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     replace(_ALL, mix=replace(_ALL.mix, bind=True)),
 )
 LATE_BOUND_PHASES = (*GROUNDED_PHASES[:5], replace(_ALL, mix=replace(_ALL.mix, bind=True)))
+# `bound-which`: `bound` with "which image?" rows targeted too (`Mix.bind_which`) in both phases
+BOUND_WHICH_PHASES = tuple(
+    replace(ph, mix=replace(ph.mix, bind_which=True)) if isinstance(ph, Phase) and ph.mix.bind else ph
+    for ph in BOUND_PHASES
+)
 RECIPES = {
-    "grounded": GROUNDED_PHASES,
     "bound": BOUND_PHASES,
+    "grounded": GROUNDED_PHASES,
     "late-bound": LATE_BOUND_PHASES,
+    "bound-which": BOUND_WHICH_PHASES,
     "tower": TOWER_PHASES,
     "recency": RECENCY_PHASES,
     "sees": SEES_PHASES,
@@ -192,7 +203,7 @@ def train_demo(
     workers: int = 1,
     seed: int = 0,
     pool: int = 20_000,
-    phases: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = GROUNDED_PHASES,
+    phases: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = BOUND_PHASES,
     preset: str = "demo",
     progress: bool = True,
     say=print,
@@ -316,5 +327,6 @@ def train_demo(
 
 
 __all__ = [
-    "PHASES", "RECIPES", "TOWER_PHASES", "GateInit", "Phase", "RecencyInit", "TowerPhase", "train_demo",
+    "BOUND_PHASES", "PHASES", "RECIPES", "TOWER_PHASES", "GateInit", "Phase", "RecencyInit", "TowerPhase",
+    "train_demo",
 ]  # fmt: skip
