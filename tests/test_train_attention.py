@@ -333,6 +333,8 @@ def test_training_with_text_targets_moves_self_attention_onto_them(tmp_path, cap
     assert TrainStep(model, attention_layer=0).text_layer == 0
     with pytest.raises(Owl3Error, match="decoder layers 0..3"):
         TrainStep(model, text_layer=4)
+    with pytest.raises(Owl3Error, match="attention_layer 2: the model has 2 hyper layers"):
+        TrainStep(model, attention_layer=2)
     code = main(["train", "--model", str(FIXTURE), "--data", str(f), "--output", str(tmp_path / "x"),
                  "--media-root", str(IMAGES), "--attention-loss-weight", "1",
                  "--text-attention-layer", "9"])  # fmt: skip

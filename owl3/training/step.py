@@ -51,6 +51,8 @@ class TrainStep(nn.Module):
         # took in an image to the query that hyper layer then reads with)
         hyper = [i for i, layer in enumerate(model.language_model.model.layers) if layer.self_attn.is_hyper]
         n_layers = len(model.language_model.model.layers)
+        if hyper and not -len(hyper) <= attention_layer < len(hyper):
+            raise Owl3Error(f"attention_layer {attention_layer}: the model has {len(hyper)} hyper layers")
         if text_layer is None:
             text_layer = max(hyper[attention_layer] - 1, 0) if hyper else 0
         if not 0 <= text_layer < n_layers:
