@@ -31,7 +31,7 @@ from owl3.checkpoint import save_model
 from owl3.demo.probe import record_cross_attention
 from owl3.demo.questions import multi_question
 from owl3.demo.world import CELL_NAMES, COLOURS
-from owl3.model.layers import apply_rope, repeat_kv
+from owl3.training.step import self_log_weights
 
 model_dir, out, steps, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 KINDS = ["colour", "shape", "size", "position"]
@@ -71,17 +71,6 @@ def target_cell(scene, kind, words):
     return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour)).cell
 
 
-def self_scores(attn, h, cos_sin, row):
-    """Log attention weights (H, row + 1) of self-attention `attn` at query `row`; h (1, T, D) its input."""
-    t, d = h.shape[1], attn.head_dim
-    q = attn.q_proj(h).view(1, t, attn.n_heads, d).transpose(1, 2)
-    k = attn.k_proj(h).view(1, t, attn.n_kv_heads, d).transpose(1, 2)
-    cos, sin = cos_sin
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    k = repeat_kv(k, attn.n_heads // attn.n_kv_heads)[0, :, : row + 1]  # (H, row + 1, d), causal
-    return torch.log_softmax((k @ q[0, :, row, :, None])[..., 0] / d**0.5, -1)
-
-
 def forward(qn, kind):
     """(answer loss, attention loss, share on the target, exact, self-attention loss, its share)."""
     words = qn.answer.rstrip(".").split(" ")
@@ -92,15 +81,10 @@ def forward(qn, kind):
     answer = tok.encode(qn.answer).ids + [pipe.config.eos_token_id]
     ids = torch.cat([enc.input_ids, torch.tensor(answer)]).view(1, -1)
     n_prompt = enc.input_ids.shape[0]
-    seen = []  # the self-attention input of SELF_LAYER: (normed hidden states, cos/sin)
-    attn = m.language_model.model.layers[self_layer].self_attn
-    hook = attn.register_forward_pre_hook(lambda mod, args: seen.append((args[0], args[7])))
-    try:
-        with record_cross_attention() as scores:
-            ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-            h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
-    finally:
-        hook.remove()
+    with record_cross_attention() as scores:
+        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
+        ctx.record_self = {self_layer: None}  # SELF_LAYER's rotated queries and keys
+        h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
     logits = m.language_model.lm_head(h[0, n_prompt - 1 : -1]).float()
     lm = F.cross_entropy(logits, ids[0, n_prompt:])
     deciding = n_prompt + len(prefix) - 1  # the position whose next token is the deciding word
@@ -112,7 +96,7 @@ def forward(qn, kind):
     att = -torch.logsumexp(log_w[:, patches], -1).mean()
     share = float(log_w[:, patches].detach().exp().sum(-1).mean())
     after = enc.media_starts[qn.target - 1] + 1  # the 4 tokens after image X's <|image|>
-    self_w = self_scores(attn, *seen[0], deciding)[:, after : after + 4]
+    self_w = self_log_weights(*ctx.record_self[self_layer], 0, deciding)[:, after : after + 4]
     self_att = -torch.logsumexp(self_w, -1).mean()
     self_share = float(self_w.detach().exp().sum(-1).mean())
     exact = bool((logits.argmax(-1) == ids[0, n_prompt:]).all())

@@ -165,11 +165,14 @@ def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple[int, 
     q (B, H, T, d), k (B, kv, T, d) rotated, as one decoder layer saw them; attend_text: per row, (query
     position, text token positions before it)."""
     total = q.new_zeros(())
-    n_rep = q.shape[1] // k.shape[1]
     for row, targets in enumerate(attend_text):
         for pos, tokens in targets:
-            keys = k[row, :, : pos + 1].repeat_interleave(n_rep, 0)  # (H, pos + 1, d): causal
-            s = (keys @ q[row, :, pos, :, None])[..., 0] / q.shape[-1] ** 0.5  # (H, pos + 1)
-            log_w = torch.log_softmax(s.float(), -1)
-            total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
+            total = total - torch.logsumexp(self_log_weights(q, k, row, pos)[:, tokens], -1).mean()
     return total
+
+
+def self_log_weights(q: Tensor, k: Tensor, row: int, pos: int) -> Tensor:
+    """Log causal self-attention weights (H, pos + 1) of query `pos` of row `row`; q, k as above."""
+    keys = k[row, :, : pos + 1].repeat_interleave(q.shape[1] // k.shape[1], 0)  # (H, pos + 1, d)
+    s = (keys @ q[row, :, pos, :, None])[..., 0] / q.shape[-1] ** 0.5
+    return torch.log_softmax(s.float(), -1)
