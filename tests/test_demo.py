@@ -210,6 +210,12 @@ def test_default_recipe_pretrains_the_tower_first():
     assert bound_last == replace(grounded, mix=replace(grounded.mix, bind=True))
     assert all(ph.lr <= 1e-3 for ph in BOUND_PHASES if isinstance(ph, Phase))
     assert RECIPES["sees"][0].mix.max_objects == 1
+    # `signed`: `bound` with the scene head added to its tower phase, nothing else
+    from owl3.demo.tower import HEADS, SCENE
+
+    signed, tower = RECIPES["signed"], BOUND_PHASES[0]
+    assert tower.heads == tuple(HEADS) and signed[0] == replace(tower, heads=(*HEADS, SCENE))
+    assert signed[1:] == BOUND_PHASES[1:]
 
 
 @pytest.mark.slow  # ~100 s: 100 training steps and the image-dependence probe

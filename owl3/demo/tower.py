@@ -45,11 +45,22 @@ HEADS: dict[str, int] = {
     "word_colour": 1 + len(COLOURS),
 }
 _COLOURS = tuple(COLOURS)
+# a picture-level head on every patch: which shape-colour pairs the whole picture shows (multi-label). It
+# puts the picture's signature into each of its visual tokens, so a question that carries image X's
+# signature (from the text right after image X, which took image X in) finds image X's objects by content
+# alone: the visual keys hold no label and no index (docs/demo.md, "A picture's signature in every patch").
+# Not in HEADS (the default objective); `heads=(*HEADS, SCENE)` adds it.
+SCENE = "scene"
+ALL_HEADS: dict[str, int] = {**HEADS, SCENE: len(SHAPES) * len(COLOURS)}
 
 
 def patch_labels(scene: Scene, grid: int) -> dict[str, Tensor]:
     """For each of the grid x grid patches (row-major), the index of what its cell / row holds."""
     labels = {k: torch.zeros(grid * grid, dtype=torch.long) for k in HEADS}
+    shown = torch.zeros(ALL_HEADS[SCENE])
+    for o in scene.objects:
+        shown[SHAPES.index(o.shape) * len(COLOURS) + _COLOURS.index(o.colour)] = 1.0
+    labels[SCENE] = shown.expand(grid * grid, -1)
     by_cell = {o.cell: o for o in scene.objects}
     for p in range(grid * grid):
         row, col = (p // grid) * 3 // grid, (p % grid) * 3 // grid
@@ -71,7 +82,7 @@ def scene_batch(rng: random.Random, n: int, size: int, grid: int) -> tuple[Tenso
     scenes = [random_scene(rng) for _ in range(n)]
     pixels = images_to_pixels([render(s, size) for s in scenes], size, workers=1)
     per = [patch_labels(s, grid) for s in scenes]
-    return pixels, {k: torch.stack([p[k] for p in per]) for k in HEADS}
+    return pixels, {k: torch.stack([p[k] for p in per]) for k in ALL_HEADS}
 
 
 class TowerHeads(nn.Module):
@@ -80,7 +91,7 @@ class TowerHeads(nn.Module):
     def __init__(self, dim: int, names: tuple[str, ...] = tuple(HEADS)) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.heads = nn.ModuleDict({k: nn.Linear(dim, HEADS[k]) for k in names})
+        self.heads = nn.ModuleDict({k: nn.Linear(dim, ALL_HEADS[k]) for k in names})
 
     def forward(self, feats: Tensor) -> dict[str, Tensor]:
         h = self.norm(feats)
@@ -88,20 +99,30 @@ class TowerHeads(nn.Module):
 
 
 def losses(logits: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
-    return sum(F.cross_entropy(logits[k].flatten(0, 1), labels[k].flatten()) for k in logits)
+    """Cross-entropy of each per-patch head; the scene head's binary cross-entropy summed over its classes
+    (about one cross-entropy's worth for a picture of a few objects)."""
+    total = sum(F.cross_entropy(logits[k].flatten(0, 1), labels[k].flatten()) for k in logits if k != SCENE)
+    if SCENE in logits:
+        bce = F.binary_cross_entropy_with_logits(logits[SCENE], labels[SCENE], reduction="none")
+        total = total + bce.sum(-1).mean() / 4
+    return total
 
 
 @torch.no_grad()
 def accuracy(tower: nn.Module, heads: TowerHeads, pixels: Tensor, labels: dict[str, Tensor]) -> dict:
     """Per-token accuracy of each head where there is something to name (objects; word rows), and of a
-    whole object: shape, colour and size all right on every patch of its cell."""
+    whole object: shape, colour and size all right on every patch of its cell. The scene head: share of
+    all patches whose every class is right."""
     logits = heads(tower(pixels))
     out = {}
     obj = labels["shape"] > 0
     word = labels["word"] > 0
     for k in logits:
-        where = word if k.startswith("word") else torch.ones_like(obj) if k in ("row", "col") else obj
-        right = logits[k].argmax(-1) == labels[k]
+        where = word if k.startswith("word") else torch.ones_like(obj) if k in ("row", "col", SCENE) else obj
+        if k == SCENE:
+            right = ((logits[k] > 0) == (labels[k] > 0.5)).all(-1)
+        else:
+            right = logits[k].argmax(-1) == labels[k]
         out[k] = round(right[where].float().mean().item(), 4) if where.any() else None
     whole = torch.stack(
         [logits[k].argmax(-1) == labels[k] for k in ("shape", "colour", "size") if k in logits]
@@ -136,9 +157,9 @@ def pretrain_tower(
     from owl3.checkpoint import save_model
     from owl3.checkpoint.load import load_model
 
-    unknown = set(heads) - set(HEADS)
+    unknown = set(heads) - set(ALL_HEADS)
     if unknown or not heads:
-        raise Owl3Error(f"unknown tower heads {sorted(unknown)}; choose from {', '.join(HEADS)}")
+        raise Owl3Error(f"unknown tower heads {sorted(unknown)}; choose from {', '.join(ALL_HEADS)}")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -183,4 +204,6 @@ def pretrain_tower(
     return TowerResult(steps, round(time.perf_counter() - t0, 1), history[-1] if history else {}, history)
 
 
-__all__ = ["HEADS", "TowerHeads", "accuracy", "patch_labels", "pretrain_tower", "scene_batch"]
+__all__ = [
+    "ALL_HEADS", "HEADS", "SCENE", "TowerHeads", "accuracy", "patch_labels", "pretrain_tower", "scene_batch",
+]  # fmt: skip

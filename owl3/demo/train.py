@@ -41,6 +41,7 @@ from pathlib import Path
 
 from owl3.config import preset
 from owl3.demo.data import MIXES, Mix, write_dataset
+from owl3.demo.tower import HEADS, SCENE
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class TowerPhase:
     steps: int
     lr: float = 3e-3
     batch_size: int = 64
+    heads: tuple[str, ...] = tuple(HEADS)  # owl3.demo.tower.ALL_HEADS names
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,13 @@ BOUND_WHICH_PHASES = tuple(
     replace(ph, mix=replace(ph.mix, bind_which=True)) if isinstance(ph, Phase) and ph.mix.bind else ph
     for ph in BOUND_PHASES
 )
+# `signed`: `bound` with the scene head added to the tower phase (`owl3.demo.tower.SCENE`): every visual
+# token also names every shape-colour pair its picture shows, a signature of its picture that the text after
+# image X takes in too, so "In Image X" can find image X's objects by content (docs/demo.md).
+SIGNED_PHASES = (replace(BOUND_PHASES[0], heads=(*HEADS, SCENE)), *BOUND_PHASES[1:])
 RECIPES = {
     "bound": BOUND_PHASES,
+    "signed": SIGNED_PHASES,
     "grounded": GROUNDED_PHASES,
     "late-bound": LATE_BOUND_PHASES,
     "bound-which": BOUND_WHICH_PHASES,
@@ -260,7 +267,7 @@ def train_demo(
             say(f"phase {k} ({ph.name}): pretraining the vision tower, {steps} steps")
             res = pretrain_tower(
                 model, target, steps=steps, batch_size=ph.batch_size, lr=ph.lr, seed=seed + k,
-                threads=threads, eval_every=max(1, min(100, steps)),
+                threads=threads, eval_every=max(1, min(100, steps)), heads=ph.heads,
                 say=say if progress else (lambda s: None),
             )  # fmt: skip
             log["phases"].append(
