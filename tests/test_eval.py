@@ -82,14 +82,15 @@ def test_runner_counts_right_answers(tmp_path):
     report = evaluate(task, pipe, batch_size=2, output=tmp_path / "r.jsonl", progress=False)
     assert [r["accuracy"] for r in report.rows] == [1.0, 1.0, 0.0, 0.0]
     assert max(pipe.batches) == 2 and sum(pipe.batches) == 12
+    # 3/3 right: the Wilson 95% interval is 0.4385..1 (hand-computed)
     assert report.summary["results"] == [
-        {"images": 1, "questions": 3, "accuracy": 1.0},
-        {"images": 5, "questions": 3, "accuracy": 1.0},
+        {"images": 1, "questions": 3, "accuracy": 1.0, "ci95": [0.4385, 1.0]},
+        {"images": 5, "questions": 3, "accuracy": 1.0, "ci95": [0.4385, 1.0]},
     ]
     assert report.summary["video"]["accuracy"] == 0.0 and report.summary["which"]["images"] == 2
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
     assert len(lines) == 12 and json.loads(lines[0])["correct"] is True
-    assert "5 images" in format_table(report)
+    assert "5 images" in format_table(report) and "43.9-100.0" in format_table(report)
 
 
 def test_owl3_eval_synthetic_end_to_end(tmp_path, capsys):
@@ -117,3 +118,48 @@ def test_user_errors_are_one_line(capsys):
     assert main(["eval", "synthetic", "--images", "1,five"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("owl3: error: --images") and "\n" not in err
+
+
+def test_wilson_interval_and_exact_mcnemar_match_known_values():
+    from owl3.evaluation.stats import mcnemar_p, wilson
+
+    assert [round(x, 4) for x in wilson(50, 100)] == [0.4038, 0.5962]  # textbook values
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and round(hi, 4) == 0.2775
+    assert wilson(0, 0) == (0.0, 1.0)
+    assert mcnemar_p(0, 5) == pytest.approx(2 / 32)  # five discordant questions, all one way
+    assert mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_p(5, 5) == 1.0 and mcnemar_p(0, 0) == 1.0
+
+
+def _records(path, rows):
+    path.write_text("".join(json.dumps({"id": i, "group": g, "correct": c}) + "\n" for i, g, c in rows))
+    return path
+
+
+def test_eval_compare_pairs_questions_by_id(tmp_path, capsys):
+    rows_a = [("q1", "1", True), ("q2", "1", True), ("q3", "5", False), ("q4", "5", True),
+              ("q5", "5", False), ("only-a", "5", True)]  # fmt: skip
+    rows_b = [("q5", "5", True), ("q4", "5", True), ("q3", "5", True), ("q2", "1", False),
+              ("q1", "1", True), ("only-b", "1", True)]  # fmt: skip
+    a, b = _records(tmp_path / "a.jsonl", rows_a), _records(tmp_path / "b.jsonl", rows_b)
+    assert main(["eval", "compare", str(a), str(b), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = {r["group"]: r for r in json.loads(out[-1])["rows"]}
+    assert list(rows) == ["1", "5", "all"]  # ids in one file only are left out
+    assert rows["1"] == {"group": "1", "questions": 2, "accuracy_a": 1.0, "accuracy_b": 0.5, "only_a": 1,
+                         "only_b": 0, "p": 1.0}  # fmt: skip
+    assert (rows["5"]["questions"], rows["5"]["only_a"], rows["5"]["only_b"]) == (3, 0, 2)
+    assert rows["5"]["p"] == 0.5 and rows["all"]["questions"] == 5
+    assert any(line.startswith("5 ") and "+66.7" in line for line in out)
+
+
+def test_eval_compare_errors_are_one_line(tmp_path, capsys):
+    a = _records(tmp_path / "a.jsonl", [("q1", "1", True)])
+    b = _records(tmp_path / "b.jsonl", [("x1", "1", True)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "q1"}\n')
+    for args in ([str(a), str(b)], [str(a), str(tmp_path / "missing.jsonl")], [str(a), str(bad)]):
+        assert main(["eval", "compare", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("owl3: error:") and "\n" not in err

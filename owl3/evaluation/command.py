@@ -3,7 +3,11 @@
 `owl3 eval synthetic --seed S --images 1,5,20,50,100 [--limit N] --output R.jsonl --json` prints a table,
 writes one JSON line per question to R.jsonl and a plot to R.png (or --plot), and with --json ends
 with one line of JSON: {"task": "synthetic", "results": [{"images": N, "questions": Q, "accuracy": A}, ...],
-"video": {...}, "which": {...}}.
+"video": {...}, "which": {...}}. Each row also carries its Wilson 95% interval ("ci95").
+
+`owl3 eval compare A.jsonl B.jsonl [--json]` compares two such record files question by question (the
+same seed asks the same questions): per row both accuracies, the questions only one model got right,
+and McNemar's exact p-value (owl3/evaluation/stats.py).
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="answer length limit (32)")
     _add_model_args(s)
     s.set_defaults(func=cmd_eval_synthetic)
+    c = tasks.add_parser(
+        "compare",
+        help="compare two models' records question by question (paired; McNemar's exact test)",
+        description="Compare two --output files of one task run with the same seed: per row both "
+        "accuracies, the questions only one model got right, and an exact McNemar p-value.",
+    )
+    c.add_argument("a", metavar="A.jsonl", help="records of the first model")
+    c.add_argument("b", metavar="B.jsonl", help="records of the second model")
+    c.add_argument("--json", action="store_true", help="end with one line of JSON holding the rows")
+    c.set_defaults(func=cmd_eval_compare)
 
 
 def cmd_eval_synthetic(args: argparse.Namespace) -> int:
@@ -107,4 +121,14 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         print(f"records: {args.output}")
     if args.json:
         print(json.dumps({**report.summary, "model": model}))
+    return 0
+
+
+def cmd_eval_compare(args: argparse.Namespace) -> int:
+    from owl3.evaluation.stats import compare, format_compare, read_records
+
+    rows = compare(read_records(args.a), read_records(args.b))
+    print(format_compare(rows, args.a, args.b))
+    if args.json:
+        print(json.dumps({"a": args.a, "b": args.b, "rows": [r.to_dict() for r in rows]}))
     return 0

@@ -10,8 +10,8 @@ from typing import Any
 
 
 def plot_accuracy(summary: dict[str, Any], path: str | Path, title: str) -> Path:
-    """Plot summary["results"] ({"images", "accuracy"} points) on a log x axis; the video and
-    "which image" accuracies, if present, as horizontal reference lines."""
+    """Plot summary["results"] ({"images", "accuracy"[, "ci95"]} points) on a log x axis, with their 95%
+    intervals as a band; the video and "which image" accuracies, if present, as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,6 +22,10 @@ def plot_accuracy(summary: dict[str, Any], path: str | Path, title: str) -> Path
     if pts:
         xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, marker="o", color="#1f5fbf", label="In Image X, ... (distractors)")
+        cis = sorted((r["images"], r["ci95"]) for r in summary["results"] if "ci95" in r)
+        if len(cis) == len(pts):
+            lo, hi = ([100 * c[1][i] for c in cis] for i in (0, 1))
+            ax.fill_between(xs, lo, hi, color="#1f5fbf", alpha=0.15, linewidth=0, label="95% interval")
         for x, y in pts:
             ax.annotate(
                 f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8

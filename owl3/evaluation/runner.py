@@ -20,13 +20,15 @@ from tqdm import tqdm
 
 from owl3.api import Conversation, Owl3Pipeline
 from owl3.errors import Owl3Error
+from owl3.evaluation.stats import wilson
 from owl3.evaluation.task import Item, Task
 
 
 @dataclass
 class Report:
     task: str
-    rows: list[dict[str, Any]]  # {"group", "label", "questions", "correct", "accuracy"} in report order
+    # {"group", "label", "questions", "correct", "accuracy", "ci95": [lo, hi] (Wilson)} in report order
+    rows: list[dict[str, Any]]
     by_kind: dict[str, dict[str, Any]]
     summary: dict[str, Any]  # the task's final JSON object
     seconds: float
@@ -108,8 +110,16 @@ def evaluate(
     for g in task.groups():
         n, c = tally[g]
         if n:
+            ci = [round(x, 4) for x in wilson(c, n)]
             rows.append(
-                {"group": g, "label": label(g), "questions": n, "correct": c, "accuracy": round(c / n, 4)}
+                {
+                    "group": g,
+                    "label": label(g),
+                    "questions": n,
+                    "correct": c,
+                    "accuracy": round(c / n, 4),
+                    "ci95": ci,
+                }
             )
     by_kind = {k: {"questions": n, "accuracy": round(c / n, 4)} for k, (n, c) in sorted(kinds.items())}
     return Report(task.name, rows, by_kind, task.summary(rows), time.perf_counter() - start, records)
@@ -117,10 +127,12 @@ def evaluate(
 
 def format_table(report: Report) -> str:
     width = max([len(r["label"]) for r in report.rows] + [10])
-    lines = [f"{'':<{width}}  questions  correct  accuracy"]
+    lines = [f"{'':<{width}}  questions  correct  accuracy       95% CI"]
     for r in report.rows:
+        lo, hi = r["ci95"]
         lines.append(
             f"{r['label']:<{width}}  {r['questions']:>9}  {r['correct']:>7}  {100 * r['accuracy']:>7.1f}%"
+            f"  {100 * lo:>5.1f}-{100 * hi:<5.1f}"
         )
     return "\n".join(lines)
 

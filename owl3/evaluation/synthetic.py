@@ -132,7 +132,7 @@ class SyntheticTask(Task):
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.name, "seed": self.seed, "results": []}
         for r in rows:
-            entry = {"questions": r["questions"], "accuracy": r["accuracy"]}
+            entry = {"questions": r["questions"], "accuracy": r["accuracy"], "ci95": r["ci95"]}
             if r["group"] == "video":
                 out["video"] = {"frames": self.frames, **entry}
             elif r["group"] == "which":
