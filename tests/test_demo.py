@@ -96,6 +96,23 @@ def test_train_vision_unfreezes_the_tower():
     assert not any(n.startswith("vision_model.") for n in apply_stage(m, "pretrain", train_vision=False))
 
 
+def test_a_phase_with_the_tower_frozen_leaves_it_unchanged(tmp_path):
+    from safetensors.torch import load_file
+
+    from owl3.demo.train import SINGLE, Phase, train_demo
+
+    phases = (Phase("single", SINGLE, steps=2, lr=1e-3, min_lr=1e-4, train_vision=False),)
+    final = train_demo(
+        tmp_path / "run", batch_size=2, pool=20, progress=False, say=lambda s: None, phases=phases
+    )
+    init, trained = (
+        load_file(tmp_path / "run" / "init" / "model.safetensors"),
+        load_file(final / "model.safetensors"),
+    )
+    changed = {k for k in init if not torch.equal(init[k], trained[k])}
+    assert changed and not any(k.startswith("vision_model.") for k in changed)
+
+
 @pytest.mark.parametrize("recipe", ["bound", "shipped"])
 def test_demo_train_plumbing(tmp_path, recipe):
     """A whole recipe at a tiny scale: tokenizer, init, each phase's data and training, OUT/model."""

@@ -46,10 +46,11 @@ HEADS: dict[str, int] = {
 }
 _COLOURS = tuple(COLOURS)
 # a picture-level head on every patch: which shape-colour pairs the whole picture shows (multi-label). It
-# puts the picture's signature into each of its visual tokens, so a question that carries image X's
-# signature (from the text right after image X, which took image X in) finds image X's objects by content
-# alone: the visual keys hold no label and no index (docs/demo.md, "A picture's signature in every patch").
-# Not in HEADS (the default objective); `heads=(*HEADS, SCENE)` adds it.
+# puts the picture's signature into each of its visual tokens, so that a question carrying image X's
+# signature (from the text right after image X, which took image X in) could find image X's objects by
+# content alone: the visual keys hold no label and no index. Measured: no gain for "In Image X", and the
+# tower's words suffer (docs/demo.md, "Three more changes that did not help"). Not in HEADS (the default
+# objective); `heads=(*HEADS, SCENE)` adds it.
 SCENE = "scene"
 ALL_HEADS: dict[str, int] = {**HEADS, SCENE: len(SHAPES) * len(COLOURS)}
 

@@ -53,6 +53,7 @@ class Phase:
     min_lr: float
     crop_prob: float = 0.0
     vision_lr_scale: float = 0.1
+    train_vision: bool = True  # False: the tower frozen (the paper's recipe; no backward through it)
     attention_loss_weight: float = 0.0  # on the mix's "attend" targets (Mix.attend)
     lr_scales: tuple[tuple[str, float], ...] = ()  # TrainConfig.lr_scales
 
@@ -184,7 +185,8 @@ BOUND_WHICH_PHASES = tuple(
 )
 # `signed`: `bound` with the scene head added to the tower phase (`owl3.demo.tower.SCENE`): every visual
 # token also names every shape-colour pair its picture shows, a signature of its picture that the text after
-# image X takes in too, so "In Image X" can find image X's objects by content (docs/demo.md).
+# image X takes in too, meant to let "In Image X" find image X's objects by content. Measured through its
+# binding phase: no gain (docs/demo.md, "Three more changes that did not help").
 SIGNED_PHASES = (replace(BOUND_PHASES[0], heads=(*HEADS, SCENE)), *BOUND_PHASES[1:])
 RECIPES = {
     "bound": BOUND_PHASES,
@@ -298,7 +300,7 @@ def train_demo(
             attention_loss_weight=ph.attention_loss_weight,
             seq_len=8192,
             crop_prob=ph.crop_prob,
-            train_vision=True,
+            train_vision=ph.train_vision,
             threads=threads,
             num_workers=workers,  # pictures and videos decoded on the other core while this one trains
             seed=seed + k,
