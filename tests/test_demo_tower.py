@@ -99,18 +99,14 @@ def test_tower_command_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["tower", str(tmp_path), str(tmp_path / "out"), "--steps", "0"]) == 2
 
 
+def _pretrain(init_dir, out, **options):
+    return pretrain_tower(init_dir, out, steps=2, batch_size=4, eval_every=2, say=lambda s: None, **options)
+
+
 def test_a_subset_of_heads_trains_and_an_unknown_head_is_refused(init_dir, tmp_path):
     from owl3.errors import Owl3Error
 
-    res = pretrain_tower(
-        init_dir,
-        tmp_path / "o",
-        steps=2,
-        batch_size=4,
-        eval_every=2,
-        heads=("shape", "colour"),
-        say=lambda s: None,
-    )
+    res = _pretrain(init_dir, tmp_path / "o", heads=("shape", "colour"))
     assert {"shape", "colour", "whole"} <= set(res.final) and "row" not in res.final
     with pytest.raises(Owl3Error, match="unknown tower heads"):
         pretrain_tower(init_dir, tmp_path / "p", steps=1, heads=("shape", "smell"), say=lambda s: None)
@@ -132,17 +128,19 @@ def test_scene_head_loss_is_binary_cross_entropy_summed_over_its_classes():
 
 
 def test_scene_head_trains_and_is_scored(init_dir, tmp_path):
-    res = pretrain_tower(
-        init_dir,
-        tmp_path / "s",
-        steps=2,
-        batch_size=4,
-        eval_every=2,
-        heads=(*HEADS, SCENE),
-        say=lambda s: None,
-    )
-    assert SCENE in res.final and 0.0 <= res.final[SCENE] <= 1.0
-    default = pretrain_tower(
-        init_dir, tmp_path / "d", steps=1, batch_size=4, eval_every=1, say=lambda s: None
-    )
-    assert SCENE not in default.final  # not in the default objective
+    assert SCENE in _pretrain(init_dir, tmp_path / "s", heads=(*HEADS, SCENE)).final
+    assert SCENE not in _pretrain(init_dir, tmp_path / "d").final  # not in the default objective
+
+
+def test_scene_accuracy_counts_patches_with_every_class_right():
+    from owl3.demo.tower import accuracy
+
+    pixels, labels = scene_batch(random.Random("acc"), 2, 84, 6)
+    assert not torch.equal(labels[SCENE][0, 0], labels[SCENE][1, 0])  # two different pictures
+    heads = TowerHeads(8, ("colour", SCENE))
+    with torch.no_grad():  # a scene head that says "picture 0's set" on every patch, whatever it sees
+        heads.heads[SCENE].weight.zero_()
+        heads.heads[SCENE].bias.copy_(4 * labels[SCENE][0, 0] - 2)
+    blind = torch.nn.Module()
+    blind.forward = lambda px: torch.zeros(px.shape[0], 36, 8)
+    assert accuracy(blind, heads, pixels, labels)[SCENE] == 0.5  # picture 0's 36 patches of 72
