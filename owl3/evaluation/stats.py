@@ -105,7 +105,7 @@ def compare(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[
             t[2] += rb
             t[3] += ra and not rb
             t[4] += rb and not ra
-    order = [g for g in dict.fromkeys(a[k]["group"] for k in shared)] + ["all"]
+    order = [*dict.fromkeys(a[k]["group"] for k in shared), "all"]
     return [Paired(g, *tally[g]) for g in order]
 
 
