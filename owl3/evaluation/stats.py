@@ -122,7 +122,7 @@ def format_compare(rows: list[Paired], name_a: str = "A", name_b: str = "B") -> 
             f"{100 * (r.b - r.a) / n:>+7.1f} {r.only_a:>7} {r.only_b:>7} {r.p:>7.3f}"
         )
     lines.append(
-        "p: exact McNemar test on the questions only one model got right (small p: a real difference)"
+        "p: exact McNemar test on the questions only one model got right (small p: unlikely by chance)"
     )
     return "\n".join(lines)
 
