@@ -398,3 +398,79 @@ def test_attention_targets_train_the_same_under_gradient_checkpointing(tmp_path)
         runs[checkpointing] = [v for r in metrics for v in (r["loss"], r["attention_loss"], r["grad_norm"])]
     assert runs[True] == pytest.approx(runs[False], rel=1e-5)
     assert runs[False][-2] < runs[False][1]  # the attention loss is trained
+
+
+def test_a_union_of_boxes_targets_every_boxed_patch(tmp_path):
+    union = [{"image": 1, "boxes": [[0, 0, 0.5, 0.5], [0.75, 0.75, 1, 1]], "after": "The left one is"}]
+    rows = [
+        _record(union),
+        _record([{"image": 0, "boxes": [], "after": ""}]),
+        _record([{"image": 0, "boxes": [[0, 0, 1, 1], [0.5, 0, 0.2, 1]], "after": ""}]),
+        _record([{"image": 0, "boxes": [[0, 0, 1, 1]], "box": [0, 0, 1, 1], "after": ""}]),
+    ]
+    records, problems = read_data([write_rows(tmp_path / "a.jsonl", rows)], media_root=str(IMAGES))
+    assert [r.line for r in records] == [1]
+    (a,) = records[0].attend
+    assert (a.image, a.box, a.boxes) == (1, None, ((0.0, 0.0, 0.5, 0.5), (0.75, 0.75, 1.0, 1.0)))
+    why = reasons_by_line(problems)
+    assert "non-empty list" in why[2]
+    assert "boxes[1] must be [x0, y0, x1, y1]" in why[3]
+    assert '"boxes"' in why[4]  # "box" and "boxes" together: not a known form
+    processor = Processor.from_dir(FIXTURE, 56)
+    sample = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=4)(records[0])
+    ((_, tokens),) = sample.attend
+    # image 1's tokens start at 16: its top-left quadrant and its bottom-right patch of the 4x4 grid
+    assert tokens == [16 + 0, 16 + 1, 16 + 4, 16 + 5, 16 + 15]
+
+
+def test_demo_absence_targets_the_empty_cells_without_changing_the_rows(tmp_path):
+    rng = random.Random(11)
+    kinds = {"exists": "", "count_colour": "There are", "count_shape": "There are"}
+    said_none = set()
+    for _ in range(300):
+        kind = rng.choice(sorted(kinds))
+        scene, qa = scene_and_qa(rng, kind)
+        if qa.answer.startswith(("No,", "There are no")):
+            said_none.add(kind)
+            ((cells, after),) = qa.absence()
+            taken = {o.cell for o in scene.objects}
+            if scene.word is not None:
+                taken |= {3 * scene.word.row + c for c in range(3)}
+            assert after == kinds[kind]
+            assert qa.answer.startswith("No," if kind == "exists" else "There are no ")
+            assert set(cells) == set(range(9)) - taken and cells
+        else:
+            assert qa.absence() == []
+    assert said_none == set(kinds)
+    assert scene_and_qa(rng, "colour")[1].absence() == []
+    plain = Mix(single=0.5, multi=0.5, which=0.0, video=0.0, n_min=2, n_max=4, attend=True, bind=True,
+                kinds=("exists", "count_colour", "count_shape"))  # fmt: skip
+    a = write_dataset(tmp_path / "plain", 60, mix=plain, pool=100, name="rows")
+    b = write_dataset(tmp_path / "absent", 60, mix=replace(plain, absent=True), pool=100, name="rows")
+    rows_a = [json.loads(line) for line in a.read_text().splitlines()]
+    rows_b = [json.loads(line) for line in b.read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if k != "attend"}  # noqa: E731
+    assert [strip(r) for r in rows_b] == [strip(r) for r in rows_a]  # the same draws
+    processor = Processor.from_dir("owl3/assets/demo", 84)
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=6)
+    records, problems = read_data([b])
+    assert not problems
+    none_rows = [r for r in records if r.messages[1]["content"].startswith(("No,", "There are no"))]
+    assert len(none_rows) > 5 and any(len(r.images) > 1 for r in none_rows)
+    for record, before in zip(records, rows_a, strict=True):
+        new = record.attend[len(before.get("attend", [])) :]
+        assert bool(new) == (record in none_rows)
+        if not new:
+            continue
+        sample = enc(record)
+        x = new[0].image
+        union = new[0].boxes
+        assert union and all(a.image == x for a in new)
+        (pos, tokens) = sample.attend[-1]
+        # every patch of every empty cell of image x: 4 patches (2x2 of the 6x6 grid) per cell
+        assert len(tokens) == 4 * len(union) and all(x * 36 <= t < (x + 1) * 36 for t in tokens)
+        word = processor.tokenizer.decode(sample.input_ids[pos + 1 : pos + 2].tolist()).strip()
+        assert word in ("No", "no")
+        if len(record.images) > 1:  # "In Image X": the text target on the tokens after image x too
+            assert [a.next_tokens for a in new] == [0, 4]
+            assert sample.attend_text[-1][1][0] == sample.media_starts[x] + 1

@@ -78,6 +78,10 @@ class Mix:
     # "which image?" rows carry a text target at the label of their answer ("Image | 3 has ..."): the
     # `bind_tokens` tokens after the image that has the property
     bind_which: bool = False
+    # answers that say "there is none" (exists "No", a count of zero) carry a target on the empty cells of
+    # the picture (of image X, with the text target too, in "In Image X" rows with `bind`), at the word
+    # that says it, in the rows that carry targets (`attend`, `bind`): where a look for a missing thing lands
+    absent: bool = False
 
 
 MIXES: dict[str, Mix] = {
@@ -140,11 +144,11 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
         if qa is not None:
             break
     if n == 1:
-        attend = (
-            tuple({"image": 0, **_attend(cell, after)} for cell, after in qa.grounding())
-            if mix.attend
-            else ()
-        )
+        attend = ()
+        if mix.attend:
+            attend = tuple({"image": 0, **_attend(cell, after)} for cell, after in qa.grounding())
+            if mix.absent:
+                attend += tuple({"image": 0, **_attend_cells(cells, after)} for cells, after in qa.absence())
         return Row(kind, f"{IMAGE}\n{qa.question}", qa.answer, (target,), attend=attend)
     others = []
     for _ in range(n - 1):
@@ -165,6 +169,15 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
                 {"image": x - 1, "next_tokens": mix.bind_tokens, "after": after},
             )
         )
+        if mix.absent:
+            attend += tuple(
+                target
+                for cells, after in qa.absence()
+                for target in (
+                    {"image": x - 1, **_attend_cells(cells, after)},
+                    {"image": x - 1, "next_tokens": mix.bind_tokens, "after": after},
+                )
+            )
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend)
 
 
@@ -173,6 +186,11 @@ def _attend(cell: int, after: str) -> dict:
     row, col = divmod(cell, 3)
     box = [round(col / 3, 4), round(row / 3, 4), round((col + 1) / 3, 4), round((row + 1) / 3, 4)]
     return {"box": box, "after": after}
+
+
+def _attend_cells(cells: tuple[int, ...], after: str) -> dict:
+    """The boxes of several cells (a union) and the answer prefix."""
+    return {"boxes": [_attend(cell, after)["box"] for cell in cells], "after": after}
 
 
 def _start(rng: random.Random, mix: Mix, n: int) -> int:

@@ -57,6 +57,9 @@ class QA:
     answer: str
     subject: str | None = None  # the shape asked about, if any (hard distractors show it too)
     cell: int | None = None  # the cell of the one object the answer is read from (colour/shape/position/size)
+    # an answer that says "there is none" ("No, there is no blue square.", "There are no circles."): the
+    # cells that show nothing (no object, no word), where a look for the missing thing lands
+    empty: tuple[int, ...] = ()
 
     def grounding(self) -> list[tuple[int, str]]:
         """(cell, the answer before a word read from that object) for each such word: "The star is" of "The
@@ -75,6 +78,13 @@ class QA:
                 for i in range(len(words))
             ]
         return [(self.cell, self.answer[: self.answer.rindex(" ")])]
+
+    def absence(self) -> list[tuple[tuple[int, ...], str]]:
+        """(the empty cells, the answer before the word that says "none") of an answer that says there is
+        none: "" of "No, there is no blue square.", "There are" of "There are no circles."; else empty."""
+        if not self.empty:
+            return []
+        return [(self.empty, "" if self.kind == "exists" else "There are")]
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,14 @@ def lower_first(s: str) -> str:
     return s[:1].lower() + s[1:]
 
 
+def empty_cells(scene: Scene) -> tuple[int, ...]:
+    """The cells of the 3x3 grid that show nothing: no object, not the word's row."""
+    taken = {o.cell for o in scene.objects}
+    if scene.word is not None:
+        taken |= {3 * scene.word.row + c for c in range(3)}
+    return tuple(c for c in range(9) if c not in taken)
+
+
 # ------------------------------------------------------------------------------------- one scene
 def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
     """A question of `kind` about `scene`, or None if the scene cannot answer one unambiguously."""
@@ -148,12 +166,14 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
         present = sorted({o.shape for o in objs})
         shape = rng.choice(present) if present and rng.random() < 0.8 else rng.choice(SHAPES)
         n = scene.count(shape=shape)
-        return QA(kind, f"How many {plural(shape)} are there?", count_sentence(n, shape), shape)
+        empty = () if n else empty_cells(scene)
+        return QA(kind, f"How many {plural(shape)} are there?", count_sentence(n, shape), shape, empty=empty)
     if kind == "count_colour":
         present = sorted({o.colour for o in objs})
         colour = rng.choice(present) if present and rng.random() < 0.8 else rng.choice(tuple(COLOURS))
         n = scene.count(colour=colour)
-        return QA(kind, f"How many {colour} objects are there?", count_sentence(n, f"{colour} object"))
+        question, answer = f"How many {colour} objects are there?", count_sentence(n, f"{colour} object")
+        return QA(kind, question, answer, empty=() if n else empty_cells(scene))
     if kind == "count_all":
         return QA(kind, "How many objects are there?", count_sentence(len(objs), "object"))
     if kind in ("position", "size"):
@@ -181,7 +201,8 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
         # a lone match decides "Yes" (the near-miss loop can land on a present pair by chance: any match)
         matches = [o.cell for o in objs if (o.shape, o.colour) == (shape, colour)]
         cell = matches[0] if yes and len(matches) == 1 else None
-        return QA(kind, f"Is there a {colour} {shape}?", answer, shape, cell)
+        empty = () if yes else empty_cells(scene)
+        return QA(kind, f"Is there a {colour} {shape}?", answer, shape, cell, empty)
     if kind == "word":
         if scene.word is None:
             return None
@@ -381,6 +402,6 @@ def video_grounding(q: Question) -> list[tuple[int, int, str]]:
 ALL_VIDEO_KINDS = tuple(k for ks in VIDEO_QUESTION_KINDS.values() for k in ks)
 __all__ = [
     "ALL_VIDEO_KINDS", "IMAGE", "QA", "Question", "SINGLE_KINDS", "VIDEO", "WHICH_KINDS", "WORDS",
-    "ask", "image_list", "multi_question", "single_question", "video_grounding", "video_question",
-    "which_question",
+    "ask", "empty_cells", "image_list", "multi_question", "single_question", "video_grounding",
+    "video_question", "which_question",
 ]  # fmt: skip

@@ -47,7 +47,9 @@ class Attend:
     - `box` (x0, y0, x1, y1, fractions of the width and height) of image `image` (0-based, in the record's
       order), or of frame `frame` of video `video` (among the frames training samples), through the hyper
       layers' cross-attention: `{"image": 0, "box": [0, 0, 0.5, 0.5], "after": "The square is in the"}`
-      (`{"video": 0, "frame": 3, ...}` for a video); or
+      (`{"video": 0, "frame": 3, ...}` for a video); `"boxes": [[...], [...]]` instead of `"box"` asks for
+      the union of several boxes (e.g. every empty part of a picture, for an answer that says "there is
+      none"); or
     - the `next_tokens` prompt tokens right after that image's (or video's last frame's) `<|image|>` token,
       through one decoder layer's self-attention: `{"image": 2, "next_tokens": 4, "after": "The star is"}`.
       Those tokens take in the image through the first hyper layer; attending to them is how a question
@@ -61,6 +63,7 @@ class Attend:
     video: int | None = None
     frame: int = 0
     next_tokens: int = 0  # > 0: a text target (self-attention), `box` None
+    boxes: tuple[tuple[float, float, float, float], ...] = ()  # a union of boxes instead of `box` (None)
 
 
 @dataclass(frozen=True)
@@ -213,23 +216,35 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
                 raise BadRecord(f"attend[{i}].next_tokens must be a token count >= 1, got {n!r}")
             out.append(Attend(image, None, after, video, next_tokens=n))
             continue
-        box = a["box"]
-        ok = isinstance(box, list) and len(box) == 4 and all(isinstance(x, (int, float)) for x in box)
-        if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-            raise BadRecord(f"attend[{i}].box must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, got {box!r}")
-        box4 = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
-        out.append(Attend(image, box4, after, video, a.get("frame", 0)))
+        if "boxes" in keys:
+            boxes = a["boxes"]
+            if not isinstance(boxes, list) or not boxes:
+                raise BadRecord(f"attend[{i}].boxes must be a non-empty list [x0, y0, x1, y1], got {boxes!r}")
+            union = tuple(_box(b, f"attend[{i}].boxes[{j}]") for j, b in enumerate(boxes))
+            out.append(Attend(image, None, after, video, a.get("frame", 0), boxes=union))
+            continue
+        out.append(Attend(image, _box(a["box"], f"attend[{i}].box"), after, video, a.get("frame", 0)))
     return tuple(out)
+
+
+def _box(box: Any, where: str) -> tuple[float, float, float, float]:
+    ok = isinstance(box, list) and len(box) == 4 and all(isinstance(x, (int, float)) for x in box)
+    if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise BadRecord(f"{where} must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, got {box!r}")
+    return (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
 
 
 _ATTEND_KEYS = (
     {"image", "box", "after"},
     {"video", "frame", "box", "after"},
+    {"image", "boxes", "after"},
+    {"video", "frame", "boxes", "after"},
     {"image", "next_tokens", "after"},
     {"video", "next_tokens", "after"},
 )
 _ATTEND_FORMS = (
-    '{"image": int, "box": [x0, y0, x1, y1], "after": str} ("video" and "frame" for "image"), or '
+    '{"image": int, "box": [x0, y0, x1, y1], "after": str} ("video" and "frame" for "image"; "boxes": '
+    '[[x0, y0, x1, y1], ...] for "box": their union), or '
     '{"image": int, "next_tokens": int, "after": str} ("video" for "image")'
 )
 

@@ -145,17 +145,18 @@ class SampleEncoder:
     ) -> tuple[int, list[int]]:
         """(query position, visual token indices) of one target: the position that predicts the token
         after `a.after` in the first answer; the patches of the image (or video frame) whose centres lie
-        in the box."""
+        in the box (in any of `a.boxes`)."""
         g = self.grid
-        x0, y0, x1, y1 = a.box
+        boxes = a.boxes or (a.box,)
         cells = [
             r * g + c
             for r in range(g)
             for c in range(g)
-            if x0 <= (c + 0.5) / g < x1 and y0 <= (r + 0.5) / g < y1
+            if any(x0 <= (c + 0.5) / g < x1 and y0 <= (r + 0.5) / g < y1 for x0, y0, x1, y1 in boxes)
         ]
         if not cells:
-            raise ValueError(f"attend.box {list(a.box)} holds no patch centre of the {g}x{g} grid")
+            where = [list(b) for b in boxes] if a.boxes else list(a.box)
+            raise ValueError(f"attend.box {where} holds no patch centre of the {g}x{g} grid")
         view, n = first[("image", a.image) if a.video is None else ("video", a.video)]
         if a.frame >= n:
             raise ValueError(f"attend.frame {a.frame} but the video gives {n} frames")
