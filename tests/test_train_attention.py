@@ -14,7 +14,7 @@ import torch
 
 from owl3.checkpoint import load_model
 from owl3.cli import main
-from owl3.demo.data import Mix, write_dataset
+from owl3.demo.data import Mix, ScenePool, draw_row, write_dataset
 from owl3.demo.questions import scene_and_qa, video_grounding, video_question
 from owl3.demo.world import CELL_NAMES
 from owl3.errors import Owl3Error
@@ -70,7 +70,7 @@ def test_attend_targets_are_read_and_checked(tmp_path):
     why = reasons_by_line(problems)
     assert "image index in 0..1, got 2" in why[2]
     assert "0 <= x0 < x1 <= 1" in why[3]
-    assert "start of the first answer" in why[4]
+    assert "start of answer 0" in why[4]
     assert '"after": str' in why[5]
     assert "video index in 0..0, got 1" in why[6]
     assert "must be a list" in why[7]
@@ -474,3 +474,74 @@ def test_demo_absence_targets_the_empty_cells_without_changing_the_rows(tmp_path
         if len(record.images) > 1:  # "In Image X": the text target on the tokens after image x too
             assert [a.next_tokens for a in new] == [0, 4]
             assert sample.attend_text[-1][1][0] == sample.media_starts[x] + 1
+
+
+def test_targets_name_the_answer_of_a_later_turn(tmp_path):
+    turns = [
+        {"role": "user", "content": "Compare <image> and <image>."},
+        {"role": "assistant", "content": ANSWER},
+        {"role": "user", "content": "And the other way?"},
+        {"role": "assistant", "content": "The right one is smaller."},
+    ]
+    second = {"image": 1, "box": [0, 0, 0.5, 0.5], "after": "The right one is", "turn": 1}
+    rows = [
+        {"messages": turns, "images": ["m1.png", "m2.png"], "attend": [second]},
+        {"messages": turns, "images": ["m1.png", "m2.png"], "attend": [{**second, "turn": 2}]},
+        {"messages": turns, "images": ["m1.png", "m2.png"], "attend": [{**second, "turn": 0}]},
+    ]
+    records, problems = read_data([write_rows(tmp_path / "a.jsonl", rows)], media_root=str(IMAGES))
+    assert [r.line for r in records] == [1] and records[0].attend[0].turn == 1
+    why = reasons_by_line(problems)
+    assert "answer index in 0..1, got 2" in why[2]
+    assert "start of answer 0" in why[3]  # "The right one is" does not start the first answer
+    processor = Processor.from_dir(FIXTURE, 56)
+    sample = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=4)(records[0])
+    ((pos, tokens),) = sample.attend
+    decode = processor.tokenizer.decode
+    ids = sample.input_ids.tolist()
+    assert decode(ids[: pos + 1]).endswith("bigger.\nuser\nAnd the other way?\nassistant\nThe right one is")
+    assert decode(ids[pos + 1 :]).startswith(" smaller.")
+    assert tokens == [16 + r * 4 + c for r in (0, 1) for c in (0, 1)]
+
+
+def test_demo_rows_with_follow_up_turns(tmp_path):
+    mix = Mix(single=0.3, multi=0.4, which=0.1, video=0.2, n_min=2, n_max=5, window=0.5, attend=True,
+              bind=True, absent=True, turns=3)  # fmt: skip
+    pool = ScenePool(100, 0)
+    rng = random.Random(4)
+    full = 0
+    for _ in range(150):
+        row = draw_row(rng, pool, mix)
+        assert len(row.more) <= 2 and len(row.about) == 1 + len(row.more) - (row.video is not None)
+        full += len(row.more) == 2
+        if row.video is None and len(row.images) == 1:  # never the same object twice
+            cells = [c for _, c in row.about if c is not None]
+            assert len(cells) == len(set(cells))
+        elif row.video is None:  # never the same image twice, each named by its label
+            assert len({x for x, _ in row.about}) == len(row.about)
+            for (question, _), (x, _) in zip(row.more, row.about[1:], strict=True):
+                assert question.startswith(f"In Image {row.start + x}, ")
+    assert full > 100
+    data = write_dataset(tmp_path / "d", 60, mix=mix, pool=100, video="images")
+    records, problems = read_data([data])
+    assert not problems
+    processor = Processor.from_dir("owl3/assets/demo", 84)
+    enc = SampleEncoder(processor, seq_len=8192, frames=8, crop_prob=0.0, seed=0, grid=6)
+    later = 0
+    for record in records:
+        users = [m["content"] for m in record.messages if m["role"] == "user"]
+        answers = [m["content"] for m in record.messages if m["role"] == "assistant"]
+        assert len(users) == len(answers) and all("<|image|>" not in u for u in users[1:])
+        sample = enc(record)
+        assert isinstance(sample, Sample)
+        boxes = [a for a in record.attend if not a.next_tokens]
+        assert len(sample.attend) == len(boxes)
+        for a, (pos, _) in zip(boxes, sample.attend, strict=True):
+            later += a.turn > 0
+            # the query predicts the word right after `after` in answer `turn`
+            text = processor.tokenizer.decode(sample.input_ids[: pos + 1].tolist())
+            assert text.endswith(f"{users[a.turn][-12:]}\nassistant\n{a.after}")
+        texts = [a for a in record.attend if a.next_tokens]
+        for a, (pos, tokens) in zip(texts, sample.attend_text, strict=True):  # the tokens after image Y
+            assert tokens[0] == sample.media_starts[a.image] + 1 and tokens[-1] < pos
+    assert later > 20

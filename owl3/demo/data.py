@@ -19,7 +19,7 @@ import json
 import math
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import av
@@ -28,14 +28,17 @@ import numpy as np
 from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
     IMAGE,
+    QA,
     SINGLE_KINDS,
     VIDEO,
+    VIDEO_QUESTION_KINDS,
     WHICH_KINDS,
     Question,
     ask,
     image_list,
     lower_first,
     video_grounding,
+    video_qa,
     video_question,
     which_property,
 )
@@ -82,6 +85,11 @@ class Mix:
     # the picture (of image X, with the text target too, in "In Image X" rows with `bind`), at the word
     # that says it, in the rows that carry targets (`attend`, `bind`): where a look for a missing thing lands
     absent: bool = False
+    # questions per row: `turns` - 1 follow-up turns ask about the same pictures (one-image rows: other kinds
+    # about that picture; "In Image X" and "which image?" rows: "In Image Y" about other images of the list;
+    # video rows: other questions about that video), each with its own targets as above ("turn": k). The
+    # pictures pass the tower once for all of them
+    turns: int = 1
 
 
 MIXES: dict[str, Mix] = {
@@ -123,9 +131,75 @@ class Row:
     images: tuple[int, ...] = ()  # pool indices, in placeholder order
     video: Question | None = None
     attend: tuple[dict, ...] = ()  # training/data.py `Attend` targets, as written to the row
+    more: tuple[tuple[str, str], ...] = ()  # follow-up turns (question, answer) about the same media
+    start: int = 1  # the label of the first image in a list ("Image 41: ... Image 48:")
+    # what the questions were about: (image index, the cell of the object read, or None), one per question
+    about: tuple[tuple[int, int | None], ...] = ()
 
 
 def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
+    row = _first_row(rng, pool, mix)
+    if mix.turns <= 1:
+        return row
+    more, attend, about = [], list(row.attend), list(row.about)
+    for turn in range(1, mix.turns):
+        said = [row.prompt, row.answer, *(t for qa in more for t in qa)]
+        follow = _follow_up(rng, pool, mix, row, said, about)
+        if follow is None:
+            break
+        question, answer, targets = follow
+        more.append((question, answer))
+        attend += [{**t, "turn": turn} for t in targets]
+    return replace(row, more=tuple(more), attend=tuple(attend), about=tuple(about))
+
+
+def _follow_up(
+    rng: random.Random, pool: ScenePool, mix: Mix, row: Row, said: list[str], about: list
+) -> tuple[str, str, list[dict]] | None:
+    """Another question about the media of `row`, its answer and its targets; None if none is found. Never
+    one asked before (`said`: the turns so far), nor one whose answer an earlier turn gives away: in a
+    list, only about an image not asked about yet; in one image, not about an object read before; in a
+    video, not naming an object named before. Appends to `about`."""
+    for _ in range(20):
+        if row.video is not None:
+            video = row.video.video
+            kind = rng.choice(VIDEO_QUESTION_KINDS[video.kind])
+            question, answer = video_qa(video, kind, rng)
+            named = " ".join(answer.split(" ")[1:3]) if answer.startswith("The ") else None
+            if named is not None and named not in question and any(named in t for t in said):
+                continue
+            q = Question(kind, question, answer, video=video)
+            targets = video_grounding(q) if mix.attend else []
+            attend = [{"video": 0, "frame": f, **_attend(cell, after)} for f, cell, after in targets]
+            on = (0, None)
+        else:
+            kind = rng.choice(mix.kinds or SINGLE_KINDS)
+            x = rng.randrange(len(row.images))
+            qa = ask(pool.scenes[row.images[x]], kind, rng)
+            if qa is None:
+                continue
+            seen = {c for _, c in about} if len(row.images) == 1 else {i for i, _ in about}
+            if (qa.cell if len(row.images) == 1 else x) in seen - {None}:
+                continue
+            on = (x, qa.cell)
+            attend = []
+            if len(row.images) == 1:
+                question, answer = qa.question, qa.answer
+                if mix.attend:
+                    attend = [{"image": 0, **_attend(c, after)} for c, after in qa.grounding()]
+                    if mix.absent:
+                        attend += [{"image": 0, **_attend_cells(c, after)} for c, after in qa.absence()]
+            else:
+                question, answer = f"In Image {row.start + x}, {lower_first(qa.question)}", qa.answer
+                if mix.bind:
+                    attend = _bind_targets(qa, x, mix)
+        if not any(question in t for t in said):
+            about.append(on)
+            return question, answer, attend
+    return None
+
+
+def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     r = rng.random() * (mix.single + mix.multi + mix.which + mix.video)
     if r < mix.video:
         q = video_question(rng, rng.choice(ALL_VIDEO_KINDS), mix.n_frames)
@@ -149,7 +223,8 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
             attend = tuple({"image": 0, **_attend(cell, after)} for cell, after in qa.grounding())
             if mix.absent:
                 attend += tuple({"image": 0, **_attend_cells(cells, after)} for cells, after in qa.absence())
-        return Row(kind, f"{IMAGE}\n{qa.question}", qa.answer, (target,), attend=attend)
+        prompt = f"{IMAGE}\n{qa.question}"
+        return Row(kind, prompt, qa.answer, (target,), attend=attend, about=((0, qa.cell),))
     others = []
     for _ in range(n - 1):
         hard = qa.subject is not None and rng.random() < mix.hard
@@ -159,26 +234,22 @@ def draw_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     style = "label_after" if rng.random() < mix.label_after else "official"
     start = _start(rng, mix, n)
     prompt = f"{image_list(n, style, start)}. In Image {start + x - 1}, {lower_first(qa.question)}"
-    attend = ()
-    if mix.bind:
-        attend = tuple(
-            target
-            for cell, after in qa.grounding()
-            for target in (
-                {"image": x - 1, **_attend(cell, after)},
-                {"image": x - 1, "next_tokens": mix.bind_tokens, "after": after},
-            )
-        )
-        if mix.absent:
-            attend += tuple(
-                target
-                for cells, after in qa.absence()
-                for target in (
-                    {"image": x - 1, **_attend_cells(cells, after)},
-                    {"image": x - 1, "next_tokens": mix.bind_tokens, "after": after},
-                )
-            )
-    return Row(kind, prompt, qa.answer, tuple(others), attend=attend)
+    attend = tuple(_bind_targets(qa, x - 1, mix)) if mix.bind else ()
+    return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
+
+
+def _bind_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
+    """Binding targets of an "In Image X" answer about image `x` (0-based): at each deciding word, the
+    object's cell (or, with `mix.absent`, the empty cells of an answer that says none) and the
+    `mix.bind_tokens` tokens after image x."""
+    places = [(_attend(cell, after), after) for cell, after in qa.grounding()]
+    if mix.absent:
+        places += [(_attend_cells(cells, after), after) for cells, after in qa.absence()]
+    return [
+        target
+        for look, after in places
+        for target in ({"image": x, **look}, {"image": x, "next_tokens": mix.bind_tokens, "after": after})
+    ]
 
 
 def _attend(cell: int, after: str) -> dict:
@@ -217,6 +288,8 @@ def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix | None = No
         f"Image {start + x - 1} {tail}",
         tuple(others),
         attend=attend,
+        start=start,
+        about=((x - 1, None),),  # the image the answer names: a question about it could give it away
     )
 
 
@@ -294,11 +367,13 @@ def write_dataset(
                     img.save(out / rel)
                     images.append(rel)
                 prompt = prompt.replace(VIDEO, IMAGE * len(frames))
-        rows.append(_format(fmt, f"{name}-{r:06d}", prompt, row.answer, images, videos))
+        turns = ((prompt, row.answer), *row.more)
+        rows.append(_format(fmt, f"{name}-{r:06d}", turns, images, videos))
         if row.attend:
             if row.video is not None and video == "images":  # inlined frames: frame k is picture k
                 rows[-1]["attend"] = [
-                    {"image": a["frame"], "box": a["box"], "after": a["after"]} for a in row.attend
+                    {"image": a["frame"], **{k: v for k, v in a.items() if k not in ("video", "frame")}}
+                    for a in row.attend
                 ]
             else:
                 rows[-1]["attend"] = list(row.attend)
@@ -316,12 +391,16 @@ def write_dataset(
     return target
 
 
-def _format(fmt: str, rid: str, prompt: str, answer: str, images: list[str], videos: list[str]) -> dict:
-    text = prompt.replace(IMAGE, "<image>").replace(VIDEO, "<video>")
+def _format(
+    fmt: str, rid: str, turns: tuple[tuple[str, str], ...], images: list[str], videos: list[str]
+) -> dict:
+    """One row: (question, answer) turns, the first with the media placeholders."""
+    texts = [(q.replace(IMAGE, "<image>").replace(VIDEO, "<video>"), a) for q, a in turns]
     if fmt == "swift":
-        row: dict = {
-            "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
-        }
+        messages = [
+            m for q, a in texts for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
+        ]
+        row: dict = {"messages": messages}
         if images:
             row["images"] = images
         if videos:
@@ -332,7 +411,9 @@ def _format(fmt: str, rid: str, prompt: str, answer: str, images: list[str], vid
         row["image"] = images[0] if len(images) == 1 else images
     if videos:
         row["video"] = videos[0] if len(videos) == 1 else videos
-    row["conversations"] = [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
+    row["conversations"] = [
+        m for q, a in texts for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})
+    ]
     return row
 
 

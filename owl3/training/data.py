@@ -41,8 +41,8 @@ Video = str | tuple[str, ...]  # a video file or frame folder, or the frame file
 
 @dataclass(frozen=True)
 class Attend:
-    """Where the answer should look: when the first answer has been written up to `after` (a prefix of
-    it, "" = its start), the position that predicts the next token should attend to
+    """Where the answer should look: when answer `turn` (0: the first) has been written up to `after` (a
+    prefix of it, "" = its start), the position that predicts the next token should attend to
 
     - `box` (x0, y0, x1, y1, fractions of the width and height) of image `image` (0-based, in the record's
       order), or of frame `frame` of video `video` (among the frames training samples), through the hyper
@@ -64,6 +64,7 @@ class Attend:
     frame: int = 0
     next_tokens: int = 0  # > 0: a text target (self-attention), `box` None
     boxes: tuple[tuple[float, float, float, float], ...] = ()  # a union of boxes instead of `box` (None)
+    turn: int = 0  # the answer `after` belongs to: 0 the first, 1 the second (multi-turn records) ...
 
 
 @dataclass(frozen=True)
@@ -194,13 +195,17 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
         return ()
     if not isinstance(value, list):
         raise BadRecord(f'"attend" must be a list of targets: {_ATTEND_FORMS}')
-    answer = next(m["content"] for m in messages if m["role"] == "assistant")
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
     out = []
     for i, a in enumerate(value):
-        keys = set(a) if isinstance(a, dict) else set()
+        keys = set(a) - {"turn"} if isinstance(a, dict) else set()
         if keys not in _ATTEND_KEYS:
             raise BadRecord(f"attend[{i}] must be one of {_ATTEND_FORMS}")
-        after = a["after"]
+        turn = a.get("turn", 0)
+        if not _index(turn, len(answers)):
+            last = len(answers) - 1
+            raise BadRecord(f"attend[{i}].turn must be an answer index in 0..{last}, got {turn!r}")
+        answer, after = answers[turn], a["after"]
         medium, count = ("image", n_images) if "image" in keys else ("video", n_videos)
         index = a[medium]
         if not _index(index, count):
@@ -208,22 +213,23 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
         if "frame" in keys and not _index(a["frame"], 1 << 30):
             raise BadRecord(f"attend[{i}].frame must be a frame index >= 0, got {a['frame']!r}")
         if not isinstance(after, str) or not answer.startswith(after):
-            raise BadRecord(f"attend[{i}].after must be the start of the first answer, got {after!r}")
+            raise BadRecord(f"attend[{i}].after must be the start of answer {turn}, got {after!r}")
         image, video = (index, None) if medium == "image" else (None, index)
         if "next_tokens" in keys:
             n = a["next_tokens"]
             if not _index(n, 1 << 30) or n == 0:
                 raise BadRecord(f"attend[{i}].next_tokens must be a token count >= 1, got {n!r}")
-            out.append(Attend(image, None, after, video, next_tokens=n))
+            out.append(Attend(image, None, after, video, next_tokens=n, turn=turn))
             continue
         if "boxes" in keys:
             boxes = a["boxes"]
             if not isinstance(boxes, list) or not boxes:
                 raise BadRecord(f"attend[{i}].boxes must be a non-empty list [x0, y0, x1, y1], got {boxes!r}")
             union = tuple(_box(b, f"attend[{i}].boxes[{j}]") for j, b in enumerate(boxes))
-            out.append(Attend(image, None, after, video, a.get("frame", 0), boxes=union))
+            out.append(Attend(image, None, after, video, a.get("frame", 0), boxes=union, turn=turn))
             continue
-        out.append(Attend(image, _box(a["box"], f"attend[{i}].box"), after, video, a.get("frame", 0)))
+        box = _box(a["box"], f"attend[{i}].box")
+        out.append(Attend(image, box, after, video, a.get("frame", 0), turn=turn))
     return tuple(out)
 
 
@@ -245,7 +251,8 @@ _ATTEND_KEYS = (
 _ATTEND_FORMS = (
     '{"image": int, "box": [x0, y0, x1, y1], "after": str} ("video" and "frame" for "image"; "boxes": '
     '[[x0, y0, x1, y1], ...] for "box": their union), or '
-    '{"image": int, "next_tokens": int, "after": str} ("video" for "image")'
+    '{"image": int, "next_tokens": int, "after": str} ("video" for "image"); any of them may add "turn": '
+    'int, the answer that "after" starts (0, the first, by default)'
 )
 
 

@@ -13,7 +13,7 @@ on the whole picture). A sample longer than `seq_len` is bad data: it is reporte
 refused), never truncated, because truncation could cut an image's tokens apart from its features.
 
 Attention targets (`Record.attend`; read when the encoder is given `grid`, the patches per image side):
-each becomes the position that predicts the token after `after` in the first answer, and either the
+each becomes the position that predicts the token after `after` in its answer (`turn`), and either the
 indices of the row's visual tokens whose patch centres lie in the box (image k's are k * grid^2 ... in
 token order, one view per image; `Sample.attend`), or the positions of the `next_tokens` text tokens after
 the image's `<|image|>` token (`Sample.attend_text`).
@@ -144,7 +144,7 @@ class SampleEncoder:
         self, a: Attend, ids: list[int], labels: list[int], first: dict[tuple[str, int], tuple[int, int]]
     ) -> tuple[int, list[int]]:
         """(query position, visual token indices) of one target: the position that predicts the token
-        after `a.after` in the first answer; the patches of the image (or video frame) whose centres lie
+        after `a.after` in its answer; the patches of the image (or video frame) whose centres lie
         in the box (in any of `a.boxes`)."""
         g = self.grid
         boxes = a.boxes or (a.box,)
@@ -184,8 +184,12 @@ class SampleEncoder:
         return pos, tokens
 
     def query(self, a: Attend, ids: list[int], labels: list[int]) -> int:
-        """The position that predicts the token after `a.after` in the first answer."""
-        start = next(i for i, y in enumerate(labels) if y != IGNORE)  # the first answer's first token
+        """The position that predicts the token after `a.after` in answer `a.turn` (0: the first)."""
+        # the first token of each answer: where a run of labelled tokens starts
+        starts = [i for i, y in enumerate(labels) if y != IGNORE and (i == 0 or labels[i - 1] == IGNORE)]
+        if a.turn >= len(starts):
+            raise ValueError(f"attend.turn {a.turn} but the sample has {len(starts)} answer(s)")
+        start = starts[a.turn]
         prefix = self._encode(a.after) if a.after else []
         if ids[start : start + len(prefix)] != prefix:
             raise ValueError(f"attend.after {a.after!r} does not end where a token of the answer ends")
