@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("out", type=Path)
     r.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this model)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1, as the shipped weights were trained; 2 is ~1.4x faster "
+        "on an idle 2-core machine)",
+    )
     r.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--pool", type=int, default=20_000, help="distinct scenes to draw images from")
