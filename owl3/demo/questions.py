@@ -80,11 +80,14 @@ class QA:
         return [(self.cell, self.answer[: self.answer.rindex(" ")])]
 
     def absence(self) -> list[tuple[tuple[int, ...], str]]:
-        """(the empty cells, the answer before the word that says "none") of an answer that says there is
-        none: "" of "No, there is no blue square.", "There are" of "There are no circles."; else empty."""
+        """(the empty cells, the answer before a word that says "none") for each such word of an answer that
+        says there is none: "" of "No, there is no blue square."; "There" and "There are" of "There are no
+        circles." ("are", not "is", is already the count's first word); else empty."""
         if not self.empty:
             return []
-        return [(self.empty, "" if self.kind == "exists" else "There are")]
+        if self.kind == "exists":
+            return [(self.empty, "")]
+        return [(self.empty, "There"), (self.empty, "There are")]
 
 
 @dataclass(frozen=True)
