@@ -3,7 +3,9 @@ finished `bound` run BASE (`owl3 demo-train BASE`; here the sixth session's from
 the shipped one): the phases before the first changed one are copied from it.
 
     python absent.py BASE OUT all            # A: the last phase only
-    python absent.py BASE OUT binding,all    # B: the binding phase and the last phase"""
+    python absent.py BASE OUT binding,all    # B: the binding phase and the last phase
+    python absent.py BASE OUT all 2          # A2: as A, after the zero-count target at "There" was added,
+                                             #     two torch threads (it ran alone)"""
 import shutil, sys, json
 from dataclasses import replace
 from pathlib import Path
@@ -21,4 +23,4 @@ if not out.exists():
     log = json.loads((src / "demo_train.json").read_text())
     log["phases"] = log["phases"][: first - 1]
     (out / "demo_train.json").write_text(json.dumps(log))
-train_demo(out, phases=phases, progress=False)
+train_demo(out, phases=phases, progress=False, threads=int(sys.argv[4]) if len(sys.argv) > 4 else 1)
