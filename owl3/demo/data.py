@@ -168,9 +168,7 @@ def _follow_up(
             named = " ".join(answer.split(" ")[1:3]) if answer.startswith("The ") else None
             if named is not None and named not in question and any(named in t for t in said):
                 continue
-            q = Question(kind, question, answer, video=video)
-            targets = video_grounding(q) if mix.attend else []
-            attend = [{"video": 0, "frame": f, **_attend(cell, after)} for f, cell, after in targets]
+            attend = _video_targets(Question(kind, question, answer, video=video), mix)
             on = (0, None)
         else:
             kind = rng.choice(mix.kinds or SINGLE_KINDS)
@@ -182,17 +180,12 @@ def _follow_up(
             if (qa.cell if len(row.images) == 1 else x) in seen - {None}:
                 continue
             on = (x, qa.cell)
-            attend = []
             if len(row.images) == 1:
                 question, answer = qa.question, qa.answer
-                if mix.attend:
-                    attend = [{"image": 0, **_attend(c, after)} for c, after in qa.grounding()]
-                    if mix.absent:
-                        attend += [{"image": 0, **_attend_cells(c, after)} for c, after in qa.absence()]
+                attend = [{"image": 0, **look} for look, _ in _looks(qa, mix)] if mix.attend else []
             else:
                 question, answer = f"In Image {row.start + x}, {lower_first(qa.question)}", qa.answer
-                if mix.bind:
-                    attend = _bind_targets(qa, x, mix)
+                attend = _bind_targets(qa, x, mix) if mix.bind else []
         if not any(question in t for t in said):
             about.append(on)
             return question, answer, attend
@@ -203,9 +196,7 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     r = rng.random() * (mix.single + mix.multi + mix.which + mix.video)
     if r < mix.video:
         q = video_question(rng, rng.choice(ALL_VIDEO_KINDS), mix.n_frames)
-        targets = video_grounding(q) if mix.attend else []
-        attend = tuple({"video": 0, "frame": f, **_attend(cell, after)} for f, cell, after in targets)
-        return Row(q.kind, q.prompt, q.answer, video=q, attend=attend)
+        return Row(q.kind, q.prompt, q.answer, video=q, attend=tuple(_video_targets(q, mix)))
     r -= mix.video
     if r < mix.which:
         return _which_row(rng, pool, n_images(rng, mix), mix)
@@ -218,11 +209,7 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
         if qa is not None:
             break
     if n == 1:
-        attend = ()
-        if mix.attend:
-            attend = tuple({"image": 0, **_attend(cell, after)} for cell, after in qa.grounding())
-            if mix.absent:
-                attend += tuple({"image": 0, **_attend_cells(cells, after)} for cells, after in qa.absence())
+        attend = tuple({"image": 0, **look} for look, _ in _looks(qa, mix)) if mix.attend else ()
         prompt = f"{IMAGE}\n{qa.question}"
         return Row(kind, prompt, qa.answer, (target,), attend=attend, about=((0, qa.cell),))
     others = []
@@ -238,30 +225,37 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
 
 
-def _bind_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
-    """Binding targets of an "In Image X" answer about image `x` (0-based): at each deciding word, the
-    object's cell (or, with `mix.absent`, the empty cells of an answer that says none) and the
-    `mix.bind_tokens` tokens after image x."""
-    places = [(_attend(cell, after), after) for cell, after in qa.grounding()]
+def _looks(qa: QA, mix: Mix) -> list[tuple[dict, str]]:
+    """Where the answer should look at each deciding word, without its picture, and that word's prefix:
+    the object's cell, and with `mix.absent` the empty cells of an answer that says none."""
+    looks = [({"box": _cell_box(cell), "after": after}, after) for cell, after in qa.grounding()]
     if mix.absent:
-        places += [(_attend_cells(cells, after), after) for cells, after in qa.absence()]
+        looks += [
+            ({"boxes": [_cell_box(c) for c in cells], "after": after}, after) for cells, after in qa.absence()
+        ]
+    return looks
+
+
+def _bind_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
+    """Binding targets of an "In Image X" answer about image `x` (0-based): each look of `_looks` in image
+    x, and the `mix.bind_tokens` tokens after image x at the same word."""
     return [
         target
-        for look, after in places
+        for look, after in _looks(qa, mix)
         for target in ({"image": x, **look}, {"image": x, "next_tokens": mix.bind_tokens, "after": after})
     ]
 
 
-def _attend(cell: int, after: str) -> dict:
-    """The box of a cell and the answer prefix (an "attend" target without its picture)."""
+def _video_targets(q: Question, mix: Mix) -> list[dict]:
+    """The frame and cell of the object a video answer names (`video_grounding`), if `mix.attend`."""
+    targets = video_grounding(q) if mix.attend else []
+    return [{"video": 0, "frame": f, "box": _cell_box(cell), "after": after} for f, cell, after in targets]
+
+
+def _cell_box(cell: int) -> list[float]:
+    """The box [x0, y0, x1, y1] of a cell of the 3x3 grid, in fractions of the picture."""
     row, col = divmod(cell, 3)
-    box = [round(col / 3, 4), round(row / 3, 4), round((col + 1) / 3, 4), round((row + 1) / 3, 4)]
-    return {"box": box, "after": after}
-
-
-def _attend_cells(cells: tuple[int, ...], after: str) -> dict:
-    """The boxes of several cells (a union) and the answer prefix."""
-    return {"boxes": [_attend(cell, after)["box"] for cell in cells], "after": after}
+    return [round(col / 3, 4), round(row / 3, 4), round((col + 1) / 3, 4), round((row + 1) / 3, 4)]
 
 
 def _start(rng: random.Random, mix: Mix, n: int) -> int:
