@@ -11,9 +11,10 @@ from owl3.demo.probe import record_cross_attention
 from owl3.model import Owl3Model, VisualContext
 
 
-def first_layer_shares(model: Owl3Model) -> torch.Tensor:
-    """Share of the first hyper layer's attention (per head) that the token right after each inner image
-    puts on that image, in a `x x x <img> x x x <img> ...` prompt with random visual features."""
+def first_layer_shares(model: Owl3Model, layer: int = 0) -> torch.Tensor:
+    """Share of the first hyper layer's attention (per head; `layer`: another hyper layer) that the token
+    right after each inner image puts on that image, in a `x x x <img> x x x <img> ...` prompt with random
+    visual features."""
     torch.manual_seed(0)
     n_img, t = 5, model.cfg.vision.n_tokens
     starts = [3 + 4 * k for k in range(n_img)]
@@ -22,7 +23,7 @@ def first_layer_shares(model: Owl3Model) -> torch.Tensor:
     with torch.no_grad(), record_cross_attention() as scores:
         ctx = VisualContext.build([feats], [starts])
         model.language_model.model(model.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
-    w = torch.softmax(scores[0][0], -1).nan_to_num(0.0)  # the first hyper layer, (H, L, M)
+    w = torch.softmax(scores[layer][0], -1).nan_to_num(0.0)  # that hyper layer, (H, L, M)
     return torch.stack([w[:, s + 1, k * t : (k + 1) * t].sum(-1) for k, s in enumerate(starts[:-1])]).mean(0)
 
 
@@ -38,6 +39,18 @@ def test_recency_heads_look_at_the_image_just_before():
     assert plain.max() < uniform + 0.1
     assert (shares[:n_rep] > 0.95).all()  # the heads of kv head 0 now look at the image just before
     assert shares[n_rep:] == pytest.approx(plain[n_rep:].tolist(), abs=1e-5)  # the others are untouched
+
+
+def test_recency_heads_of_the_second_hyper_layer():
+    cfg = preset("demo")
+    model = init_weights(Owl3Model(cfg), seed=0)
+    first, second = first_layer_shares(model, 0), first_layer_shares(model, 1)
+    init_recency(model, kv_heads=(0,), strength=3.0, layer=1)
+    n_rep = cfg.text.n_heads // cfg.text.n_kv_heads
+    assert (first_layer_shares(model, 1)[:n_rep] > 0.95).all() and (second[:n_rep] < 0.9).all()
+    assert first_layer_shares(model, 0) == pytest.approx(first.tolist(), abs=1e-6)  # the first untouched
+    with pytest.raises(ValueError, match="hyper layer 2 out of range: the model has 2"):
+        init_recency(model, layer=2)
 
 
 def test_recency_phase_of_a_recipe(tmp_path):
@@ -90,3 +103,33 @@ def test_gate_step_and_a_grounded_phase(tmp_path):
     for i in range(len(opened.language_model.model.layers)):
         ratio = moved(o_proj.format(i)) / moved(q_proj)
         assert ratio > 5 if i in hyper else ratio < 2, (i, ratio)
+
+
+def test_question_first_recipe_and_its_text_target_layer(tmp_path):
+    """`first`: `bound` with the second hyper layer's recency heads and every list row asking first, its
+    text targets supervising the layer after the last hyper layer; a phase's `text_attention_layer` is the
+    one its training uses."""
+    import yaml
+
+    from owl3.demo.data import Mix
+    from owl3.demo.train import BOUND_PHASES, RECIPES, Phase, RecencyInit, train_demo
+    from owl3.training.metrics import read_metrics
+
+    first = RECIPES["first"]
+    last_hyper = max(preset("demo").text.hyper_layers) - 1
+    assert [p.name for p in first] == [*(p.name for p in BOUND_PHASES[:3]), "recency-2",
+                                       *(p.name for p in BOUND_PHASES[3:])]  # fmt: skip
+    assert isinstance(first[3], RecencyInit) and first[3].layer == 1
+    trained = [p for p in first if isinstance(p, Phase) and p.mix.bind]
+    assert len(trained) == 2
+    assert all(p.mix.question_first == 1.0 and p.text_attention_layer == last_hyper + 1 for p in trained)
+    mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=3, kinds=("colour",), bind=True,
+              question_first=1.0)  # fmt: skip
+    phase = Phase("first", mix, steps=2, lr=1e-3, min_lr=1e-4, attention_loss_weight=1.0,
+                  text_attention_layer=last_hyper + 1)  # fmt: skip
+    out = tmp_path / "run"
+    train_demo(out, batch_size=4, pool=30, progress=False, say=lambda s: None, phases=(phase,))
+    cfg = yaml.safe_load((out / "phase-1-first" / "train_config.yaml").read_text())
+    assert cfg["text_attention_layer"] == last_hyper + 1
+    rows = read_metrics(out / "phase-1-first" / "metrics.jsonl")
+    assert len(rows) == 2 and all(r["attention_loss"] > 0 for r in rows)

@@ -47,6 +47,22 @@ def test_items_rows_and_formats():
     assert len(kinds) == 5  # kinds cycle
 
 
+def test_question_first_layout_asks_the_same_questions_before_the_images():
+    plain = SyntheticTask(seed=3, images=[1, 6], limit=4, frames=4, which_images=3)
+    first = SyntheticTask(seed=3, images=[1, 6], limit=4, frames=4, which_images=3, layout="question_first")
+    for a, b in zip(plain.items(56), first.items(56), strict=True):
+        assert (a.id, a.answer, a.meta) == (b.id, b.answer, b.meta)
+        assert [im.tobytes() for im in a.media()[0]] == [im.tobytes() for im in b.media()[0]]
+        if a.group in ("6", "which"):  # `LIST. QUESTION` becomes `QUESTION LIST.`
+            listing, _, question = a.prompt.partition("<|image|>. ")
+            assert b.prompt == f"{question} {listing}<|image|>."
+        else:  # one image and video: unchanged
+            assert b.prompt == a.prompt
+    assert first.summary([])["layout"] == "question_first"
+    with pytest.raises(Owl3Error, match="--layout must be one of official, question_first"):
+        SyntheticTask(layout="sideways")
+
+
 def test_seeds_are_reproducible_and_distinct():
     a = [i.prompt + i.answer for i in SyntheticTask(seed=1, images=[3], limit=8).items(56)]
     b = [i.prompt + i.answer for i in SyntheticTask(seed=1, images=[3], limit=8).items(56)]

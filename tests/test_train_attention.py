@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import replace
 
 import pytest
@@ -547,3 +548,41 @@ def test_demo_rows_with_follow_up_turns(tmp_path):
         for a, (pos, tokens) in zip(texts, sample.attend_text, strict=True):  # the tokens after image Y
             assert tokens[0] == sample.media_starts[a.image] + 1 and tokens[-1] < pos
     assert later > 20
+
+
+def test_demo_rows_with_the_question_before_the_images(tmp_path):
+    """`Mix.question_first`: list rows ask first (`In Image 2, ... Image 1: <image> ... Image N: <image>.`),
+    the targets still name the tokens after image X, before the answer's query; 0 draws nothing."""
+    mix = Mix(single=0.2, multi=0.6, which=0.2, video=0.0, n_min=2, n_max=5, window=0.5, attend=True,
+              bind=True, bind_which=True)  # fmt: skip
+    rng_a, rng_b, pool = random.Random(5), random.Random(5), ScenePool(100, 0)
+    plain = [draw_row(rng_a, pool, mix) for _ in range(40)]
+    assert [draw_row(rng_b, pool, replace(mix, question_first=0.0)) for _ in range(40)] == plain
+    data = write_dataset(tmp_path / "d", 60, mix=replace(mix, question_first=1.0), pool=100)
+    records, problems = read_data([data])
+    assert not problems
+    processor = Processor.from_dir("owl3/assets/demo", 84)
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=6)
+    lists = targeted = 0
+    for record in records:
+        user = record.messages[0]["content"]
+        if len(record.images) == 1:
+            assert user.startswith("<|image|>\n")
+            continue
+        lists += 1
+        n = len(record.images)
+        question, _, listing = user.partition("? Image ")
+        assert question.startswith(("In Image ", "Which image ")) and "<|image|>" not in question
+        assert listing.count("<|image|>") == n and listing.endswith(": <|image|>.")
+        sample = enc(record)
+        texts = [a for a in record.attend if a.next_tokens]
+        assert len(sample.attend_text) == len(texts)
+        targeted += bool(texts)
+        labels = [int(k) for k in re.findall(r"Image (\d+): <\|image\|>", user)]
+        answer = record.messages[1]["content"]
+        # the image the question names, or the one the answer names
+        named = int(question.split(",")[0].split(" ")[2]) if "," in question else int(answer.split(" ")[1])
+        for a, (pos, tokens) in zip(texts, sample.attend_text, strict=True):
+            assert labels[a.image] == named
+            assert tokens[0] == sample.media_starts[a.image] + 1 and tokens[-1] < pos
+    assert lists > 30 and targeted > 15

@@ -35,7 +35,7 @@ from owl3.demo.questions import (
     WHICH_KINDS,
     Question,
     ask,
-    image_list,
+    list_prompt,
     lower_first,
     video_grounding,
     video_qa,
@@ -90,6 +90,9 @@ class Mix:
     # video rows: other questions about that video), each with its own targets as above ("turn": k). The
     # pictures pass the tower once for all of them
     turns: int = 1
+    # share of "In Image X" and "which image?" rows that ask their question before the image list
+    # (`questions.list_prompt`, style "question_first"); 0 draws nothing, so the rows are those without it
+    question_first: float = 0.0
 
 
 MIXES: dict[str, Mix] = {
@@ -219,8 +222,9 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     x = rng.randint(1, n)
     others.insert(x - 1, target)
     style = "label_after" if rng.random() < mix.label_after else "official"
+    style = _question_first(rng, mix) or style
     start = _start(rng, mix, n)
-    prompt = f"{image_list(n, style, start)}. In Image {start + x - 1}, {lower_first(qa.question)}"
+    prompt = list_prompt(n, f"In Image {start + x - 1}, {lower_first(qa.question)}", style, start)
     attend = tuple(_bind_targets(qa, x - 1, mix)) if mix.bind else ()
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
 
@@ -258,6 +262,13 @@ def _cell_box(cell: int) -> list[float]:
     return [round(col / 3, 4), round(row / 3, 4), round((col + 1) / 3, 4), round((row + 1) / 3, 4)]
 
 
+def _question_first(rng: random.Random, mix: Mix) -> str | None:
+    """The style "question_first" for a share `mix.question_first` of list rows (no draw when it is 0)."""
+    if mix.question_first > 0 and rng.random() < mix.question_first:
+        return "question_first"
+    return None
+
+
 def _start(rng: random.Random, mix: Mix, n: int) -> int:
     """1, or (with probability `mix.window`) a random first label of a window of `n` labels."""
     if mix.window <= 0 or rng.random() >= mix.window or n >= mix.max_label:
@@ -273,12 +284,13 @@ def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix | None = No
     x = rng.randint(1, n)
     others.insert(x - 1, target)
     start = _start(rng, mix, n) if mix is not None else 1
+    style = (_question_first(rng, mix) if mix is not None else None) or "official"
     attend = ()
     if mix is not None and mix.bind_which:
         attend = ({"image": x - 1, "next_tokens": mix.bind_tokens, "after": "Image"},)
     return Row(
         kind,
-        f"{image_list(n, start=start)}. {question}",
+        list_prompt(n, question, style, start),
         f"Image {start + x - 1} {tail}",
         tuple(others),
         attend=attend,

@@ -242,7 +242,22 @@ def image_list(n: int, style: str = "official", start: int = 1) -> str:
         return " ".join(f"Image {i}: {IMAGE}" for i in labels)
     if style == "label_after":
         return " ".join(f"{IMAGE} (Image {i})" for i in labels)
+    if style == "question_first":
+        return image_list(n, "official", start)
     raise ValueError(f"unknown image-list style {style!r}")
+
+
+LIST_STYLES = ("official", "label_after", "question_first")
+
+
+def list_prompt(n: int, question: str, style: str = "official", start: int = 1) -> str:
+    """A question about a list of `n` images: `Image 1: <|image|> ... Image N: <|image|>. QUESTION` (the
+    paper's order), or with style "question_first" `QUESTION Image 1: <|image|> ... Image N: <|image|>.`:
+    the tokens right after each image then know the question before they look at that image, so each
+    can read its own image's answer (docs/demo.md, "The question before the images")."""
+    if style == "question_first":
+        return f"{question} {image_list(n, style, start)}."
+    return f"{image_list(n, style, start)}. {question}"
 
 
 def hard_distractor(rng: random.Random, subject: str | None) -> Scene:
@@ -277,7 +292,7 @@ def multi_question(
         for _ in range(n_images - 1)
     ]
     images.insert(target - 1, scene)
-    prompt = f"{image_list(n_images, style)}. In Image {target}, {lower_first(qa.question)}"
+    prompt = list_prompt(n_images, f"In Image {target}, {lower_first(qa.question)}", style)
     return Question(kind, prompt, qa.answer, tuple(images), target=target)
 
 
@@ -319,7 +334,11 @@ def which_property(scene: Scene, kind: str, rng: random.Random):
 
 
 def which_question(
-    rng: random.Random, n_images: int, kind: str | None = None, target: int | None = None
+    rng: random.Random,
+    n_images: int,
+    kind: str | None = None,
+    target: int | None = None,
+    style: str = "official",
 ) -> Question:
     """`Image 1: <|image|> ... Image N: <|image|>. Which image has two circles?` -> `Image 3 has two
     circles.`; exactly one image has the property."""
@@ -334,7 +353,7 @@ def which_question(
             other = random_scene(rng)
         images.append(other)
     images.insert(target - 1, scene)
-    prompt = f"{image_list(n_images)}. {question}"
+    prompt = list_prompt(n_images, question, style)
     return Question(kind, prompt, f"Image {target} {tail}", tuple(images), target=target)
 
 

@@ -18,9 +18,11 @@ questions whose answer is read from one object (`Mix.attend`) and trains the hyp
 the lr. `bound` adds binding targets (`Mix.bind`: on "In Image X" rows, image X's object for the
 cross-attention and the tokens after image X for the self-attention of the layer before the last hyper
 layer) to the binding phase and to `grounded`'s last phase; `late-bound` only to the last phase,
-`bound-which` also to "which image?" rows (`Mix.bind_which`). `tower` is `recency` without the recency
-heads (the weights of the third session). `sees` (lr 1e-3, one object per picture first, no tower
-pretraining) made a model that uses its images but answers ~40% of one-image questions.
+`bound-which` also to "which image?" rows (`Mix.bind_which`). `first` is `bound` with every list row asking
+its question before the images (`Mix.question_first`; docs/demo.md "The question before the images").
+`tower` is `recency` without the recency heads (the weights of the third session). `sees` (lr 1e-3, one
+object per picture first, no tower pretraining) made a model that uses its images but answers ~40% of
+one-image questions.
 `shipped` is the recipe of the weights shipped before `tower`: one perception phase, 900 steps, lr 3e-3;
 it does not learn to see. `see` and `next` are older attempts kept for the record.
 
@@ -56,6 +58,7 @@ class Phase:
     train_vision: bool = True  # False: the tower frozen (the paper's recipe; no backward through it)
     attention_loss_weight: float = 0.0  # on the mix's "attend" targets (Mix.attend)
     lr_scales: tuple[tuple[str, float], ...] = ()  # TrainConfig.lr_scales
+    text_attention_layer: int | None = None  # TrainConfig.text_attention_layer (None: before the last hyper)
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,12 @@ class TowerPhase:
 @dataclass(frozen=True)
 class RecencyInit:
     """Set the first hyper layer's recency heads (`owl3.demo.model.init_recency`) on the model so far: the
-    tokens after each image then take in that image from the first step (docs/demo.md)."""
+    tokens after each image then take in that image from the first step (docs/demo.md). `layer`: another
+    hyper layer (index among them)."""
 
     name: str
     strength: float = 3.0
+    layer: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,8 +193,24 @@ BOUND_WHICH_PHASES = tuple(
 # image X takes in too, meant to let "In Image X" find image X's objects by content. Measured through its
 # binding phase: no gain (docs/demo.md, "Three more changes that did not help").
 SIGNED_PHASES = (replace(BOUND_PHASES[0], heads=(*HEADS, SCENE)), *BOUND_PHASES[1:])
+# `first`: `bound` with every "In Image X" and "which image?" row asking its question before the image
+# list (`Mix.question_first`): the tokens after image k then know the question when the second hyper layer
+# looks at image k (whose recency heads are set too), so each can read its own image's answer, and the
+# answer finds it through the self-attention of the layer after that hyper layer (the text targets move
+# there). docs/demo.md, "The question before the images".
+_LAST_HYPER = max(preset("demo").text.hyper_layers) - 1  # 0-based
+FIRST = {"text_attention_layer": _LAST_HYPER + 1}
+FIRST_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
+    *BOUND_PHASES[:3],
+    RecencyInit("recency-2", strength=3.0, layer=1),
+    *(
+        replace(ph, mix=replace(ph.mix, question_first=1.0), **FIRST) if isinstance(ph, Phase) else ph
+        for ph in BOUND_PHASES[3:]
+    ),
+)
 RECIPES = {
     "bound": BOUND_PHASES,
+    "first": FIRST_PHASES,
     "signed": SIGNED_PHASES,
     "grounded": GROUNDED_PHASES,
     "late-bound": LATE_BOUND_PHASES,
@@ -251,8 +272,9 @@ def train_demo(
 
             m = load_model(model)
             if isinstance(ph, RecencyInit):
-                init_recency(m, strength=ph.strength)
-                setting, done = {"strength": ph.strength}, "recency heads of the first hyper layer set"
+                init_recency(m, strength=ph.strength, layer=ph.layer)
+                setting = {"strength": ph.strength, **({"layer": ph.layer} if ph.layer else {})}
+                done = f"recency heads of hyper layer {ph.layer + 1} set"
             else:
                 open_gates(m, ph.bias)
                 setting, done = {"bias": ph.bias}, "hyper layers' gates opened"
@@ -298,6 +320,7 @@ def train_demo(
             vision_lr_scale=ph.vision_lr_scale,  # low, or the tower's output scale runs away (docs/demo.md)
             lr_scales=dict(ph.lr_scales),
             attention_loss_weight=ph.attention_loss_weight,
+            text_attention_layer=ph.text_attention_layer,
             seq_len=8192,
             crop_prob=ph.crop_prob,
             train_vision=ph.train_vision,

@@ -63,6 +63,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="images per 'which image' question; 0 = no row",
     )
+    s.add_argument(
+        "--layout",
+        choices=("official", "question_first"),
+        default="official",
+        help="where list questions stand: after the images (official, default) or before them "
+        "(question_first, for models trained so; docs/demo.md)",
+    )
     s.add_argument("--output", metavar="R.jsonl", default=None, help="write one JSON line per question here")
     s.add_argument(
         "--plot", metavar="P.png", default=None, help="accuracy plot (default: R.png next to --output)"
@@ -95,6 +102,7 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         limit=args.limit,
         frames=args.video_frames,
         which_images=args.which_images,
+        layout=args.layout,
     )
     pipe = owl3.load(args.model, dtype=args.dtype, device=args.device)
     report = evaluate(

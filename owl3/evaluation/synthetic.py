@@ -7,7 +7,9 @@ N measures distraction alone, like the paper's distractor figure (§4.5):
 is `<|image|>\\nWhat colour is the star?`. Question kinds cycle, so every row has the same mix. Two more
 rows: video questions (`<|video|>\\nWhat appeared after the red square?`, `frames` frames) and "which
 image" questions among `which_images` images. Images are never cropped. All scenes come from the
-streams `eval:{seed}:...`, which training data (`train:...`) never uses.
+streams `eval:{seed}:...`, which training data (`train:...`) never uses. `layout` "question_first" asks
+each list question before its images (`In Image X, ...? Image 1: <|image|> ... Image N: <|image|>.`), for
+models trained that way (docs/demo.md); the questions, images and answers are the same.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
     SINGLE_KINDS,
     WHICH_KINDS,
-    image_list,
+    list_prompt,
     lower_first,
     scene_and_qa,
     video_question,
@@ -31,6 +33,7 @@ from owl3.errors import Owl3Error
 from owl3.evaluation.task import Item, Task
 
 DEFAULT_IMAGES = (1, 5, 20, 50, 100)
+LAYOUTS = ("official", "question_first")
 
 
 class SyntheticTask(Task):
@@ -43,6 +46,7 @@ class SyntheticTask(Task):
         limit: int = 50,
         frames: int = 8,
         which_images: int = 5,
+        layout: str = "official",
     ) -> None:
         if not images or any(n < 1 for n in images):
             raise Owl3Error(f"image counts must be positive integers, got {list(images)}")
@@ -53,7 +57,9 @@ class SyntheticTask(Task):
                 "--video-frames must be 0 (no video row) or at least 2, --which-images 0 (no row) or more"
             )
         self.seed, self.images, self.limit = seed, list(dict.fromkeys(images)), limit
-        self.frames, self.which_images = frames, which_images
+        if layout not in LAYOUTS:
+            raise Owl3Error(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.frames, self.which_images, self.layout = frames, which_images, layout
 
     # ------------------------------------------------------------------ rows
     def groups(self) -> list[str]:
@@ -91,7 +97,7 @@ class SyntheticTask(Task):
         if n == 1:
             prompt = f"<|image|>\n{qa.question}"
         else:
-            prompt = f"{image_list(n)}. In Image {x}, {lower_first(qa.question)}"
+            prompt = list_prompt(n, f"In Image {x}, {lower_first(qa.question)}", self.layout)
         return Item(
             id=f"images{n}-{i}",
             group=str(n),
@@ -117,7 +123,9 @@ class SyntheticTask(Task):
 
     def _which_item(self, i: int, size: int) -> Item:
         kind = WHICH_KINDS[i % len(WHICH_KINDS)]
-        q = which_question(random.Random(f"eval:{self.seed}:which:{i}"), self.which_images, kind)
+        q = which_question(
+            random.Random(f"eval:{self.seed}:which:{i}"), self.which_images, kind, style=self.layout
+        )
         return Item(
             id=f"which-{i}",
             group="which",
@@ -130,7 +138,7 @@ class SyntheticTask(Task):
 
     # ------------------------------------------------------------------ report
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {"task": self.name, "seed": self.seed, "results": []}
+        out: dict[str, Any] = {"task": self.name, "seed": self.seed, "layout": self.layout, "results": []}
         for r in rows:
             entry = {"questions": r["questions"], "accuracy": r["accuracy"], "ci95": r["ci95"]}
             if r["group"] == "video":
