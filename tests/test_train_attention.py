@@ -424,6 +424,52 @@ def test_a_union_of_boxes_targets_every_boxed_patch(tmp_path):
     assert tokens == [16 + 0, 16 + 1, 16 + 4, 16 + 5, 16 + 15]
 
 
+def test_a_target_can_ask_the_token_after_an_image_to_look(tmp_path):
+    look = {"image": 1, "box": [0.5, 0.5, 1, 1], "query": "after_image"}
+    rows = [
+        _record([look, {"image": 0, "boxes": [[0, 0, 0.5, 0.5]], "query": "after_image"}]),
+        _record([{**look, "query": "before_image"}]),
+        _record([{**look, "image": 2}]),
+        _record([{**look, "after": ""}]),  # "after" belongs to answer targets only
+    ]
+    records, problems = read_data([write_rows(tmp_path / "a.jsonl", rows)], media_root=str(IMAGES))
+    assert [r.line for r in records] == [1]
+    a, b = records[0].attend
+    assert (a.image, a.box, a.query) == (1, (0.5, 0.5, 1.0, 1.0), "after_image")
+    assert (b.image, b.boxes, b.query) == (0, ((0.0, 0.0, 0.5, 0.5),), "after_image")
+    why = reasons_by_line(problems)
+    assert 'query must be "after_image"' in why[2]
+    assert "image index in 0..1, got 2" in why[3]
+    assert '"query": "after_image"' in why[4]  # not a known form: named in the message
+    processor = Processor.from_dir(FIXTURE, 56)
+    sample = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=4)(records[0])
+    (pos_a, tokens_a), (pos_b, tokens_b) = sample.attend
+    assert (pos_a, pos_b) == (sample.media_starts[1] + 1, sample.media_starts[0] + 1)
+    decode = processor.tokenizer.decode
+    between = sample.input_ids[pos_b : sample.media_starts[1]].tolist()  # "<image> and <image>"
+    assert int(sample.input_ids[pos_b - 1]) == processor.image_token_id and decode(between).strip() == "and"
+    assert tokens_a == [16 + r * 4 + c for r in (2, 3) for c in (2, 3)]  # image 1's bottom-right quadrant
+    assert tokens_b == [r * 4 + c for r in (0, 1) for c in (0, 1)]
+
+
+def test_demo_rows_name_the_look_of_the_token_after_image_x(tmp_path):
+    """`Mix.bind_after`: question-first "In Image X" rows also ask the token after image X to look at the
+    object the answer is read from; rows in the paper's order do not."""
+    mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=5, bind=True, bind_after=True,
+              kinds=("colour", "shape", "position", "size"))  # fmt: skip
+    rng = random.Random(2)
+    pool = ScenePool(100, 0)
+    plain = [draw_row(rng, pool, mix) for _ in range(20)]
+    assert not any(a.get("query") for row in plain for a in row.attend)
+    rows = [draw_row(rng, pool, replace(mix, question_first=1.0)) for _ in range(40)]
+    for row in rows:
+        looks = [a for a in row.attend if a.get("query") == "after_image"]
+        answer_looks = [a for a in row.attend if "box" in a and "after" in a]
+        assert looks and {a["image"] for a in looks} == {a["image"] for a in answer_looks}
+        # each place once (a position answer has two deciding words on one cell)
+        assert [tuple(a["box"]) for a in looks] == list(dict.fromkeys(tuple(a["box"]) for a in answer_looks))
+
+
 def test_demo_absence_targets_the_empty_cells_without_changing_the_rows(tmp_path):
     rng = random.Random(11)
     kinds = {"exists": [""], "count_colour": ["There", "There are"], "count_shape": ["There", "There are"]}

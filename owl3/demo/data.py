@@ -93,6 +93,9 @@ class Mix:
     # share of "In Image X" and "which image?" rows that ask their question before the image list
     # (`questions.list_prompt`, style "question_first"); 0 draws nothing, so the rows are those without it
     question_first: float = 0.0
+    # in those rows, with `bind`: the token right after image X also gets image X's object as a target
+    # (`"query": "after_image"`), the look that lets it read its own image's answer for the question
+    bind_after: bool = False
 
 
 MIXES: dict[str, Mix] = {
@@ -226,6 +229,8 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     start = _start(rng, mix, n)
     prompt = list_prompt(n, f"In Image {start + x - 1}, {lower_first(qa.question)}", style, start)
     attend = tuple(_bind_targets(qa, x - 1, mix)) if mix.bind else ()
+    if mix.bind and mix.bind_after and style == "question_first":
+        attend += tuple(_after_image_targets(qa, x - 1, mix))
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
 
 
@@ -248,6 +253,16 @@ def _bind_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
         for look, after in _looks(qa, mix)
         for target in ({"image": x, **look}, {"image": x, "next_tokens": mix.bind_tokens, "after": after})
     ]
+
+
+def _after_image_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
+    """The looks of `_looks` (each place once) for the token right after image `x` (0-based)."""
+    places = []
+    for look, _ in _looks(qa, mix):
+        place = {k: v for k, v in look.items() if k != "after"}
+        if place not in places:
+            places.append(place)
+    return [{"image": x, **place, "query": "after_image"} for place in places]
 
 
 def _video_targets(q: Question, mix: Mix) -> list[dict]:

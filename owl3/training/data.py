@@ -55,6 +55,10 @@ class Attend:
       Those tokens take in the image through the first hyper layer; attending to them is how a question
       about "Image 3" can carry image 3's content to the answer (docs/training.md, "Attention targets").
 
+    A box target may name another query instead of a place in an answer: `"query": "after_image"` (and no
+    "after") asks the prompt token right after that image's `<|image|>` token to look at the box, e.g. when
+    the question stands before the images and each image's next token should read its answer there.
+
     Used by the training option `attention_loss_weight`."""
 
     image: int | None
@@ -65,6 +69,7 @@ class Attend:
     next_tokens: int = 0  # > 0: a text target (self-attention), `box` None
     boxes: tuple[tuple[float, float, float, float], ...] = ()  # a union of boxes instead of `box` (None)
     turn: int = 0  # the answer `after` belongs to: 0 the first, 1 the second (multi-turn records) ...
+    query: str = "answer"  # "after_image": the query is the token right after the image, `after` unused
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,9 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
     out = []
     for i, a in enumerate(value):
         keys = set(a) - {"turn"} if isinstance(a, dict) else set()
+        if keys in ({"image", "box", "query"}, {"image", "boxes", "query"}):
+            out.append(_after_image(a, i, n_images))
+            continue
         if keys not in _ATTEND_KEYS:
             raise BadRecord(f"attend[{i}] must be one of {_ATTEND_FORMS}")
         turn = a.get("turn", 0)
@@ -233,6 +241,21 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
     return tuple(out)
 
 
+def _after_image(a: dict, i: int, n_images: int) -> Attend:
+    """`{"image": int, "box" or "boxes": ..., "query": "after_image"}`: the token after the image looks."""
+    if a["query"] != "after_image":
+        raise BadRecord(f'attend[{i}].query must be "after_image", got {a["query"]!r}')
+    if not _index(a["image"], n_images):
+        raise BadRecord(f"attend[{i}].image must be an image index in 0..{n_images - 1}, got {a['image']!r}")
+    if "box" in a:
+        return Attend(a["image"], _box(a["box"], f"attend[{i}].box"), "", query="after_image")
+    boxes = a["boxes"]
+    if not isinstance(boxes, list) or not boxes:
+        raise BadRecord(f"attend[{i}].boxes must be a non-empty list [x0, y0, x1, y1], got {boxes!r}")
+    union = tuple(_box(b, f"attend[{i}].boxes[{j}]") for j, b in enumerate(boxes))
+    return Attend(a["image"], None, "", boxes=union, query="after_image")
+
+
 def _box(box: Any, where: str) -> tuple[float, float, float, float]:
     ok = isinstance(box, list) and len(box) == 4 and all(isinstance(x, (int, float)) for x in box)
     if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
@@ -252,7 +275,8 @@ _ATTEND_FORMS = (
     '{"image": int, "box": [x0, y0, x1, y1], "after": str} ("video" and "frame" for "image"; "boxes": '
     '[[x0, y0, x1, y1], ...] for "box": their union), or '
     '{"image": int, "next_tokens": int, "after": str} ("video" for "image"); any of them may add "turn": '
-    'int, the answer that "after" starts (0, the first, by default)'
+    'int, the answer that "after" starts (0, the first, by default); or {"image": int, "box": [x0, y0, x1, '
+    'y1], "query": "after_image"} ("boxes" for "box"): the token right after the image looks there'
 )
 
 

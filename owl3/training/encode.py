@@ -114,7 +114,7 @@ class SampleEncoder:
                     if a.next_tokens:
                         attend_text.append(self.text_target(a, ids, labels, first, enc.media_starts))
                     else:
-                        attend.append(self.attention_target(a, ids, labels, first))
+                        attend.append(self.attention_target(a, ids, labels, first, enc.media_starts))
             except ValueError as e:
                 return Skipped(record.where, str(e))
         return Sample(
@@ -141,11 +141,17 @@ class SampleEncoder:
         return out
 
     def attention_target(
-        self, a: Attend, ids: list[int], labels: list[int], first: dict[tuple[str, int], tuple[int, int]]
+        self,
+        a: Attend,
+        ids: list[int],
+        labels: list[int],
+        first: dict[tuple[str, int], tuple[int, int]],
+        media_starts: list[int],
     ) -> tuple[int, list[int]]:
         """(query position, visual token indices) of one target: the position that predicts the token
-        after `a.after` in its answer; the patches of the image (or video frame) whose centres lie
-        in the box (in any of `a.boxes`)."""
+        after `a.after` in its answer (with `a.query` "after_image": the token right after the image's
+        `<|image|>`); the patches of the image (or video frame) whose centres lie in the box (in any of
+        `a.boxes`)."""
         g = self.grid
         boxes = a.boxes or (a.box,)
         cells = [
@@ -160,7 +166,13 @@ class SampleEncoder:
         view, n = first[("image", a.image) if a.video is None else ("video", a.video)]
         if a.frame >= n:
             raise ValueError(f"attend.frame {a.frame} but the video gives {n} frames")
-        return self.query(a, ids, labels), [(view + a.frame) * g * g + p for p in cells]
+        patches = [(view + a.frame) * g * g + p for p in cells]
+        if a.query == "after_image":
+            pos = media_starts[view] + 1
+            if pos >= len(ids) or ids[pos] == self.processor.image_token_id:
+                raise ValueError("attend.query after_image: no text token follows the image")
+            return pos, patches
+        return self.query(a, ids, labels), patches
 
     def text_target(
         self,
