@@ -59,6 +59,11 @@ def test_question_first_layout_asks_the_same_questions_before_the_images():
         else:  # one image and video: unchanged
             assert b.prompt == a.prompt
     assert first.summary([])["layout"] == "question_first"
+    six = SyntheticTask(seed=3, images=[6], limit=2, frames=0, which_images=0)
+    twice = SyntheticTask(seed=3, images=[6], limit=2, frames=0, which_images=0, layout="question_twice")
+    for a, b in zip(six.items(56), twice.items(56), strict=True):
+        listing, _, question = a.prompt.partition("<|image|>. ")
+        assert b.prompt == f"{question} {listing}<|image|>. {question}"
     with pytest.raises(Owl3Error, match="--layout must be one of official, question_first"):
         SyntheticTask(layout="sideways")
 

@@ -93,6 +93,7 @@ class Mix:
     # share of "In Image X" and "which image?" rows that ask their question before the image list
     # (`questions.list_prompt`, style "question_first"); 0 draws nothing, so the rows are those without it
     question_first: float = 0.0
+    question_style: str = "question_first"  # or "question_twice": before and after the list
     # in those rows, with `bind`: the token right after image X also gets image X's object as a target
     # (`"query": "after_image"`), the look that lets it read its own image's answer for the question
     bind_after: bool = False
@@ -229,7 +230,7 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     start = _start(rng, mix, n)
     prompt = list_prompt(n, f"In Image {start + x - 1}, {lower_first(qa.question)}", style, start)
     attend = tuple(_bind_targets(qa, x - 1, mix)) if mix.bind else ()
-    if mix.bind and mix.bind_after and style == "question_first":
+    if mix.bind and mix.bind_after and style in ("question_first", "question_twice"):
         attend += tuple(_after_image_targets(qa, x - 1, mix))
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
 
@@ -278,9 +279,9 @@ def _cell_box(cell: int) -> list[float]:
 
 
 def _question_first(rng: random.Random, mix: Mix) -> str | None:
-    """The style "question_first" for a share `mix.question_first` of list rows (no draw when it is 0)."""
+    """`mix.question_style` for a share `mix.question_first` of list rows (no draw when it is 0)."""
     if mix.question_first > 0 and rng.random() < mix.question_first:
-        return "question_first"
+        return mix.question_style
     return None
 
 

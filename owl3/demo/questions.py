@@ -242,21 +242,25 @@ def image_list(n: int, style: str = "official", start: int = 1) -> str:
         return " ".join(f"Image {i}: {IMAGE}" for i in labels)
     if style == "label_after":
         return " ".join(f"{IMAGE} (Image {i})" for i in labels)
-    if style == "question_first":
+    if style in ("question_first", "question_twice"):
         return image_list(n, "official", start)
     raise ValueError(f"unknown image-list style {style!r}")
 
 
-LIST_STYLES = ("official", "label_after", "question_first")
+LIST_STYLES = ("official", "label_after", "question_first", "question_twice")
 
 
 def list_prompt(n: int, question: str, style: str = "official", start: int = 1) -> str:
     """A question about a list of `n` images: `Image 1: <|image|> ... Image N: <|image|>. QUESTION` (the
     paper's order), or with style "question_first" `QUESTION Image 1: <|image|> ... Image N: <|image|>.`:
     the tokens right after each image then know the question before they look at that image, so each
-    can read its own image's answer (docs/demo.md, "The question before the images")."""
+    can read its own image's answer (docs/demo.md, "The question before the images"); "question_twice" asks
+    it before and after the list (`QUESTION Image 1: <|image|> ... Image N: <|image|>. QUESTION`), so that
+    the answer has it near in long lists too."""
     if style == "question_first":
         return f"{question} {image_list(n, style, start)}."
+    if style == "question_twice":
+        return f"{question} {image_list(n, style, start)}. {question}"
     return f"{image_list(n, style, start)}. {question}"
 
 

@@ -65,10 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--layout",
-        choices=("official", "question_first"),
+        choices=("official", "question_first", "question_twice"),
         default="official",
-        help="where list questions stand: after the images (official, default) or before them "
-        "(question_first, for models trained so; docs/demo.md)",
+        help="where list questions stand: after the images (official, default), before them "
+        "(question_first) or both (question_twice), for models trained so (docs/demo.md)",
     )
     s.add_argument("--output", metavar="R.jsonl", default=None, help="write one JSON line per question here")
     s.add_argument(

@@ -9,7 +9,8 @@ rows: video questions (`<|video|>\\nWhat appeared after the red square?`, `frame
 image" questions among `which_images` images. Images are never cropped. All scenes come from the
 streams `eval:{seed}:...`, which training data (`train:...`) never uses. `layout` "question_first" asks
 each list question before its images (`In Image X, ...? Image 1: <|image|> ... Image N: <|image|>.`), for
-models trained that way (docs/demo.md); the questions, images and answers are the same.
+models trained that way (docs/demo.md), "question_twice" before and after them; the questions, images and
+answers are the same.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from owl3.errors import Owl3Error
 from owl3.evaluation.task import Item, Task
 
 DEFAULT_IMAGES = (1, 5, 20, 50, 100)
-LAYOUTS = ("official", "question_first")
+LAYOUTS = ("official", "question_first", "question_twice")
 
 
 class SyntheticTask(Task):
