@@ -109,6 +109,8 @@ def test_question_first_recipe_and_its_text_target_layer(tmp_path):
     """`first`: `bound` with the second hyper layer's recency heads and every list row asking first, its
     text targets supervising the layer after the last hyper layer; a phase's `text_attention_layer` is the
     one its training uses."""
+    from dataclasses import replace
+
     import yaml
 
     from owl3.demo.data import Mix
@@ -123,6 +125,10 @@ def test_question_first_recipe_and_its_text_target_layer(tmp_path):
     trained = [p for p in first if isinstance(p, Phase) and p.mix.bind]
     assert len(trained) == 2
     assert all(p.mix.question_first == 1.0 and p.text_attention_layer == last_hyper + 1 for p in trained)
+    # `twice`: the same, the question asked again after the list
+    twice = [replace(p, mix=replace(p.mix, question_style="question_twice")) if isinstance(p, Phase) else p
+             for p in first]  # fmt: skip
+    assert list(RECIPES["twice"]) == twice and trained[0].mix.question_style == "question_first"
     mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=3, kinds=("colour",), bind=True,
               question_first=1.0)  # fmt: skip
     phase = Phase("first", mix, steps=2, lr=1e-3, min_lr=1e-4, attention_loss_weight=1.0,
