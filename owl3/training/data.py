@@ -230,10 +230,7 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
             out.append(Attend(image, None, after, video, next_tokens=n, turn=turn))
             continue
         if "boxes" in keys:
-            boxes = a["boxes"]
-            if not isinstance(boxes, list) or not boxes:
-                raise BadRecord(f"attend[{i}].boxes must be a non-empty list [x0, y0, x1, y1], got {boxes!r}")
-            union = tuple(_box(b, f"attend[{i}].boxes[{j}]") for j, b in enumerate(boxes))
+            union = _union(a["boxes"], i)
             out.append(Attend(image, None, after, video, a.get("frame", 0), boxes=union, turn=turn))
             continue
         box = _box(a["box"], f"attend[{i}].box")
@@ -249,11 +246,14 @@ def _after_image(a: dict, i: int, n_images: int) -> Attend:
         raise BadRecord(f"attend[{i}].image must be an image index in 0..{n_images - 1}, got {a['image']!r}")
     if "box" in a:
         return Attend(a["image"], _box(a["box"], f"attend[{i}].box"), "", query="after_image")
-    boxes = a["boxes"]
+    return Attend(a["image"], None, "", boxes=_union(a["boxes"], i), query="after_image")
+
+
+def _union(boxes: Any, i: int) -> tuple[tuple[float, float, float, float], ...]:
+    """The checked boxes of target i's "boxes"."""
     if not isinstance(boxes, list) or not boxes:
         raise BadRecord(f"attend[{i}].boxes must be a non-empty list [x0, y0, x1, y1], got {boxes!r}")
-    union = tuple(_box(b, f"attend[{i}].boxes[{j}]") for j, b in enumerate(boxes))
-    return Attend(a["image"], None, "", boxes=union, query="after_image")
+    return tuple(_box(b, f"attend[{i}].boxes[{j}]") for j, b in enumerate(boxes))
 
 
 def _box(box: Any, where: str) -> tuple[float, float, float, float]:
