@@ -22,3 +22,8 @@ owl3 eval synthetic --model /tmp/q/M/model --seed 0 --images 1,5,8,20,50,100 --l
 owl3 eval synthetic --model /tmp/q/Q/model --seed 2 --images 1,8 --limit 300 --layout question_first --output ev-Q-s2-300.jsonl
 owl3 eval compare ../2026-11-27-demo-binding/eval-shipped-bound-limit100.jsonl ev-M.jsonl
 owl3 eval compare ../2026-11-27-demo-binding/eval-bound-s2-300.jsonl ev-Q-s2-300.jsonl
+
+# the binding probe on W's final model (probe-W-final.log)
+python benchmarks/demo_probe/attention_supervision.py /tmp/q/W/model OUT 0 1.0 "" 1 2-8 question_twice 1.0 5
+# the asked colour read linearly from the token right after image X, after each layer (readout.log)
+python readout.py /tmp/q/R/model question_first 800   # likewise Q (question_first), W and V (question_twice)
