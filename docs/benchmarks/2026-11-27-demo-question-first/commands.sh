@@ -27,3 +27,8 @@ owl3 eval compare ../2026-11-27-demo-binding/eval-bound-s2-300.jsonl ev-Q-s2-300
 python benchmarks/demo_probe/attention_supervision.py /tmp/q/W/model OUT 0 1.0 "" 1 2-8 question_twice 1.0 5
 # the asked colour read linearly from the token right after image X, after each layer (readout.log)
 python readout.py /tmp/q/R/model question_first 800   # likewise Q (question_first), W and V (question_twice)
+
+# W1: W's last phase again from W's gates step, the text target on the one token after image X
+# (bind_tokens 1), two torch threads on an otherwise idle machine
+python run.py W1 /tmp/q/W1 2
+owl3 eval synthetic --model /tmp/q/W1/model --seed 0 --images 1,5,8,20,50,100 --limit 100 --layout question_twice --output ev-W1.jsonl
