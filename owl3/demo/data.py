@@ -29,6 +29,7 @@ from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
     IMAGE,
     QA,
+    QUESTION_FIRST,
     SINGLE_KINDS,
     VIDEO,
     VIDEO_QUESTION_KINDS,
@@ -230,7 +231,7 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     start = _start(rng, mix, n)
     prompt = list_prompt(n, f"In Image {start + x - 1}, {lower_first(qa.question)}", style, start)
     attend = tuple(_bind_targets(qa, x - 1, mix)) if mix.bind else ()
-    if mix.bind and mix.bind_after and style in ("question_first", "question_twice"):
+    if mix.bind and mix.bind_after and style in QUESTION_FIRST:
         attend += tuple(_after_image_targets(qa, x - 1, mix))
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
 

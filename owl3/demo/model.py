@@ -82,10 +82,10 @@ def init_recency(
     hyper = [lay.self_attn for lay in model.language_model.model.layers if lay.self_attn.is_hyper]
     if not -len(hyper) <= layer < len(hyper):
         raise ValueError(f"hyper layer {layer} out of range: the model has {len(hyper)}")
-    first = hyper[layer]
+    attn = hyper[layer]
     d, n_rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
-    q_bias = first.q_proj.bias.view(cfg.n_heads, d)
-    kv_bias = first.v_kv_proj.bias.view(cfg.n_kv_heads, 2, d)  # (kv_head, {K, V}, d)
+    q_bias = attn.q_proj.bias.view(cfg.n_heads, d)
+    kv_bias = attn.v_kv_proj.bias.view(cfg.n_kv_heads, 2, d)  # (kv_head, {K, V}, d)
     for g in kv_heads:
         # rotate_half pairs channel i with i + d/2 at frequency theta^(-2i/d): channels 0.. are the fastest
         q_bias[g * n_rep : (g + 1) * n_rep, :pairs] = strength

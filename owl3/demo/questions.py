@@ -242,12 +242,10 @@ def image_list(n: int, style: str = "official", start: int = 1) -> str:
         return " ".join(f"Image {i}: {IMAGE}" for i in labels)
     if style == "label_after":
         return " ".join(f"{IMAGE} (Image {i})" for i in labels)
-    if style in ("question_first", "question_twice"):
-        return image_list(n, "official", start)
     raise ValueError(f"unknown image-list style {style!r}")
 
 
-LIST_STYLES = ("official", "label_after", "question_first", "question_twice")
+QUESTION_FIRST = ("question_first", "question_twice")  # the layouts that ask before the list
 
 
 def list_prompt(n: int, question: str, style: str = "official", start: int = 1) -> str:
@@ -258,9 +256,9 @@ def list_prompt(n: int, question: str, style: str = "official", start: int = 1) 
     it before and after the list (`QUESTION Image 1: <|image|> ... Image N: <|image|>. QUESTION`), so that
     the answer has it near in long lists too."""
     if style == "question_first":
-        return f"{question} {image_list(n, style, start)}."
+        return f"{question} {image_list(n, start=start)}."
     if style == "question_twice":
-        return f"{question} {image_list(n, style, start)}. {question}"
+        return f"{question} {image_list(n, start=start)}. {question}"
     return f"{image_list(n, style, start)}. {question}"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
+    QUESTION_FIRST,
     SINGLE_KINDS,
     WHICH_KINDS,
     list_prompt,
@@ -34,7 +35,7 @@ from owl3.errors import Owl3Error
 from owl3.evaluation.task import Item, Task
 
 DEFAULT_IMAGES = (1, 5, 20, 50, 100)
-LAYOUTS = ("official", "question_first", "question_twice")
+LAYOUTS = ("official", *QUESTION_FIRST)
 
 
 class SyntheticTask(Task):
