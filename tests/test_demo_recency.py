@@ -129,6 +129,10 @@ def test_question_first_recipe_and_its_text_target_layer(tmp_path):
     twice = [replace(p, mix=replace(p.mix, question_style="question_twice")) if isinstance(p, Phase) else p
              for p in first]  # fmt: skip
     assert list(RECIPES["twice"]) == twice and trained[0].mix.question_style == "question_first"
+    # `after`: `twice` with the after-image look, one text-target token and no answer look of its own
+    after = [replace(p, mix=replace(p.mix, bind_after=True, bind_tokens=1, bind_look=False))
+             if isinstance(p, Phase) and p.mix.bind else p for p in twice]  # fmt: skip
+    assert list(RECIPES["after"]) == after and after != twice
     mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=3, kinds=("colour",), bind=True,
               question_first=1.0)  # fmt: skip
     phase = Phase("first", mix, steps=2, lr=1e-3, min_lr=1e-4, attention_loss_weight=1.0,

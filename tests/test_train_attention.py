@@ -470,6 +470,27 @@ def test_demo_rows_name_the_look_of_the_token_after_image_x(tmp_path):
         assert [tuple(a["box"]) for a in looks] == list(dict.fromkeys(tuple(a["box"]) for a in answer_looks))
 
 
+def test_demo_rows_without_the_answers_own_look_keep_the_text_and_after_image_targets():
+    """`Mix.bind_look` False: "In Image X" rows drop the answer's look at image X's object and keep the text
+    target on `bind_tokens` tokens after image X and the after-image look; the rows themselves are the same
+    draws."""
+    mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=5, bind=True, bind_after=True,
+              question_first=1.0, question_style="question_twice",
+              kinds=("colour", "shape", "position"))  # fmt: skip
+    pool = ScenePool(100, 0)
+    bare = replace(mix, bind_look=False, bind_tokens=1)
+    with_look = [draw_row(random.Random(k), pool, mix) for k in range(30)]
+    without = [draw_row(random.Random(k), pool, bare) for k in range(30)]
+    for a, b in zip(with_look, without, strict=True):
+        assert (a.prompt, a.answer, a.images) == (b.prompt, b.answer, b.images)
+        answer_looks = [t for t in a.attend if "box" in t and "after" in t]
+        texts = [t for t in a.attend if "next_tokens" in t]
+        assert answer_looks and len(texts) == len(answer_looks)
+        assert not [t for t in b.attend if "box" in t and "after" in t]
+        assert [t for t in b.attend if "next_tokens" in t] == [{**t, "next_tokens": 1} for t in texts]
+        assert [t for t in b.attend if t.get("query")] == [t for t in a.attend if t.get("query")] != []
+
+
 def test_demo_absence_targets_the_empty_cells_without_changing_the_rows(tmp_path):
     rng = random.Random(11)
     kinds = {"exists": [""], "count_colour": ["There", "There are"], "count_shape": ["There", "There are"]}

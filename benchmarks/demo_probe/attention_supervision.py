@@ -1,7 +1,7 @@
 """Does telling the answer's cross-attention where to look teach the kinds the plain loss does not?
 
     python benchmarks/demo_probe/attention_supervision.py MODEL OUT STEPS WEIGHT \
-        [KINDS] [OPROJ] [IMAGES] [STYLE] [SELF_WEIGHT SELF_LAYER]
+        [KINDS] [OPROJ] [IMAGES] [STYLE] [SELF_WEIGHT SELF_LAYER] [COPY_WEIGHT] [SELF_TOKENS] [AFTER_WEIGHT]
 
 One-image questions of KINDS (default colour,shape,size,position; stream `attn-sup:0`), batches of 32,
 AdamW lr 1e-3 (the tower frozen), the answer loss of owl3's training plus WEIGHT x an attention loss: at
@@ -17,6 +17,13 @@ answers (teacher-forced argmax) and the mean attention share on the target cell.
 x -log(the share of decoder layer SELF_LAYER's self-attention (1-based, mean over heads) at the deciding
 position on the 4 tokens after image X) is added too: the route by which image X's signature, there
 since the first hyper layer, could reach the answer (signature_probe.py); its share is reported.
+COPY_WEIGHT (default 0) x the cross-entropy of the deciding word read from SELF_LAYER's attention output
+alone at the deciding position (final norm + LM head, the logit lens of what that attention adds) is added
+too: it asks that attention to carry the answer, not only to look at the tokens after image X.
+SELF_TOKENS (default 4): how many tokens after image X the self-attention target (and its share) covers.
+AFTER_WEIGHT (default 0) x -log(the last hyper layer's cross-attention share, at the token right after
+image X, on the asked object's cell) is added too: that token reads its own image's answer (the after-image
+look of question-first prompts, docs/demo.md).
 """
 
 import random
@@ -42,6 +49,9 @@ n_range = (int(lo), int(hi or lo))
 style = sys.argv[8] if len(sys.argv) > 8 else "official"
 self_weight = float(sys.argv[9]) if len(sys.argv) > 9 else 0.0
 self_layer = int(sys.argv[10]) - 1 if len(sys.argv) > 10 else 1
+copy_weight = float(sys.argv[11]) if len(sys.argv) > 11 else 0.0
+self_tokens = int(sys.argv[12]) if len(sys.argv) > 12 else 4
+after_weight = float(sys.argv[13]) if len(sys.argv) > 13 else 0.0
 torch.set_num_threads(1)
 torch.manual_seed(0)
 pipe = owl3.load(model_dir)
@@ -71,8 +81,15 @@ def target_cell(scene, kind, words):
     return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour)).cell
 
 
+added = {}
+m.language_model.model.layers[self_layer].self_attn.register_forward_hook(
+    lambda mod, inp, out: added.__setitem__("out", out)
+)
+
+
 def forward(qn, kind):
-    """(answer loss, attention loss, share on the target, exact, self-attention loss, its share)."""
+    """(answer loss, attention loss, share on the target, exact, self-attention loss, its share, copy loss,
+    after-image look loss)."""
     words = qn.answer.rstrip(".").split(" ")
     cut = 2 if kind == "position" and words[-1] != "center" else 1
     cell = target_cell(qn.images[qn.target - 1], kind, words)
@@ -95,12 +112,15 @@ def forward(qn, kind):
     log_w = torch.log_softmax(scores[-1][0, :, deciding], -1)  # (H, M), the last hyper layer
     att = -torch.logsumexp(log_w[:, patches], -1).mean()
     share = float(log_w[:, patches].detach().exp().sum(-1).mean())
-    after = enc.media_starts[qn.target - 1] + 1  # the 4 tokens after image X's <|image|>
-    self_w = self_log_weights(*ctx.record_self[self_layer], 0, deciding)[:, after : after + 4]
+    after = enc.media_starts[qn.target - 1] + 1  # the SELF_TOKENS tokens after image X's <|image|>
+    self_w = self_log_weights(*ctx.record_self[self_layer], 0, deciding)[:, after : after + self_tokens]
     self_att = -torch.logsumexp(self_w, -1).mean()
     self_share = float(self_w.detach().exp().sum(-1).mean())
     exact = bool((logits.argmax(-1) == ids[0, n_prompt:]).all())
-    return lm, att, share, exact, self_att, self_share
+    lens = m.language_model.lm_head(m.language_model.model.norm(added["out"][0, deciding])).float()
+    copy = F.cross_entropy(lens[None], ids[0, deciding + 1 : deciding + 2])
+    look = -torch.logsumexp(torch.log_softmax(scores[-1][0, :, after], -1)[:, patches], -1).mean()
+    return lm, att, share, exact, self_att, self_share, copy, look
 
 
 def draw(rng):
@@ -115,18 +135,23 @@ for step in range(1, steps + 1):
     for g in opt.param_groups:
         g["lr"] = 1e-3 * g["scale"] * min(1.0, step / 20)
     opt.zero_grad(set_to_none=True)
-    lm_total = att_total = self_total = 0.0
+    lm_total = att_total = self_total = copy_total = look_total = 0.0
     for _ in range(32):
-        lm, att, _, _, self_att, _ = forward(*draw(rng))
-        ((lm + weight * att + self_weight * self_att) / 32).backward()
+        lm, att, _, _, self_att, _, copy, look = forward(*draw(rng))
+        total = lm + weight * att + self_weight * self_att + copy_weight * copy + after_weight * look
+        (total / 32).backward()
+        look_total += look.item() / 32
         lm_total += lm.item() / 32
         att_total += att.item() / 32
         self_total += self_att.item() / 32
+        copy_total += copy.item() / 32
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     if step % 25 == 0 or step == steps:
         secs = time.time() - t0
         also = f" self-attention {self_total:.3f}" if self_weight else ""
+        also += f" copy {copy_total:.3f}" if copy_weight else ""
+        also += f" after-image look {look_total:.3f}" if after_weight else ""
         print(f"step {step} lm {lm_total:.4f} attention {att_total:.3f}{also} ({secs:.0f} s)", flush=True)
 if len(sys.argv) > 7:
     m.eval()
@@ -139,7 +164,8 @@ if len(sys.argv) > 7:
     also = ""
     if len(sys.argv) > 9:
         self_share = sum(r[3] for r in results) / len(results)
-        also = f", layer {self_layer + 1} self-attention on the 4 tokens after image X {self_share:.3f}"
+        also = f", layer {self_layer + 1} self-attention on the {self_tokens} tokens after image X"
+        also += f" {self_share:.3f}"
     print(f"held-out ({where}): exact {exact:.3f}, share on target {share:.3f}{also}")
 m.eval()
 save_model(m, out, copy_from=model_dir)

@@ -79,6 +79,9 @@ class Mix:
     # question reaches image X's content, docs/demo.md "Binding targets")
     bind: bool = False
     bind_tokens: int = 4
+    # False: "In Image X" rows keep the text target (and `bind_after`'s) but not the answer's own look at
+    # image X's object, which the answer then has no reason to take from among look-alikes in other images
+    bind_look: bool = True
     # "which image?" rows carry a text target at the label of their answer ("Image | 3 has ..."): the
     # `bind_tokens` tokens after the image that has the property
     bind_which: bool = False
@@ -249,12 +252,13 @@ def _looks(qa: QA, mix: Mix) -> list[tuple[dict, str]]:
 
 def _bind_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
     """Binding targets of an "In Image X" answer about image `x` (0-based): each look of `_looks` in image
-    x, and the `mix.bind_tokens` tokens after image x at the same word."""
-    return [
-        target
-        for look, after in _looks(qa, mix)
-        for target in ({"image": x, **look}, {"image": x, "next_tokens": mix.bind_tokens, "after": after})
-    ]
+    x (unless not `mix.bind_look`), and the `mix.bind_tokens` tokens after image x at the same word."""
+    targets = []
+    for look, after in _looks(qa, mix):
+        if mix.bind_look:
+            targets.append({"image": x, **look})
+        targets.append({"image": x, "next_tokens": mix.bind_tokens, "after": after})
+    return targets
 
 
 def _after_image_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
