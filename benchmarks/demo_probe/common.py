@@ -72,3 +72,24 @@ def evaluate(step, enc: Encoder, rows, bs: int = 64) -> dict:
         n += len(chunk)
     step.train()
     return {"right": round(right / n, 4), "rolled": round(rolled / n, 4), "acc": round(correct / n, 3)}
+
+
+def held_out_readout(features: list, labels, n_classes: int, train_share: float = 0.8) -> float:
+    """Accuracy of a logistic read-out (L-BFGS, small L2) fitted on the first `train_share` of the rows
+    (standardised by their mean and spread) and scored on the rest; features: one vector per row."""
+    x = torch.stack(features)
+    cut = int(train_share * len(labels))
+    mu, sd = x[:cut].mean(0), x[:cut].std(0) + 1e-6
+    x = (x - mu) / sd
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x[:cut] @ w + b, labels[:cut]) + 1e-3 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return ((x[cut:] @ w + b).argmax(-1) == labels[cut:]).float().mean().item()
