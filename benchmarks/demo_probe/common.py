@@ -93,3 +93,27 @@ def held_out_readout(features: list, labels, n_classes: int, train_share: float 
 
     opt.step(closure)
     return ((x[cut:] @ w + b).argmax(-1) == labels[cut:]).float().mean().item()
+
+
+def colour_questions(pipe, style: str, n: int, record_self: int | None = None):
+    """n "In Image X, what colour is the <shape>?" questions among 2-8 images (half the distractors
+    showing the shape; stream `copy-probe:0`) in layout `style`, each run through the LLM teacher-forced up
+    to the position that predicts the colour word. Yields (question, answer words, input ids (1, T), the
+    final hidden states (1, T, D), the visual context, the encoding); `record_self` keeps that decoder
+    layer's rotated queries and keys in the context."""
+    import owl3.model
+    from owl3.demo.questions import multi_question
+
+    m, tok = pipe.model, pipe.processor.tokenizer
+    rng = random.Random("copy-probe:0")
+    for _ in range(n):
+        qn = multi_question(rng, rng.randint(2, 8), "colour", hard=0.5, style=style)
+        words = qn.answer.rstrip(".").split(" ")
+        enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
+        prefix = tok.encode(" ".join(words[:-1])).ids
+        ids = torch.cat([enc.input_ids, torch.tensor(prefix)]).view(1, -1)
+        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
+        if record_self is not None:
+            ctx.record_self = {record_self: None}
+        h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+        yield qn, words, ids, h, ctx, enc

@@ -8,20 +8,18 @@ image X's <|image|>: a logistic read-out of the colour from the residual enterin
 (1-based; fitted on 80%, scored on the rest) and the share of LAYER's self-attention (mean over heads, and
 per head) that the answer position gives it."""
 
-import random
 import sys
 from pathlib import Path
 
 import torch
 
 import owl3
-from owl3.demo.questions import multi_question
 from owl3.demo.world import COLOURS as PALETTE
 from owl3.training.step import self_log_weights
 
 COLOURS = list(PALETTE)
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
-from common import held_out_readout  # noqa: E402
+from common import colour_questions, held_out_readout  # noqa: E402
 
 model_dir, style, layer = sys.argv[1], sys.argv[2], int(sys.argv[3]) - 1
 n_q = int(sys.argv[4]) if len(sys.argv) > 4 else 800
@@ -32,18 +30,9 @@ m, tok = pipe.model.eval(), pipe.processor.tokenizer
 lm = m.language_model
 entering = {}
 lm.model.layers[layer].register_forward_pre_hook(lambda mod, args: entering.__setitem__("x", args[0]))
-rng = random.Random("copy-probe:0")
 X, shares, ys = [[] for _ in range(4)], [], []
 with torch.no_grad():
-    for _ in range(n_q):
-        qn = multi_question(rng, rng.randint(2, 8), "colour", hard=0.5, style=style)
-        words = qn.answer.rstrip(".").split(" ")
-        enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
-        prefix = tok.encode(" ".join(words[:-1])).ids
-        ids = torch.cat([enc.input_ids, torch.tensor(prefix)]).view(1, -1)
-        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-        ctx.record_self = {layer: None}
-        lm.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+    for qn, words, ids, _, ctx, enc in colour_questions(pipe, style, n_q, record_self=layer):
         after = enc.media_starts[qn.target - 1] + 1
         w = self_log_weights(*ctx.record_self[layer], 0, ids.shape[1] - 1).exp()  # (H, T)
         shares.append(w[:, after : after + 4])

@@ -51,3 +51,14 @@ for r in F1 F2; do
   owl3 eval compare ../2026-11-27-demo-question-first/ev-W.jsonl ev-$r.jsonl                        # compare-W-vs-$r.txt
   python copy_probe.py /tmp/c/$r/model question_twice 800                                           # copy-$r.log
 done
+
+# 6. G and H: W's final model, then 300 steps of "In Image X" rows alone (G: every kind; H: colour, shape,
+#    size, place) and 150 steps of W's last mix against forgetting; OUT holds W's seven phase folders
+python focus.py G /tmp/c/G 1    # recipe-G.log
+python focus.py H /tmp/c/H 1    # recipe-H.log
+for r in G H; do
+  python copy_probe.py /tmp/c/$r/phase-8-focus question_twice 800      # copy-$r-focus.log
+  owl3 eval synthetic --model /tmp/c/$r/model --seed 0 --images 1,5,8,20,50,100 --limit 100 --layout question_twice --output ev-$r.jsonl   # ev-$r.txt
+  owl3 eval compare ../2026-11-27-demo-binding/eval-shipped-bound-limit100.jsonl ev-$r.jsonl       # compare-bound-vs-$r.txt
+done
+python copy_probe.py /tmp/c/H/model question_twice 800               # copy-H.log

@@ -9,19 +9,17 @@ logistic read-out of the answer's colour (fitted on 80%, scored on the rest); th
 layer's attention output (what the layer adds through attention, before the residual sum). Then what the
 model says: the right colour, the colour of the same shape in another image, or another colour."""
 
-import random
 import sys
 from pathlib import Path
 
 import torch
 
 import owl3
-from owl3.demo.questions import multi_question
 from owl3.demo.world import COLOURS as PALETTE
 
 COLOURS = list(PALETTE)
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
-from common import held_out_readout  # noqa: E402
+from common import colour_questions, held_out_readout  # noqa: E402
 
 model_dir, style = sys.argv[1], sys.argv[2]
 n_q = int(sys.argv[3]) if len(sys.argv) > 3 else 800
@@ -38,18 +36,10 @@ resid, attn = {}, {}
 for i, lay in enumerate(layers):
     lay.register_forward_hook(lambda mod, inp, out, i=i: resid.__setitem__(i, out))
     lay.self_attn.register_forward_hook(lambda mod, inp, out, i=i: attn.__setitem__(i, out))
-rng = random.Random("copy-probe:0")
 R, A, ys, said = [[] for _ in layers], [[] for _ in layers], [], {"right": 0, "other image": 0, "other": 0}
 with torch.no_grad():
-    for _ in range(n_q):
-        qn = multi_question(rng, rng.randint(2, 8), "colour", hard=0.5, style=style)
-        words = qn.answer.rstrip(".").split(" ")
+    for qn, words, _, h, _, _ in colour_questions(pipe, style, n_q):
         colour, shape = words[-1], words[1]
-        enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
-        prefix = tok.encode(" ".join(words[:-1])).ids
-        ids = torch.cat([enc.input_ids, torch.tensor(prefix)]).view(1, -1)
-        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-        h = lm.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
         pred = COLOURS[int(lm.lm_head(h[0, -1])[colour_ids].argmax())]
         others = {
             o.colour
