@@ -117,3 +117,15 @@ def colour_questions(pipe, style: str, n: int, record_self: int | None = None):
             ctx.record_self = {record_self: None}
         h = m.language_model.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
         yield qn, words, ids, h, ctx, enc
+
+
+def load_for_probe(model_dir):
+    """A checkpoint for an inference probe: two torch threads, seed 0, eval mode. Returns (pipeline, model,
+    tokenizer, language model)."""
+    import owl3
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    pipe = owl3.load(model_dir)
+    m = pipe.model.eval()
+    return pipe, m, pipe.processor.tokenizer, m.language_model

@@ -13,21 +13,16 @@ from pathlib import Path
 
 import torch
 
-import owl3
 from owl3.demo.world import COLOURS as PALETTE
 from owl3.training.step import self_log_weights
 
 COLOURS = list(PALETTE)
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
-from common import colour_questions, held_out_readout  # noqa: E402
+from common import colour_questions, held_out_readout, load_for_probe  # noqa: E402
 
 model_dir, style, layer = sys.argv[1], sys.argv[2], int(sys.argv[3]) - 1
 n_q = int(sys.argv[4]) if len(sys.argv) > 4 else 800
-torch.set_num_threads(2)
-torch.manual_seed(0)
-pipe = owl3.load(model_dir)
-m, tok = pipe.model.eval(), pipe.processor.tokenizer
-lm = m.language_model
+pipe, m, tok, lm = load_for_probe(model_dir)
 entering = {}
 lm.model.layers[layer].register_forward_pre_hook(lambda mod, args: entering.__setitem__("x", args[0]))
 X, shares, ys = [[] for _ in range(4)], [], []

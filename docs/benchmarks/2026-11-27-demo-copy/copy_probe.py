@@ -14,20 +14,15 @@ from pathlib import Path
 
 import torch
 
-import owl3
 from owl3.demo.world import COLOURS as PALETTE
 
 COLOURS = list(PALETTE)
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
-from common import colour_questions, held_out_readout  # noqa: E402
+from common import colour_questions, held_out_readout, load_for_probe  # noqa: E402
 
 model_dir, style = sys.argv[1], sys.argv[2]
 n_q = int(sys.argv[3]) if len(sys.argv) > 3 else 800
-torch.set_num_threads(2)
-torch.manual_seed(0)
-pipe = owl3.load(model_dir)
-m, tok = pipe.model.eval(), pipe.processor.tokenizer
-lm = m.language_model
+pipe, m, tok, lm = load_for_probe(model_dir)
 layers = lm.model.layers
 colour_ids = [tok.encode(" " + c).ids for c in COLOURS]
 assert all(len(i) == 1 for i in colour_ids), colour_ids

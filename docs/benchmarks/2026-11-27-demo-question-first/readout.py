@@ -6,9 +6,13 @@ N question-first "In Image X, what colour is the <shape>?" questions among 2-8 i
 showing the shape); the residual stream at the token right after image X after every decoder layer; a
 logistic read-out of the answer's colour fitted on 80% and scored on the rest (chance: the commonest colour)."""
 import random, sys
+from pathlib import Path
 import torch
 import owl3
 from owl3.demo.questions import multi_question
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
+from common import held_out_readout  # noqa: E402
 
 model_dir, style = sys.argv[1], sys.argv[2]
 n_q = int(sys.argv[3]) if len(sys.argv) > 3 else 1500
@@ -40,17 +44,5 @@ cut = int(0.8 * len(y))
 chance = max((y[cut:] == k).float().mean().item() for k in range(len(names)))
 print(f"{model_dir} ({style}): {len(y)} questions, {len(names)} colours, chance {chance:.3f}")
 for i in range(len(layers)):
-    x = torch.stack(feats[i])
-    mu, sd = x[:cut].mean(0), x[:cut].std(0) + 1e-6
-    x = (x - mu) / sd
-    w = torch.zeros(x.shape[1], len(names), requires_grad=True)
-    b = torch.zeros(len(names), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=300)
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x[:cut] @ w + b, y[:cut]) + 1e-3 * (w ** 2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    acc = ((x[cut:] @ w + b).argmax(-1) == y[cut:]).float().mean().item()
+    acc = held_out_readout(feats[i], y, len(names))
     print(f"after layer {i + 1}{' (hyper)' if layers[i].self_attn.is_hyper else ''}: held-out accuracy {acc:.3f}")
