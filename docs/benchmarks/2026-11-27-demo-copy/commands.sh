@@ -62,3 +62,8 @@ for r in G H; do
   owl3 eval compare ../2026-11-27-demo-binding/eval-shipped-bound-limit100.jsonl ev-$r.jsonl       # compare-bound-vs-$r.txt
 done
 python copy_probe.py /tmp/c/H/model question_twice 800               # copy-H.log
+# I: H with a fifth of the focus rows "which image?" questions
+python focus.py I /tmp/c/I 1    # recipe-I.log
+owl3 eval synthetic --model /tmp/c/I/model --seed 0 --images 1,5,8,20,50,100 --limit 100 --layout question_twice --output ev-I.jsonl   # ev-I.txt
+owl3 eval compare ../2026-11-27-demo-binding/eval-shipped-bound-limit100.jsonl ev-I.jsonl        # compare-bound-vs-I.txt
+python copy_probe.py /tmp/c/I/model question_twice 800               # copy-I.log
