@@ -32,12 +32,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import target_cell  # this folder (the script's) is on sys.path
 
 import owl3
 from owl3.checkpoint import save_model
 from owl3.demo.probe import record_cross_attention
 from owl3.demo.questions import multi_question
-from owl3.demo.world import CELL_NAMES, COLOURS
 from owl3.training.step import self_log_weights
 
 model_dir, out, steps, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -68,17 +68,6 @@ groups = [
     {"params": [p for p in params if id(p) in o_proj], "scale": o_scale},
 ]
 opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0)
-
-
-def target_cell(scene, kind, words):
-    if kind == "position":
-        name = "center" if words[-1] == "center" else " ".join(words[-2:])
-        return next(o for o in scene.objects if CELL_NAMES[o.cell] == name).cell
-    if kind == "shape":
-        return next(o for o in scene.objects if o.colour == words[1]).cell
-    said = set(words[:-1])
-    colour = next((c for c in COLOURS if c in said), None)
-    return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour)).cell
 
 
 added = {}

@@ -129,3 +129,18 @@ def load_for_probe(model_dir):
     pipe = owl3.load(model_dir)
     m = pipe.model.eval()
     return pipe, m, pipe.processor.tokenizer, m.language_model
+
+
+def target_cell(scene, kind: str, words: list[str]) -> int:
+    """The 3x3 cell of the object an answer about `scene` is read from: `words` are the answer's words
+    ("The red star is in the top left" -> the top-left cell); kinds colour, shape, size, position."""
+    from owl3.demo.world import CELL_NAMES, COLOURS
+
+    if kind == "position":
+        name = "center" if words[-1] == "center" else " ".join(words[-2:])
+        return next(o for o in scene.objects if CELL_NAMES[o.cell] == name).cell
+    if kind == "shape":
+        return next(o for o in scene.objects if o.colour == words[1]).cell
+    said = set(words[:-1])
+    colour = next((c for c in COLOURS if c in said), None)
+    return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour)).cell

@@ -4,8 +4,9 @@ import torch
 import owl3
 from owl3.demo.probe import record_cross_attention
 from owl3.demo.questions import multi_question
-from owl3.demo.world import CELL_NAMES, COLOURS
-sys.path.insert(0, "/work/main/benchmarks/demo_probe")
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
+from common import target_cell  # noqa: E402
 
 model_dir, style = sys.argv[1], sys.argv[2]
 n_q = int(sys.argv[3]) if len(sys.argv) > 3 else 150
@@ -13,16 +14,6 @@ torch.set_num_threads(1)
 pipe = owl3.load(model_dir)
 m = pipe.model.eval()
 grid = m.cfg.vision.image_size // m.cfg.vision.patch_size
-
-def target_cell(scene, kind, words):
-    if kind == "position":
-        name = "center" if words[-1] == "center" else " ".join(words[-2:])
-        return next(o for o in scene.objects if CELL_NAMES[o.cell] == name).cell
-    if kind == "shape":
-        return next(o for o in scene.objects if o.colour == words[1]).cell
-    said = set(words[:-1])
-    colour = next((c for c in COLOURS if c in said), None)
-    return next(o for o in scene.objects if o.shape in said and colour in (None, o.colour)).cell
 
 rng = random.Random("attn-sup:eval")
 tot = {}
