@@ -214,11 +214,12 @@ TWICE_PHASES = tuple(
     replace(ph, mix=replace(ph.mix, question_style="question_twice")) if isinstance(ph, Phase) else ph
     for ph in FIRST_PHASES
 )
-# `after`: `twice` with the route that the tenth session's probes found complete (docs/demo.md, "The copy"):
-# the token right after image X looks at the asked object (`bind_after`), the answer reads that one token
-# (`bind_tokens` 1; the four of `twice` let it read the next image's label tokens, which hold no answer) and
-# no longer looks at image X's object itself (`bind_look` off: that look, taken among look-alikes, is what
-# outvoted the copied answer)
+# `after`: `twice` with the route the tenth session's probes found (docs/demo.md, "Where the answer loses
+# image X"): the token right after image X looks at the asked object (`bind_after`), the answer reads that
+# one token (`bind_tokens` 1; with four it reads the next image's label tokens, which hold no answer) and no
+# longer looks at image X's object itself (`bind_look` off: that look, taken among look-alikes, outvoted the
+# copied answer). Measured through its binding phase: the answer does not learn to find that token from
+# scratch (it does not know its label), so not the default.
 AFTER_PHASES = tuple(
     replace(ph, mix=replace(ph.mix, bind_after=True, bind_tokens=1, bind_look=False))
     if isinstance(ph, Phase) and ph.mix.bind
