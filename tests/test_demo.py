@@ -50,6 +50,35 @@ def test_owl3_demo_prints_the_table_and_is_mostly_right(capsys, tmp_path):
     assert int(m.group(1)) == sum(r.endswith("✓") for r in rows) >= MIN_RIGHT, out
 
 
+def test_owl3_demo_asks_in_the_models_layout(tmp_path, monkeypatch, capsys):
+    """A model whose folder names the question-twice layout is asked the same questions about the five
+    pictures in that layout; the one-image and video questions are as before."""
+    import shutil
+
+    from owl3.demo import command
+    from owl3.demo.questions import list_prompt, write_layout
+
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL, model)
+    write_layout(model, "question_twice")
+    asked = []
+    real = command.run_demo
+    monkeypatch.setattr(command, "run_demo", lambda pipe, qs: (asked.extend(qs), real(pipe, qs))[1])
+    assert main(["demo", "--model", str(model), "--output", str(tmp_path / "media")]) == 0
+    assert "8 questions" in capsys.readouterr().out
+    plain = command.make_demo(tmp_path / "plain", seed=0)
+    same = [(q.question, q.answer, q.label) for q in plain]
+    assert [(q.question, q.answer, q.label) for q in asked] == same
+    pairs = list(zip(asked, plain, strict=True))
+    lists = [(a, p) for a, p in pairs if a.label.startswith("images")]
+    assert len(lists) == 4  # three "In Image X" and one "which image?"
+    for a, p in lists:
+        assert p.prompt == list_prompt(5, p.question)
+        assert a.prompt == list_prompt(5, a.question, "question_twice")
+        assert a.prompt.startswith(a.question) and a.prompt.endswith(a.question)
+    assert all(a.prompt == p.prompt for a, p in pairs if not a.label.startswith("images"))
+
+
 def test_generate_without_model_uses_the_demo_model(capsys, tmp_path, demo_pipe):
     import random
 
@@ -118,6 +147,7 @@ def test_demo_train_plumbing(tmp_path, recipe):
     """A whole recipe at a tiny scale: tokenizer, init, each phase's data and training, OUT/model."""
     from safetensors.torch import load_file
 
+    from owl3.demo.questions import model_layout
     from owl3.demo.train import RECIPES, Phase, train_demo
 
     PHASES = RECIPES[recipe]
@@ -141,6 +171,7 @@ def test_demo_train_plumbing(tmp_path, recipe):
     assert [p["phase"] for p in again["phases"]] == [p.name for p in PHASES]
     assert all(p["done_before"] for p in again["phases"])
     assert again["total_s"] >= sum(p["train_s"] for p in log["phases"]) - 0.1  # rounded to 0.1 s
+    assert model_layout(final) == "official"  # asked in the paper's layout: no demo_layout.json
     init, trained = load_file(out / "init" / "model.safetensors"), load_file(final / "model.safetensors")
     tower = [k for k in init if k.startswith("vision_model.") and k.endswith("weight") and "norm" not in k]
     assert any(not torch.equal(init[k], trained[k]) for k in tower)  # the tower was trained too

@@ -114,7 +114,8 @@ def test_question_first_recipe_and_its_text_target_layer(tmp_path):
     import yaml
 
     from owl3.demo.data import Mix
-    from owl3.demo.train import BOUND_PHASES, RECIPES, Phase, RecencyInit, train_demo
+    from owl3.demo.questions import model_layout
+    from owl3.demo.train import BOUND_PHASES, RECIPES, Phase, RecencyInit, recipe_layout, train_demo
     from owl3.training.metrics import read_metrics
 
     first = RECIPES["first"]
@@ -143,3 +144,7 @@ def test_question_first_recipe_and_its_text_target_layer(tmp_path):
     assert cfg["text_attention_layer"] == last_hyper + 1
     rows = read_metrics(out / "phase-1-first" / "metrics.jsonl")
     assert len(rows) == 2 and all(r["attention_loss"] > 0 for r in rows)
+    # the model records the layout it learned, so the evaluation and `owl3 demo` ask in it
+    assert model_layout(out / "model") == "question_first" == recipe_layout((phase,))
+    assert recipe_layout(RECIPES["twice"]) == "question_twice" and recipe_layout(BOUND_PHASES) == "official"
+    assert recipe_layout((replace(phase, mix=replace(mix, question_first=0.3)),)) == "official"

@@ -184,3 +184,44 @@ def test_eval_compare_errors_are_one_line(tmp_path, capsys):
         assert main(["eval", "compare", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("owl3: error:") and "\n" not in err
+
+
+def test_the_model_folder_names_its_list_layout(tmp_path, capsys):
+    """A demo model trained to be asked before its images says so in its folder (demo_layout.json); the
+    evaluation asks in that layout unless --layout says otherwise, and a broken file is a one-line error."""
+    import shutil
+
+    from owl3.api import DEFAULT_MODEL
+    from owl3.demo.questions import LAYOUT_FILE, model_layout, write_layout
+
+    assert model_layout(DEFAULT_MODEL) == "official" and not (DEFAULT_MODEL / LAYOUT_FILE).exists()
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL, model)
+    write_layout(model, "question_twice")
+    assert model_layout(model) == "question_twice"
+
+    def prompts(*extra):
+        out = tmp_path / "R.jsonl"
+        args = ["eval", "synthetic", "--model", str(model), "--seed", "2", "--images", "3", "--limit", "2",
+                "--video-frames", "0", "--which-images", "0", "--max-new-tokens", "2",
+                "--output", str(out)]  # fmt: skip
+        assert main([*args, *extra]) == 0
+        return [json.loads(line)["prompt"] for line in out.read_text().splitlines()]
+
+    twice, official = prompts(), prompts("--layout", "official")
+    for a, b in zip(official, twice, strict=True):
+        listing, _, question = a.partition("<|image|>. ")
+        assert a.startswith("Image 1: ") and question.startswith("In Image ")
+        assert b == f"{question} {listing}<|image|>. {question}"
+    write_layout(model, "official")  # the default: no file
+    assert not (model / LAYOUT_FILE).exists() and prompts() == official
+    capsys.readouterr()
+    for bad in ('{"layout": "sideways"}', "not json", '["question_first"]'):
+        (model / LAYOUT_FILE).write_text(bad)
+        with pytest.raises(Owl3Error, match=LAYOUT_FILE):
+            model_layout(model)
+        assert main(["eval", "synthetic", "--model", str(model), "--images", "2", "--limit", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("owl3: error: ") and LAYOUT_FILE in err and "\n" not in err
+    with pytest.raises(ValueError, match="unknown layout"):
+        write_layout(model, "sideways")

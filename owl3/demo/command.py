@@ -37,8 +37,10 @@ class DemoQuestion:
     videos: tuple[str, ...] = ()
 
 
-def make_demo(out_dir: str | Path, seed: int = 0) -> list[DemoQuestion]:
-    """Write the demo's images and video to `out_dir` and return its questions (deterministic)."""
+def make_demo(out_dir: str | Path, seed: int = 0, layout: str = "official") -> list[DemoQuestion]:
+    """Write the demo's images and video to `out_dir` and return its questions (deterministic); questions
+    about all five images are asked in `layout` (owl3.demo.questions.list_prompt), the same questions in
+    any layout."""
     from owl3.demo.data import write_video
     from owl3.demo.questions import (
         IMAGE,
@@ -47,7 +49,7 @@ def make_demo(out_dir: str | Path, seed: int = 0) -> list[DemoQuestion]:
         VIDEO_QUESTION_KINDS,
         WHICH_KINDS,
         ask,
-        image_list,
+        list_prompt,
         lower_first,
         video_qa,
         which_property,
@@ -77,12 +79,12 @@ def make_demo(out_dir: str | Path, seed: int = 0) -> list[DemoQuestion]:
         qs.append(
             DemoQuestion(f"image {i}", qa.question, f"{IMAGE}\n{qa.question}", qa.answer, (paths[i - 1],))
         )
-    listing = image_list(N_IMAGES)
     all_images = f"images 1-{N_IMAGES}"
     for x in rng.sample(range(1, N_IMAGES + 1), 3):  # "In Image X" among all five
         qa = qa_for(scenes[x - 1], SINGLE_KINDS)
         text = f"In Image {x}, {lower_first(qa.question)}"
-        qs.append(DemoQuestion(all_images, text, f"{listing}. {text}", qa.answer, tuple(paths)))
+        prompt = list_prompt(N_IMAGES, text, layout)
+        qs.append(DemoQuestion(all_images, text, prompt, qa.answer, tuple(paths)))
     for _ in range(1000):  # "which image": a property exactly one of the five has
         x = rng.randint(1, N_IMAGES)
         found = which_property(scenes[x - 1], rng.choice(WHICH_KINDS), rng)
@@ -92,7 +94,11 @@ def make_demo(out_dir: str | Path, seed: int = 0) -> list[DemoQuestion]:
         if sum(bool(has(s)) for s in scenes) == 1:
             qs.append(
                 DemoQuestion(
-                    all_images, question, f"{listing}. {question}", f"Image {x} {tail}", tuple(paths)
+                    all_images,
+                    question,
+                    list_prompt(N_IMAGES, question, layout),
+                    f"Image {x} {tail}",
+                    tuple(paths),
                 )
             )
             break
@@ -179,8 +185,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if torch.get_num_threads() > 2:
         torch.set_num_threads(2)  # a 2M-parameter model: more threads only add overhead
+    from owl3.api import DEFAULT_MODEL
+    from owl3.demo.questions import model_layout
+
+    layout = model_layout(args.model or DEFAULT_MODEL)  # where the model wants its list questions
     folder = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="owl3-demo-"))
-    questions = make_demo(folder, args.seed)
+    questions = make_demo(folder, args.seed, layout)
     pipe = owl3.load(args.model, dtype=args.dtype, device=args.device)
     t1 = time.perf_counter()
     results = run_demo(pipe, questions)

@@ -14,8 +14,10 @@ would be ambiguous for a scene are never asked about it). Deterministic given th
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image
 
@@ -32,6 +34,7 @@ from owl3.demo.world import (
     random_video,
     render,
 )
+from owl3.errors import Owl3Error
 
 IMAGE = "<|image|>"
 VIDEO = "<|video|>"
@@ -246,6 +249,36 @@ def image_list(n: int, style: str = "official", start: int = 1) -> str:
 
 
 QUESTION_FIRST = ("question_first", "question_twice")  # the layouts that ask before the list
+LAYOUTS = ("official", *QUESTION_FIRST)
+# in a model folder: where that model wants its list questions (`{"layout": "question_twice"}`); absent for
+# the paper's layout. `owl3 eval synthetic` and `owl3 demo` ask in it (docs/demo.md, "Evaluation").
+LAYOUT_FILE = "demo_layout.json"
+
+
+def model_layout(model_dir: str | Path) -> str:
+    """The layout a demo model was trained to be asked list questions in: its folder's LAYOUT_FILE, written
+    by `owl3 demo-train` when the recipe's last phase asks them before the images; else "official"."""
+    path = Path(model_dir) / LAYOUT_FILE
+    if not path.is_file():
+        return "official"
+    try:
+        layout = json.loads(path.read_text())["layout"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise Owl3Error(f'{path}: expected {{"layout": "..."}} ({type(e).__name__}: {e})') from None
+    if layout not in LAYOUTS:
+        raise Owl3Error(f"{path}: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
+def write_layout(model_dir: str | Path, layout: str) -> None:
+    """Record `layout` in a model folder ("official": no file, the default)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}")
+    path = Path(model_dir) / LAYOUT_FILE
+    if layout == "official":
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(json.dumps({"layout": layout}) + "\n")
 
 
 def list_prompt(n: int, question: str, style: str = "official", start: int = 1) -> str:
@@ -425,7 +458,7 @@ def video_grounding(q: Question) -> list[tuple[int, int, str]]:
 
 ALL_VIDEO_KINDS = tuple(k for ks in VIDEO_QUESTION_KINDS.values() for k in ks)
 __all__ = [
-    "ALL_VIDEO_KINDS", "IMAGE", "QA", "Question", "SINGLE_KINDS", "VIDEO", "WHICH_KINDS", "WORDS",
-    "ask", "empty_cells", "image_list", "multi_question", "single_question", "video_grounding",
-    "video_question", "which_question",
+    "ALL_VIDEO_KINDS", "IMAGE", "LAYOUTS", "LAYOUT_FILE", "QA", "Question", "SINGLE_KINDS", "VIDEO",
+    "WHICH_KINDS", "WORDS", "ask", "empty_cells", "image_list", "model_layout", "multi_question",
+    "single_question", "video_grounding", "video_question", "which_question", "write_layout",
 ]  # fmt: skip

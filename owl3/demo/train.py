@@ -43,6 +43,7 @@ from pathlib import Path
 
 from owl3.config import preset
 from owl3.demo.data import MIXES, Mix, write_dataset
+from owl3.demo.questions import write_layout
 from owl3.demo.tower import HEADS, SCENE
 
 
@@ -244,6 +245,14 @@ RECIPES = {
 }
 
 
+def recipe_layout(phases) -> str:
+    """Where the model of a recipe wants its list questions: the layout of its last question phase's list
+    rows when at least half of them ask before the images (`Mix.question_first`), else "official" (also
+    for a recipe without question phases)."""
+    mixes = [ph.mix for ph in phases if isinstance(ph, Phase)]
+    return mixes[-1].question_style if mixes and mixes[-1].question_first >= 0.5 else "official"
+
+
 def train_demo(
     out_dir: str | Path,
     *,
@@ -368,6 +377,7 @@ def train_demo(
     for f in sorted(model.iterdir()):
         if f.is_file() and f.name not in ("metrics.jsonl", "loss.png", "train_config.yaml"):
             shutil.copy2(f, final / f.name)
+    write_layout(final, recipe_layout(phases))  # evaluation and `owl3 demo` ask in the layout it learned
     log["run_s"] = round(time.perf_counter() - t0, 1)  # this invocation
     # the whole recipe: the phases of this run plus those an earlier run finished
     earlier = sum(p.get("data_s", 0) + p["train_s"] for p in log["phases"] if p.get("done_before"))
@@ -380,5 +390,5 @@ def train_demo(
 
 __all__ = [
     "BOUND_PHASES", "PHASES", "RECIPES", "TOWER_PHASES", "GateInit", "Phase", "RecencyInit", "TowerPhase",
-    "train_demo",
+    "recipe_layout", "train_demo",
 ]  # fmt: skip

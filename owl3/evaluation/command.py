@@ -66,9 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--layout",
         choices=("official", "question_first", "question_twice"),
-        default="official",
-        help="where list questions stand: after the images (official, default), before them "
-        "(question_first) or both (question_twice), for models trained so (docs/demo.md)",
+        default=None,
+        help="where list questions stand: after the images (official), before them (question_first) or "
+        "both (question_twice); default: the model's own (its demo_layout.json, else official)",
     )
     s.add_argument("--output", metavar="R.jsonl", default=None, help="write one JSON line per question here")
     s.add_argument(
@@ -93,6 +93,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_eval_synthetic(args: argparse.Namespace) -> int:
     import owl3
+    from owl3.api import DEFAULT_MODEL
+    from owl3.demo.questions import model_layout
     from owl3.evaluation.runner import evaluate, format_kinds, format_table
     from owl3.evaluation.synthetic import SyntheticTask
 
@@ -102,7 +104,7 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         limit=args.limit,
         frames=args.video_frames,
         which_images=args.which_images,
-        layout=args.layout,
+        layout=args.layout or model_layout(args.model or DEFAULT_MODEL),
     )
     pipe = owl3.load(args.model, dtype=args.dtype, device=args.device)
     report = evaluate(

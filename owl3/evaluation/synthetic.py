@@ -21,7 +21,7 @@ from typing import Any
 
 from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
-    QUESTION_FIRST,
+    LAYOUTS,
     SINGLE_KINDS,
     WHICH_KINDS,
     list_prompt,
@@ -35,7 +35,6 @@ from owl3.errors import Owl3Error
 from owl3.evaluation.task import Item, Task
 
 DEFAULT_IMAGES = (1, 5, 20, 50, 100)
-LAYOUTS = ("official", *QUESTION_FIRST)
 
 
 class SyntheticTask(Task):
