@@ -32,7 +32,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import target_cell  # this folder (the script's) is on sys.path
+from common import load_for_training, target_cell  # this folder (the script's) is on sys.path
 
 import owl3
 from owl3.checkpoint import save_model
@@ -52,15 +52,9 @@ self_layer = int(sys.argv[10]) - 1 if len(sys.argv) > 10 else 1
 copy_weight = float(sys.argv[11]) if len(sys.argv) > 11 else 0.0
 self_tokens = int(sys.argv[12]) if len(sys.argv) > 12 else 4
 after_weight = float(sys.argv[13]) if len(sys.argv) > 13 else 0.0
-torch.set_num_threads(1)
-torch.manual_seed(0)
-pipe = owl3.load(model_dir)
-m, tok = pipe.model, pipe.processor.tokenizer
-m.train().requires_grad_(True)
-m.vision_model.requires_grad_(False)
+pipe, m, tok, params = load_for_training(model_dir)
 grid = m.cfg.vision.image_size // m.cfg.vision.patch_size
 last_hyper = max(i for i, layer in enumerate(m.language_model.model.layers) if layer.self_attn.is_hyper)
-params = [p for p in m.parameters() if p.requires_grad]
 o_proj = {id(p) for layer in m.language_model.model.layers if layer.self_attn.is_hyper
           for p in layer.self_attn.o_proj.parameters()}  # fmt: skip
 groups = [

@@ -119,6 +119,20 @@ def colour_questions(pipe, style: str, n: int, record_self: int | None = None):
         yield qn, words, ids, h, ctx, enc
 
 
+def load_for_training(model_dir):
+    """A checkpoint for a training probe: one torch thread, seed 0, train mode, the vision tower frozen.
+    Returns (pipeline, model, tokenizer, the trainable parameters)."""
+    import owl3
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    pipe = owl3.load(model_dir)
+    m = pipe.model
+    m.train().requires_grad_(True)
+    m.vision_model.requires_grad_(False)
+    return pipe, m, pipe.processor.tokenizer, [p for p in m.parameters() if p.requires_grad]
+
+
 def load_for_probe(model_dir):
     """A checkpoint for an inference probe: two torch threads, seed 0, eval mode. Returns (pipeline, model,
     tokenizer, language model)."""

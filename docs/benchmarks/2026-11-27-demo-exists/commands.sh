@@ -22,3 +22,15 @@ done
 #    absence targets and the weak one-image kinds drawn more (R1)
 python repair.py /tmp/x/R0 300 control > recipe-R0.log
 python repair.py /tmp/x/R1 300 absent > recipe-R1.log
+# 4. two recipes from scratch (two at a time on the CPU). HB: `bound` with batches of 16, twice the steps,
+#    lr / sqrt(2). TF: the tenth session's H (W + focus + remix) with W's binding and last phases cut to fit
+#    the hour; it reused HB's first two phase folders (init, tower, recency: the same seeds and phases), so
+#    its tower time is HB's.
+python half_batch.py /tmp/x/HB 1 > recipe-HB.log
+mkdir -p /tmp/x/TF && cp -r /tmp/x/HB/init /tmp/x/HB/phase-1-tower /tmp/x/HB/phase-2-recency /tmp/x/TF/
+python twice_focus.py /tmp/x/TF 1 > recipe-TF.log
+for s in HB TF; do
+  owl3 eval synthetic --model /tmp/x/$s/model --seed 0 --images 1,5,8,20,50,100 --limit 100 \
+    --output ev-$s.jsonl > ev-$s.txt   # TF: asked in its own layout (question_twice, demo_layout.json)
+  owl3 eval compare ../2026-11-27-demo-binding/eval-shipped-bound-limit100.jsonl ev-$s.jsonl
+done

@@ -1,6 +1,6 @@
 """Where does "Is there a blue square?" lose its answer?
 
-    python exists_probe.py MODEL [N]
+    python exists_probe.py MODEL [N] [N_BACK]
 
 N one-image exists questions (1-4 objects, half of them present, the absent ones near misses as in
 training; stream `exists-probe:0`), teacher-forced up to the position that predicts "Yes"/"No". At that
@@ -8,7 +8,8 @@ position, after every decoder layer: the logit lens (final norm + LM head, Yes a
 read-out of the truth (fitted on 80%, scored on the rest) from the residual, from the layer's attention
 output and, in the hyper layers, from the cross-attention output before the gate (all heads) and the gate's
 mean. Then the same at the colour and the shape word of the question (does the question token know what
-is asked?), and what the model says."""
+is asked?), and what the model says. With N_BACK, the asked colour and shape read out of the residual
+after each layer at each of the last N_BACK prompt tokens (8: from the colour word on)."""
 
 import random
 import sys
@@ -45,9 +46,11 @@ def recording(q, k, v, ctx, positions):
 
 
 text.cross_attention = recording
+n_back = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 rng = random.Random("exists-probe:0")
 R, A, C, G, ys = [[] for _ in layers], [[] for _ in layers], {}, {}, []
 asked = []  # (colour, shape) of each question
+states, names = [], None  # the last n_back tokens' residuals after each layer, and those tokens
 said = right = 0
 with torch.no_grad():
     while len(ys) < n_q:
@@ -74,6 +77,9 @@ with torch.no_grad():
         ys.append(truth)
         words = qa.question.rstrip("?").split(" ")
         asked.append((list(COLOURS).index(words[-2]), list(SHAPES).index(words[-1])))
+        if n_back:
+            states.append([resid[i][0, -n_back:].float() for i in range(len(layers))])
+            names = [tok.decode([t]) for t in ids[0, -n_back:].tolist()]
 y = torch.tensor(ys)
 print(
     f"{model_dir}: {len(y)} exists questions, {float(y.float().mean()):.3f} of them 'No'; "
@@ -104,27 +110,9 @@ for i in range(len(layers)):
     )
 
 
-# the same question at the tokens from the shape word to the deciding position (the template between them
-# is the same in every row): where along the way the asked colour is dropped
-def along(n_back: int):
-    rng2 = random.Random("exists-probe:0")
-    states, cols, shps, names = [], [], [], None
-    with torch.no_grad():
-        while len(states) < n_q:
-            scene = random_scene(rng2, word=False)
-            qa = ask(scene, "exists", rng2)
-            if qa is None:
-                continue
-            enc = pipe.encode(f"{IMAGE}\n{qa.question}", [render(scene, 84)], [], cut=False)
-            ids = enc.input_ids.view(1, -1)
-            ctx = text.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-            lm.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
-            states.append([resid[i][0, -n_back:].float() for i in range(len(layers))])
-            names = [tok.decode([t]) for t in ids[0, -n_back:].tolist()]
-            words = qa.question.rstrip("?").split(" ")
-            cols.append(list(COLOURS).index(words[-2]))
-            shps.append(list(SHAPES).index(words[-1]))
-    cy, sy = torch.tensor(cols), torch.tensor(shps)
+# the same questions at the tokens from the colour word to the deciding position (the template between
+# them is the same in every row): where along the way the asked colour is dropped
+if n_back:
     print(
         "asked colour / asked shape read out of the residual after each layer, at each token from the "
         "colour word to the deciding position"
@@ -132,11 +120,8 @@ def along(n_back: int):
     print("token | " + " | ".join(f"layer {i + 1}" for i in range(len(layers))))
     for t in range(n_back):
         cells = [
-            f"{held_out_readout([s[i][t] for s in states], cy, len(COLOURS)):.2f} / "
-            f"{held_out_readout([s[i][t] for s in states], sy, len(SHAPES)):.2f}"
+            f"{held_out_readout([s[i][t] for s in states], colour_y, len(COLOURS)):.2f} / "
+            f"{held_out_readout([s[i][t] for s in states], shape_y, len(SHAPES)):.2f}"
             for i in range(len(layers))
         ]
         print(f"{names[t]!r} | " + " | ".join(cells), flush=True)
-
-
-along(int(sys.argv[3]) if len(sys.argv) > 3 else 0) if len(sys.argv) > 3 else None

@@ -16,6 +16,7 @@ exists questions (stream `exists-sup:eval`): first word right, the shares, and w
 import random
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +28,15 @@ from owl3.demo.questions import IMAGE, SINGLE_KINDS, ask
 from owl3.demo.world import random_scene, render
 from owl3.training.step import self_log_weights
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
+from common import load_for_training  # noqa: E402
+
 model_dir, out, steps, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 layer = int(sys.argv[5]) - 1 if len(sys.argv) > 5 else 2
 exists_share = float(sys.argv[6]) if len(sys.argv) > 6 else 0.5
 look_weight = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
-torch.set_num_threads(1)
-torch.manual_seed(0)
-pipe = owl3.load(model_dir)
-m, tok = pipe.model, pipe.processor.tokenizer
-m.train().requires_grad_(True)
-m.vision_model.requires_grad_(False)
+pipe, m, tok, params = load_for_training(model_dir)
 GRID = m.cfg.vision.image_size // m.cfg.vision.patch_size
-params = [p for p in m.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
 
 
