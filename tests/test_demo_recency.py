@@ -134,6 +134,24 @@ def test_question_first_recipe_and_its_text_target_layer(tmp_path):
     after = [replace(p, mix=replace(p.mix, bind_after=True, bind_tokens=1, bind_look=False))
              if isinstance(p, Phase) and p.mix.bind else p for p in twice]  # fmt: skip
     assert list(RECIPES["after"]) == after and after != twice
+    # `twice-focus`: the ninth session's W (the after-image look on the list phases), its binding and last
+    # phases cut, then "In Image X" rows about one object and a short remix (the run of
+    # docs/benchmarks/2026-11-27-demo-exists/twice_focus.py)
+    focus = RECIPES["twice-focus"]
+    assert [p.name for p in focus] == [*(p.name for p in first), "focus", "remix"]
+    for p, q in zip(focus, first, strict=False):
+        if isinstance(p, Phase) and q.mix.bind:
+            steps = {"binding": 700, "all": 800}[p.name]
+            assert p == replace(
+                q, steps=steps, mix=replace(q.mix, bind_after=True, question_style="question_twice")
+            )
+        else:
+            assert p == q
+    f, remix = focus[-2:]
+    assert f.mix.multi == 1.0 and f.mix.kinds == ("colour", "shape", "size", "position") and f.steps == 300
+    assert f.mix.bind_after and f.mix.question_style == "question_twice" and f.attention_loss_weight == 1.0
+    assert remix == replace(focus[-3], name="remix", steps=150, lr=3e-4, min_lr=3e-5)
+    assert recipe_layout(focus) == "question_twice"
     mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=3, kinds=("colour",), bind=True,
               question_first=1.0)  # fmt: skip
     phase = Phase("first", mix, steps=2, lr=1e-3, min_lr=1e-4, attention_loss_weight=1.0,

@@ -227,8 +227,35 @@ AFTER_PHASES = tuple(
     else ph
     for ph in TWICE_PHASES
 )
+# `twice-focus`: the tenth session's H fitted into the hour (docs/demo.md, "Is there a blue square?"): `first`
+# asking again after the list, the token after image X told to look at the asked object (`bind_after`), the
+# binding and last phases cut to 700 and 800 steps, then a focus phase of "In Image X" rows about one object
+# (300 steps) and 150 steps of the last phase's mix against forgetting. Its model is asked in the
+# question-twice layout (demo_layout.json).
+_W = tuple(
+    replace(ph, mix=replace(ph.mix, bind_after=True, question_style="question_twice"))
+    if isinstance(ph, Phase) and ph.mix.bind
+    else ph
+    for ph in FIRST_PHASES
+)
+_W = tuple(
+    replace(ph, steps={"binding": 700, "all": 800}[ph.name])
+    if isinstance(ph, Phase) and ph.name in ("binding", "all")
+    else ph
+    for ph in _W
+)
+FOCUS = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=8, window=0.3,
+            kinds=("colour", "shape", "size", "position"), bind=True, bind_after=True, question_first=1.0,
+            question_style="question_twice")  # fmt: skip
+TWICE_FOCUS_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
+    *_W,
+    Phase("focus", FOCUS, steps=300, lr=1e-3, min_lr=1e-4, attention_loss_weight=1.0,
+          text_attention_layer=_W[-1].text_attention_layer),
+    replace(_W[-1], name="remix", steps=150, lr=3e-4, min_lr=3e-5),
+)  # fmt: skip
 RECIPES = {
     "bound": BOUND_PHASES,
+    "twice-focus": TWICE_FOCUS_PHASES,
     "first": FIRST_PHASES,
     "twice": TWICE_PHASES,
     "after": AFTER_PHASES,
