@@ -116,8 +116,10 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     model = str(pipe.path)
+    asked = "" if task.layout == "official" else f", list questions in the {task.layout} layout"
     print(
         f"synthetic (seed {args.seed}) on {model}: {len(report.records)} questions in {report.seconds:.1f} s"
+        + asked
     )
     print(format_table(report))
     print(format_kinds(report))
