@@ -1,7 +1,7 @@
 """The `bound` recipe from scratch with batches of 32/FACTOR instead of 32 in its question phases, FACTOR
 times the steps (the same rows, so about the same time) and the lr / sqrt(FACTOR) (Adam's square-root
-rule): does a recipe that the plateau experiments found short of updates rather than of rows gain from
-more, smaller updates? FACTOR defaults to 2 (batches of 16).
+rule): the eighth session found the recipe not short of examples; is it short of updates? FACTOR
+defaults to 2 (batches of 16).
 
     python half_batch.py OUT [THREADS] [FACTOR]"""
 
