@@ -34,3 +34,8 @@ for s in HB TF; do
     --output ev-$s.jsonl > ev-$s.txt   # TF: asked in its own layout (question_twice, demo_layout.json)
   owl3 eval compare ../2026-11-27-demo-binding/eval-shipped-bound-limit100.jsonl ev-$s.jsonl
 done
+# 5. H itself from scratch (W's full phases + focus + remix), alone on the CPU with two torch threads: does
+#    the tenth session's H fit the hour on an otherwise idle 2-core machine?
+python twice_focus.py /tmp/x/HF 2 full > recipe-HF.log
+owl3 eval synthetic --model /tmp/x/HF/model --seed 0 --images 1,5,8,20,50,100 --limit 100 --output ev-HF.jsonl > ev-HF.txt
+owl3 eval compare ../2026-11-27-demo-binding/eval-shipped-bound-limit100.jsonl ev-HF.jsonl

@@ -4,7 +4,9 @@ steps and its last phase 900 -> 800, then H's focus phase (300 steps of "In Imag
 colour, shape, size, position) and 150 steps of the last phase's mix against forgetting
 (docs/benchmarks/2026-11-27-demo-copy/focus.py). H took 67.6 min on this shared CPU; the cuts save ~8.5.
 
-    python twice_focus.py OUT [THREADS]
+    python twice_focus.py OUT [THREADS] [full]
+
+`full` keeps W's phases as they were (binding 1,000, last 900 steps): H itself, from scratch.
 
 The model folder gets demo_layout.json (question_twice), so `owl3 eval synthetic` and `owl3 demo` ask in
 that layout."""
@@ -21,7 +23,7 @@ w = tuple(
     else p
     for p in FIRST_PHASES
 )  # the ninth session's W
-cut = {"binding": 700, "all": 800}
+cut = {} if sys.argv[3:] == ["full"] else {"binding": 700, "all": 800}
 w = tuple(replace(p, steps=cut[p.name]) if isinstance(p, Phase) and p.name in cut else p for p in w)
 last = w[-1]
 focus = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=8, window=0.3,
