@@ -233,17 +233,12 @@ AFTER_PHASES = tuple(
 # (300 steps) and 150 steps of the last phase's mix against forgetting. Its model is asked in the
 # question-twice layout (demo_layout.json). Measured from scratch (~56 min): 47.0% of the 800 questions
 # against `bound`'s 51.0% (p 0.021): cut to the hour, H's gains do not survive; not the default.
+_CUT = {"binding": 700, "all": 800}
 _W = tuple(
-    replace(ph, mix=replace(ph.mix, bind_after=True, question_style="question_twice"))
+    replace(ph, steps=_CUT[ph.name], mix=replace(ph.mix, bind_after=True, question_style="question_twice"))
     if isinstance(ph, Phase) and ph.mix.bind
     else ph
     for ph in FIRST_PHASES
-)
-_W = tuple(
-    replace(ph, steps={"binding": 700, "all": 800}[ph.name])
-    if isinstance(ph, Phase) and ph.name in ("binding", "all")
-    else ph
-    for ph in _W
 )
 FOCUS = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=8, window=0.3,
             kinds=("colour", "shape", "size", "position"), bind=True, bind_after=True, question_first=1.0,
