@@ -69,9 +69,11 @@ def test_recency_phase_of_a_recipe(tmp_path):
     assert any("done before" in s for s in said)
 
 
-def test_gate_step_and_a_grounded_phase(tmp_path):
+@pytest.mark.parametrize("model_preset", ["demo", "tiny"])
+def test_gate_step_and_a_grounded_phase(tmp_path, model_preset):
     """`GateInit` adds its bias to every hyper layer's gate; a phase with `Mix.attend` and the grounding
-    options trains with the attention loss (logged) and the hyper layers' o_proj at 10x the lr."""
+    options trains with the attention loss (logged) and the hyper layers' o_proj at 10x the lr, wherever
+    the preset puts its hyper layers (demo: 1 and 4 of 6; tiny: 1 and 3 of 4)."""
     from owl3.checkpoint import load_model
     from owl3.demo.data import Mix
     from owl3.demo.train import GROUNDED_PHASES, GROUNDING, RECIPES, GateInit, Phase, train_demo
@@ -82,8 +84,11 @@ def test_gate_step_and_a_grounded_phase(tmp_path):
     mix = Mix(single=1.0, multi=0.0, which=0.0, video=0.0, kinds=("colour",), attend=True)
     phases = (GateInit("gates", 3.0), Phase("ground", mix, steps=3, lr=1e-3, min_lr=1e-4, **GROUNDING))
     out = tmp_path / "run"
-    train_demo(out, batch_size=4, pool=30, progress=False, say=lambda s: None, phases=phases)
+    train_demo(
+        out, batch_size=4, pool=30, progress=False, say=lambda s: None, phases=phases, preset=model_preset
+    )
     init, opened = load_model(out / "init"), load_model(out / "phase-1-gates")
+    assert opened.cfg.text.hyper_layers == preset(model_preset).text.hyper_layers
     for a, b in zip(init.language_model.model.layers, opened.language_model.model.layers, strict=True):
         if a.self_attn.is_hyper:
             gain = b.self_attn.gate_proj[0].bias - a.self_attn.gate_proj[0].bias

@@ -162,9 +162,10 @@ RECENCY_PHASES: tuple[Phase | TowerPhase | RecencyInit, ...] = (
 # deciding word the last hyper layer should look at that object's cell (weight 8, about one answer's
 # tokens). Each piece was found by a probe (docs/demo.md, "Attention probes"); grounding from the first
 # question phase on learned worse (48% at one image after the single phase, against 70.5%).
-# the o_proj of the demo preset's hyper layers: r"layers\.(0|3)\.self_attn\.o_proj"
-_HYPER = "|".join(str(i - 1) for i in preset("demo").text.hyper_layers)  # 1-based in the preset
-HYPER_O_PROJ = rf"layers\.({_HYPER})\.self_attn\.o_proj"
+# the o_proj of the hyper layers of the model being trained: `train_demo` puts their 0-based indices where
+# HYPER stands (r"layers\.(0|3)\.self_attn\.o_proj" for the demo preset), so a recipe fits any preset
+HYPER = "<hyper>"
+HYPER_O_PROJ = rf"layers\.({HYPER})\.self_attn\.o_proj"
 GROUNDING = {"attention_loss_weight": 8.0, "lr_scales": ((HYPER_O_PROJ, 10.0),)}
 GROUNDED_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *RECENCY_PHASES[:4],
@@ -268,6 +269,13 @@ RECIPES = {
 }
 
 
+def resolve_lr_scales(scales: tuple[tuple[str, float], ...], hyper_layers: tuple[int, ...]) -> dict:
+    """A phase's `lr_scales` for a model whose hyper layers are `hyper_layers` (1-based): HYPER becomes
+    their 0-based indices."""
+    which = "|".join(str(i - 1) for i in hyper_layers)
+    return {pattern.replace(HYPER, which): factor for pattern, factor in scales}
+
+
 def recipe_layout(phases) -> str:
     """Where the model of a recipe wants its list questions: the layout of its last question phase's list
     rows when at least half of them ask before the images (`Mix.question_first`), else "official" (also
@@ -291,6 +299,7 @@ def train_demo(
     say=print,
 ) -> Path:
     """Run the whole recipe into `out_dir`; returns `out_dir/model`. Re-running skips finished phases."""
+    from owl3.checkpoint.load import read_config
     from owl3.demo.model import init_checkpoint
     from owl3.training import TrainConfig, train
 
@@ -370,7 +379,7 @@ def train_demo(
             warmup=0.05,
             weight_decay=0.0,
             vision_lr_scale=ph.vision_lr_scale,  # low, or the tower's output scale runs away (docs/demo.md)
-            lr_scales=dict(ph.lr_scales),
+            lr_scales=resolve_lr_scales(ph.lr_scales, read_config(model).text.hyper_layers),
             attention_loss_weight=ph.attention_loss_weight,
             text_attention_layer=ph.text_attention_layer,
             seq_len=8192,
@@ -413,5 +422,5 @@ def train_demo(
 
 __all__ = [
     "BOUND_PHASES", "PHASES", "RECIPES", "TOWER_PHASES", "GateInit", "Phase", "RecencyInit", "TowerPhase",
-    "recipe_layout", "train_demo",
+    "recipe_layout", "resolve_lr_scales", "train_demo",
 ]  # fmt: skip
