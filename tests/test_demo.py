@@ -218,6 +218,48 @@ def test_one_object_mix_draws_one_object_scenes(tmp_path):
         assert re.fullmatch(r"<image>\nWhat (colour is the \w+|shape is the \w+ object)\?", user["content"])
 
 
+def test_cells_recipe_is_bound_on_one_token_per_cell_plus_a_phase_for_the_weak_kinds():
+    """The default recipe: `bound`'s phases on the `demo-cells` preset (28-px patches: the 9 visual tokens
+    of a picture are the 9 cells of its grid), then a last phase with more one-image rows, the weak kinds
+    drawn more often and absence targets; the command lines train it on that preset."""
+    from collections import Counter
+
+    from owl3.config import preset
+    from owl3.demo.train import BOUND_PHASES, RECIPES, WEIGHTED_KINDS, recipe_preset
+
+    cells = RECIPES["cells"]
+    assert cells[:-1] == BOUND_PHASES
+    weak, last = cells[-1], BOUND_PHASES[-1]
+    assert (weak.name, weak.steps, weak.lr, weak.min_lr) == ("weak", 1500, 5e-4, 5e-5)
+    assert (weak.attention_loss_weight, weak.lr_scales) == (last.attention_loss_weight, last.lr_scales)
+    assert weak.mix.absent and not last.mix.absent and weak.mix.bind and weak.mix.attend
+    assert (weak.mix.single, last.mix.single) == (0.5, 0.35)
+    more, before = Counter(weak.mix.kinds), Counter(WEIGHTED_KINDS)
+    assert (more["exists"], before["exists"]) == (4, 1) and more["position"] == before["position"] == 3
+    assert all(more[k] == 2 * before[k] for k in ("count_colour", "shape", "size"))
+    assert recipe_preset("cells") == "demo-cells" and recipe_preset("bound") == "demo"
+    cfg = preset("demo-cells")
+    assert cfg.vision.patch_size == 28 and cfg.vision.grid == 3  # one token per cell
+    assert replace(cfg, vision=preset("demo").vision) == preset("demo")  # nothing else differs
+
+
+def test_demo_train_commands_train_the_recipes_preset(tmp_path, monkeypatch):
+    """`owl3 demo-train` and `python -m owl3.demo train` hand the recipe's preset to train_demo
+    (`--preset` overrides it in the latter)."""
+    import owl3.demo.train as T
+    from owl3.cli import main as owl3_main
+    from owl3.demo.__main__ import main as demo_main
+
+    seen = []
+    monkeypatch.setattr(T, "train_demo", lambda out, **kw: seen.append((kw["preset"], kw["phases"])))
+    assert owl3_main(["demo-train", str(tmp_path / "a")]) == 0
+    assert owl3_main(["demo-train", str(tmp_path / "b"), "--recipe", "bound"]) == 0
+    demo_main(["train", str(tmp_path / "c")])
+    demo_main(["train", str(tmp_path / "d"), "--preset", "demo"])
+    assert [p for p, _ in seen] == ["demo-cells", "demo", "demo-cells", "demo"]
+    assert [ph for _, ph in seen] == [T.CELLS_PHASES, T.BOUND_PHASES, T.CELLS_PHASES, T.CELLS_PHASES]
+
+
 def test_default_recipe_pretrains_the_tower_first():
     from owl3.cli import build_parser as owl3_parser
     from owl3.demo import DEFAULT_RECIPE, RECIPE_NAMES
@@ -235,10 +277,12 @@ def test_default_recipe_pretrains_the_tower_first():
         train_demo,
     )
 
-    assert tuple(RECIPES) == RECIPE_NAMES and DEFAULT_RECIPE == "bound"
+    assert tuple(RECIPES) == RECIPE_NAMES and DEFAULT_RECIPE == "cells"
+    # the library function keeps `bound` on the `demo` preset (older scripts call it with their phases)
     assert train_demo.__kwdefaults__["phases"] is BOUND_PHASES is RECIPES["bound"]
-    assert build_parser().parse_args(["train", "x"]).recipe == "bound"
-    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "bound"
+    assert train_demo.__kwdefaults__["preset"] == "demo"
+    assert build_parser().parse_args(["train", "x"]).recipe == "cells"
+    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "cells"
     # the random tower does not learn shapes through the language model (docs/demo.md): it is pretrained
     # alone first; the question phases then keep lr <= 1e-3 (3e-3 lets the vision path's scale run away)
     assert isinstance(RECENCY_PHASES[0], TowerPhase)

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("out", type=Path)
     w.add_argument("--rows", default="8000,16000,16000", help="rows of perception,binding,long")
     w.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("train", help="train the demo model from scratch into DIR (DIR/model; ~55 min)")
+    r = sub.add_parser("train", help="train the demo model from scratch into DIR (DIR/model; ~56 min)")
     r.add_argument("out", type=Path)
     r.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     r.add_argument("--batch-size", type=int, default=32)
@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--pool", type=int, default=20_000, help="distinct scenes to draw images from")
-    r.add_argument("--preset", default="demo")
+    r.add_argument(
+        "--preset", default=None, help="model preset (default: the recipe's, demo-cells for cells, else demo)"
+    )
     r.add_argument(
         "--recipe",
         default=DEFAULT_RECIPE,
@@ -129,14 +131,15 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2))
         return 0
     if args.cmd == "train":
-        from owl3.demo.train import RECIPES, train_demo
+        from owl3.demo.train import RECIPES, recipe_preset, train_demo
 
         if args.scale <= 0 or args.batch_size < 1 or args.threads < 1 or args.workers < 0:
             raise Owl3Error("--scale must be > 0, --batch-size and --threads >= 1, --workers >= 0")
         train_demo(
             args.out, scale=args.scale, batch_size=args.batch_size, threads=args.threads,
-            workers=args.workers, seed=args.seed, pool=args.pool, preset=args.preset,
-            progress=not args.no_progress, phases=RECIPES[args.recipe],
+            workers=args.workers, seed=args.seed, pool=args.pool,
+            preset=args.preset or recipe_preset(args.recipe), progress=not args.no_progress,
+            phases=RECIPES[args.recipe],
         )  # fmt: skip
     elif args.cmd == "tokenizer":
         tok = build_tokenizer(args.out)

@@ -153,7 +153,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "demo-train",
-        help="train the built-in demo model from scratch (about 55 min on 2 CPU cores)",
+        help="train the built-in demo model from scratch (about 56 min on 2 CPU cores)",
         description="Train the demo model from scratch into OUT/model: tokenizer, initial checkpoint, "
         "curriculum data and owl3's training code, phase by phase (python -m owl3.demo train).",
     )
@@ -209,13 +209,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_train(args: argparse.Namespace) -> int:
-    from owl3.demo.train import RECIPES, train_demo
+    from owl3.demo.train import RECIPES, recipe_preset, train_demo
 
     if args.scale <= 0 or args.threads < 1 or args.workers < 0:
         raise Owl3Error("--scale must be > 0, --threads at least 1 and --workers at least 0")
     train_demo(
         args.out,
         phases=RECIPES[args.recipe],
+        preset=recipe_preset(args.recipe),
         scale=args.scale,
         threads=args.threads,
         workers=args.workers,
