@@ -46,12 +46,31 @@ for r in A G; do
   (echo "\$ owl3 eval compare $B2 $D/ev-$r-s2-300.jsonl"; owl3 eval compare $B2 $D/ev-$r-s2-300.jsonl) \
     > $D/compare-bound-vs-$r-seed2.txt
 done
+# 6b. the control C: the same weak phase on `bound` itself (14-px patches): the weights shipped before this
+#     session (git 1cc91f3) put in place of phases 1-6 of a run folder, which train_demo then skips
+mkdir -p /tmp/ctl && (cd /tmp/ctl && git -C "$OLDPWD" archive 1cc91f3 owl3/assets/demo | tar x)
+for ph in init phase-1-tower phase-2-recency phase-3-single phase-4-binding phase-5-gates phase-6-all; do
+  mkdir -p /tmp/ctl/$ph && cp /tmp/ctl/owl3/assets/demo/* /tmp/ctl/$ph/
+done
+python $D/run_ctl.py /tmp/ctl > $D/recipe-C.log
+owl3 eval synthetic --model /tmp/ctl/model --seed 0 --images 1,5,8,20,50,100 --limit 100 --output $D/ev-C.jsonl \
+  > $D/ev-C.txt
+owl3 eval synthetic --model /tmp/ctl/model --seed 2 --images 1,8 --limit 300 --output $D/ev-C-s2-300.jsonl \
+  > $D/ev-C-s2-300.txt
+(echo "\$ owl3 eval compare $B0 $D/ev-C.jsonl"; owl3 eval compare $B0 $D/ev-C.jsonl) > $D/compare-bound-vs-C.txt
+(echo "\$ owl3 eval compare $B2 $D/ev-C-s2-300.jsonl"; owl3 eval compare $B2 $D/ev-C-s2-300.jsonl) \
+  > $D/compare-bound-vs-C-seed2.txt
+(echo "\$ owl3 eval compare $D/ev-G.jsonl $D/ev-C.jsonl"; owl3 eval compare $D/ev-G.jsonl $D/ev-C.jsonl) > $D/compare-G-vs-C.txt
+(echo "\$ owl3 eval compare $D/ev-G-s2-300.jsonl $D/ev-C-s2-300.jsonl"; owl3 eval compare $D/ev-G-s2-300.jsonl \
+  $D/ev-C-s2-300.jsonl) > $D/compare-G-vs-C-seed2.txt
 # 7. G shipped (owl3/assets/demo): its evaluation, the plot, `owl3 demo`
 owl3 eval synthetic --seed 0 --images 1,5,8,20,50,100 --limit 100 --output $D/eval-shipped-cells-limit100.jsonl \
   --json > $D/eval-shipped-cells-limit100.txt
 owl3 eval synthetic --seed 0 --images 1,5,8,20,50,100 --limit 40 --output $D/eval-shipped-cells-limit40.jsonl \
   --plot docs/demo-eval.png --json > $D/eval-shipped-cells-limit40.txt
 owl3 demo > $D/owl3-demo-seed0.txt
-# 8. the recipe through the real command, alone on the CPU (reproduces G's weights?)
-owl3 demo-train /tmp/repro > $D/recipe-cells-from-scratch.log 2>&1
-sha256sum /tmp/repro/model/model.safetensors owl3/assets/demo/model.safetensors
+# 8. the recipe through the real command (alone for its first three phases, then beside C): G's weights again?
+#    (the log keeps the lines between the progress bars)
+owl3 demo-train /tmp/repro 2>&1 | tr '\r' '\n' | grep -av '^train sft\|^\s*$' > $D/recipe-cells-from-scratch.log
+cp /tmp/repro/demo_train.json $D/recipe-cells-from-scratch-demo_train.json
+sha256sum /tmp/repro/model/model.safetensors owl3/assets/demo/model.safetensors > $D/recipe-cells-from-scratch-sha256.txt
