@@ -3,6 +3,14 @@
 # root with its venv active. Two or three runs shared the 2-core CPU at a time, one torch thread each.
 set -euo pipefail
 D=docs/benchmarks/2026-11-28-demo-cells
+# 0. one training step of `bound`'s binding rows on 14-px and 28-px patches (the weights do not matter for time:
+#    `bound` as shipped before this session, and a random demo-cells checkpoint); CPU shared with a test run
+python -m owl3.demo data /tmp/prof/bind --rows 640 --mix binding
+mkdir -p /tmp/prof/bound && git archive 1cc91f3 owl3/assets/demo | tar x -C /tmp/prof/bound
+python -m owl3.demo init /tmp/prof/cells-init --preset demo-cells
+python $D/profile_step.py /tmp/prof/bound/owl3/assets/demo /tmp/prof/bind/binding.jsonl > $D/profile-step.log
+python $D/profile_step.py /tmp/prof/cells-init /tmp/prof/bind/binding.jsonl >> $D/profile-step.log
+python -c "import owl3; from owl3.demo.model import n_params; print(n_params(owl3.load().model))"  # 2,330,496
 # 1. the tower alone (owl3.demo.tower's per-patch objective, batches of 64): 28-px patches (9 tokens, one per
 #    cell) against the 14-px patches of the `demo` preset (36 tokens)
 python benchmarks/demo_probe/tower_pretrain_variants.py 600 3e-3 84 28 96 3 > $D/tower-p28-600.log
