@@ -324,3 +324,24 @@ def test_first_phase_learns_to_see(tmp_path):
     )
     res = vision_check(final, out / "data" / "one-object" / "one-object.jsonl", n=32)
     assert res["loss_rolled_images"] - res["loss_right_images"] > 0.1, res
+
+
+def test_video_kinds_weight_the_video_questions_a_mix_draws():
+    """`Mix.video_kinds` draws only the named video question kinds, a kind listed twice twice as often;
+    without it every kind is drawn; an unknown kind is refused when the mix is made."""
+    import random
+    from collections import Counter
+
+    from owl3.demo.data import Mix, ScenePool, _first_row
+    from owl3.demo.questions import ALL_VIDEO_KINDS
+
+    pool = ScenePool(20, 0)
+    mix = Mix(single=0, multi=0, which=0, video=1, video_kinds=("appear_last", "appear_last", "move_what"))
+    rng = random.Random(0)
+    drawn = Counter(_first_row(rng, pool, mix).kind for _ in range(300))
+    assert set(drawn) == {"appear_last", "move_what"} and drawn["appear_last"] > 1.5 * drawn["move_what"]
+    rng = random.Random(0)
+    every = Counter(_first_row(rng, pool, replace(mix, video_kinds=None)).kind for _ in range(300))
+    assert set(every) == set(ALL_VIDEO_KINDS)
+    with pytest.raises(ValueError, match="unknown video question kind"):
+        Mix(video_kinds=("appear_after", "flies"))

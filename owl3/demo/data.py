@@ -66,6 +66,8 @@ class Mix:
     max_label: int = 128
     # question kinds of single / multi rows (default: all); a kind listed twice is drawn twice as often
     kinds: tuple[str, ...] | None = None
+    # question kinds of video rows (default: all, `questions.ALL_VIDEO_KINDS`), drawn as `kinds`
+    video_kinds: tuple[str, ...] | None = None
     n_frames: int = 8
     # most objects per pool scene (1: one object, nothing to pick out; the world's scenes have up to 4)
     max_objects: int = 4
@@ -101,6 +103,11 @@ class Mix:
     # in those rows, with `bind`: the token right after image X also gets image X's object as a target
     # (`"query": "after_image"`), the look that lets it read its own image's answer for the question
     bind_after: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.video_kinds or ()) - set(ALL_VIDEO_KINDS))
+        if unknown:
+            raise ValueError(f"unknown video question kind(s) {unknown}; choose from {list(ALL_VIDEO_KINDS)}")
 
 
 MIXES: dict[str, Mix] = {
@@ -206,7 +213,7 @@ def _follow_up(
 def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     r = rng.random() * (mix.single + mix.multi + mix.which + mix.video)
     if r < mix.video:
-        q = video_question(rng, rng.choice(ALL_VIDEO_KINDS), mix.n_frames)
+        q = video_question(rng, rng.choice(mix.video_kinds or ALL_VIDEO_KINDS), mix.n_frames)
         return Row(q.kind, q.prompt, q.answer, video=q, attend=tuple(_video_targets(q, mix)))
     r -= mix.video
     if r < mix.which:
