@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--pool", type=int, default=20_000, help="distinct scenes to draw images from")
     r.add_argument(
-        "--preset", default=None, help="model preset (default: the recipe's, demo-cells for cells, else demo)"
+        "--preset",
+        default=None,
+        help="model preset (default: the recipe's: demo-cells for cells and cells-video, else demo)",
     )
     r.add_argument(
         "--recipe",
