@@ -653,3 +653,26 @@ def test_demo_rows_with_the_question_before_the_images(tmp_path):
             assert labels[a.image] == named
             assert tokens[0] == sample.media_starts[a.image] + 1 and tokens[-1] < pos
     assert lists > 30 and targeted > 15
+
+
+def test_count_look_points_how_many_appeared_at_every_object_of_the_last_frame(tmp_path):
+    """`Mix.count_look`: a video row asking how many objects appeared gets one target, at the count word
+    (the answer's first), on the cells of all objects of the last frame; it reads and encodes as training
+    data. Without it such rows carry no target."""
+    mix = Mix(single=0.0, multi=0.0, which=0.0, video=1.0, video_kinds=("appear_count",), count_look=True)
+    data = write_dataset(tmp_path / "d", 6, mix=mix, pool=20, video="images")
+    records, problems = read_data([data])
+    assert not problems and len(records) == 6
+    enc = SampleEncoder(Processor.from_dir("owl3/assets/demo", 84), seq_len=4096, frames=8, crop_prob=0.0,
+                        seed=0, grid=3)  # fmt: skip
+    for line, record in zip(data.read_text().splitlines(), records, strict=True):
+        row = json.loads(line)
+        (target,) = row["attend"]
+        assert target["after"] == "" and row["messages"][-1]["content"].endswith("objects appeared.")
+        n = {"Three": 3, "Four": 4}[row["messages"][-1]["content"].split()[0]]
+        assert len(target["boxes"]) == n and len({tuple(b) for b in target["boxes"]}) == n
+        sample = enc(record)
+        (pos, tokens), = sample.attend
+        assert len(tokens) == n and sample.labels[pos + 1] != -100  # one cell each; the answer's first token
+    plain = write_dataset(tmp_path / "p", 6, mix=replace(mix, count_look=False), pool=20, video="images")
+    assert all(not json.loads(line).get("attend") for line in plain.read_text().splitlines())

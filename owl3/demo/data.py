@@ -103,6 +103,9 @@ class Mix:
     # in those rows, with `bind`: the token right after image X also gets image X's object as a target
     # (`"query": "after_image"`), the look that lets it read its own image's answer for the question
     bind_after: bool = False
+    # video rows asking how many objects appeared carry a target on every object of the last frame (which
+    # shows them all) at the count word, the answer's first: where to count
+    count_look: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.video_kinds or ()) - set(ALL_VIDEO_KINDS))
@@ -279,9 +282,15 @@ def _after_image_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
 
 
 def _video_targets(q: Question, mix: Mix) -> list[dict]:
-    """The frame and cell of the object a video answer names (`video_grounding`), if `mix.attend`."""
+    """The frame and cell of the object a video answer names (`video_grounding`), if `mix.attend`; with
+    `mix.count_look`, the objects of the last frame for "how many objects appeared?"."""
     targets = video_grounding(q) if mix.attend else []
-    return [{"video": 0, "frame": f, "box": _cell_box(cell), "after": after} for f, cell, after in targets]
+    out = [{"video": 0, "frame": f, "box": _cell_box(cell), "after": after} for f, cell, after in targets]
+    if mix.count_look and q.kind == "appear_count":
+        last = len(q.video.frames) - 1
+        boxes = [_cell_box(o.cell) for o in q.video.frames[last].objects]
+        out.append({"video": 0, "frame": last, "boxes": boxes, "after": ""})
+    return out
 
 
 def _cell_box(cell: int) -> list[float]:
