@@ -1,7 +1,7 @@
 """Seconds per training step of the demo recipe's binding rows, and of the vision tower's forward alone.
 
     python -m owl3.demo data /tmp/prof/bind --rows 640 --mix binding
-    python profile_step.py MODEL /tmp/prof/bind/binding.jsonl [THREADS]
+    python profile_step.py MODEL /tmp/prof/bind/binding.jsonl [THREADS] [bf16]
 
 MODEL: a demo checkpoint (its weights do not matter for the time). 10 batches of 32 rows encoded first, 2
 warm-up steps, then the mean of 8 optimizer steps (`owl3.training`'s own step, tower trained at 0.1x the lr,
@@ -22,7 +22,7 @@ threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 cfg = TrainConfig(model=model, data=(data,), output="/tmp/profile-step", stage="sft", max_steps=20,
                   batch_size=32, lr=1e-3, min_lr=1e-4, vision_lr_scale=0.1, attention_loss_weight=1.0,
                   seq_len=8192, crop_prob=0.0, train_vision=True, threads=threads, num_workers=0, seed=5,
-                  save_every=0, progress=False)  # fmt: skip
+                  save_every=0, progress=False, bf16=sys.argv[4:5] == ["bf16"])  # fmt: skip
 tr = Trainer(cfg, D.setup("cpu"))
 tr.setup()
 grid = tr.model_cfg.vision.image_size // tr.model_cfg.vision.patch_size
@@ -42,5 +42,6 @@ with torch.no_grad():
         tr.model.vision_model(b.pixel_values)
     tower = (time.perf_counter() - t) / 8
 pictures = sum(b.pixel_values.shape[0] for b in batches[2:]) / 8
-print(f"{model}: {grid * grid} visual tokens per picture, {pictures:.0f} pictures a batch; "
+how = f" ({threads} thread(s){', bf16 autocast' if cfg.bf16 else ''})" if len(sys.argv) > 3 else ""
+print(f"{model}: {grid * grid} visual tokens per picture, {pictures:.0f} pictures a batch{how}; "
       f"step {step:.3f} s, tower forward {tower:.3f} s")

@@ -61,6 +61,17 @@ owl3 demo > $D/owl3-demo-seed0.txt
 #    products of one SwiGLU layer in float32 and bfloat16
 python -m owl3.demo data /tmp/prof/bind --rows 640 --mix binding
 for a in "1" "1 bf16" "2" "2 bf16"; do
-  python $D/profile_step.py owl3/assets/demo /tmp/prof/bind/binding.jsonl $a 2>/dev/null
+  python $C/profile_step.py owl3/assets/demo /tmp/prof/bind/binding.jsonl $a 2>/dev/null
 done > $D/profile-step.log
 python $D/bf16_matmul.py > $D/bf16-matmul.log
+python $D/bf16_ops.py owl3/assets/demo /tmp/prof/bind/binding.jsonl 2>/dev/null > $D/bf16-ops.log
+# 6. a second video phase from R (side by side): P the same phase again, Q with Mix.count_look
+python $D/run_phase9.py /tmp/p9/P again | grep -av '^step \|^owl3 train' > $D/recipe-P.log
+python $D/run_phase9.py /tmp/p9/Q count | grep -av '^step \|^owl3 train' > $D/recipe-Q.log
+for v in P Q; do
+  cp /tmp/p9/$v/demo_train.json $D/recipe-$v-demo_train.json
+  owl3 eval synthetic --model /tmp/p9/$v/model --seed 2 --images 1,8 --limit 300 --output $D/ev-$v-s2-300.jsonl \
+    > $D/ev-$v-s2-300.txt
+  (echo "\$ owl3 eval compare $D/ev-R-s2-300.jsonl $D/ev-$v-s2-300.jsonl"
+   owl3 eval compare $D/ev-R-s2-300.jsonl $D/ev-$v-s2-300.jsonl) > $D/compare-R-vs-$v-seed2.txt
+done

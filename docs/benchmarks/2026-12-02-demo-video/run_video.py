@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from owl3.demo.train import CELLS_PHASES, CELLS_VIDEO_PHASES, train_demo
+from owl3.demo.train import CELLS_PHASES, CELLS_VIDEO_PHASES, VIDEO_WEIGHTED_KINDS, train_demo
 
 out, variant = Path(sys.argv[1]), sys.argv[2]
 steps = int(sys.argv[3]) if len(sys.argv) > 3 else 600
@@ -24,10 +24,8 @@ with tempfile.TemporaryDirectory() as tmp:  # the cells model as shipped before 
         (out / name).mkdir(parents=True, exist_ok=True)
         for f in ship.iterdir():
             shutil.copy2(f, out / name / f.name)
-VIDEO_KINDS = (*("appear_after",) * 3, *("appear_last",) * 3, *("appear_count",) * 2, *("recolour_what",) * 2,
-               "appear_first", "move_what", "move_direction", "recolour_after", "recolour_before")  # fmt: skip
 weak = CELLS_PHASES[-1]
-mix = replace(weak.mix, single=0.3, multi=0.2, which=0.05, video=0.45, video_kinds=VIDEO_KINDS)
+mix = replace(weak.mix, single=0.3, multi=0.2, which=0.05, video=0.45, video_kinds=VIDEO_WEIGHTED_KINDS)
 mix = {
     "plain": mix,
     "turns": replace(mix, turns=3),
