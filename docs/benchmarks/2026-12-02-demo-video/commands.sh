@@ -75,3 +75,12 @@ for v in P Q; do
   (echo "\$ owl3 eval compare $D/ev-R-s2-300.jsonl $D/ev-$v-s2-300.jsonl"
    owl3 eval compare $D/ev-R-s2-300.jsonl $D/ev-$v-s2-300.jsonl) > $D/compare-R-vs-$v-seed2.txt
 done
+# 7. phase 8 again from R7, beside a variant: V0 the recipe's phase (R's weights again?), V1 more list rows
+python $D/run_phase8.py /tmp/p8/V0 same | grep -av '^step \|^owl3 train' > $D/recipe-V0.log
+python $D/run_phase8.py /tmp/p8/V1 lists | grep -av '^step \|^owl3 train' > $D/recipe-V1.log
+for v in V0 V1; do cp /tmp/p8/$v/demo_train.json $D/recipe-$v-demo_train.json; done
+sha256sum /tmp/p8/V0/model/model.safetensors /tmp/repro/model/model.safetensors > $D/recipe-V0-sha256.txt
+owl3 eval synthetic --model /tmp/p8/V1/model --seed 2 --images 1,8 --limit 300 --output $D/ev-V1-s2-300.jsonl \
+  > $D/ev-V1-s2-300.txt
+(echo "\$ owl3 eval compare $D/ev-R-s2-300.jsonl $D/ev-V1-s2-300.jsonl"
+ owl3 eval compare $D/ev-R-s2-300.jsonl $D/ev-V1-s2-300.jsonl) > $D/compare-R-vs-V1-seed2.txt
