@@ -468,6 +468,6 @@ def train_demo(
 
 __all__ = [
     "BOUND_PHASES", "CELLS_PHASES", "CELLS_VIDEO_PHASES", "PHASES", "RECIPES", "RECIPE_PRESETS",
-    "TOWER_PHASES", "GateInit", "Phase", "RecencyInit", "TowerPhase", "recipe_layout", "recipe_preset",
-    "resolve_lr_scales", "train_demo",
+    "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS", "GateInit", "Phase", "RecencyInit", "TowerPhase", "recipe_layout",
+    "recipe_preset", "resolve_lr_scales", "train_demo",
 ]  # fmt: skip
