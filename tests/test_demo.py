@@ -355,16 +355,16 @@ def test_video_kinds_weight_the_video_questions_a_mix_draws():
     import random
     from collections import Counter
 
-    from owl3.demo.data import Mix, ScenePool, _first_row
+    from owl3.demo.data import Mix, ScenePool, draw_row
     from owl3.demo.questions import ALL_VIDEO_KINDS
 
     pool = ScenePool(20, 0)
     mix = Mix(single=0, multi=0, which=0, video=1, video_kinds=("appear_last", "appear_last", "move_what"))
     rng = random.Random(0)
-    drawn = Counter(_first_row(rng, pool, mix).kind for _ in range(300))
+    drawn = Counter(draw_row(rng, pool, mix).kind for _ in range(300))
     assert set(drawn) == {"appear_last", "move_what"} and drawn["appear_last"] > 1.5 * drawn["move_what"]
     rng = random.Random(0)
-    every = Counter(_first_row(rng, pool, replace(mix, video_kinds=None)).kind for _ in range(300))
+    every = Counter(draw_row(rng, pool, replace(mix, video_kinds=None)).kind for _ in range(300))
     assert set(every) == set(ALL_VIDEO_KINDS)
     with pytest.raises(ValueError, match="unknown video question kind"):
         Mix(video_kinds=("appear_after", "flies"))
