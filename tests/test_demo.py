@@ -368,3 +368,78 @@ def test_video_kinds_weight_the_video_questions_a_mix_draws():
     assert set(every) == set(ALL_VIDEO_KINDS)
     with pytest.raises(ValueError, match="unknown video question kind"):
         Mix(video_kinds=("appear_after", "flies"))
+
+
+def test_count_balance_draws_counts_of_none_one_and_two_as_often():
+    """`Mix.count_balance`: one-image and "In Image X" rows asking how many objects of a colour or shape
+    have true counts 0, 1 and 2 about equally often (without it "one" is ~3 in 4); the answer is the
+    scene's true count; count_all rows are drawn as before."""
+    import random
+    from collections import Counter
+
+    from owl3.demo.data import Mix, ScenePool, draw_row
+    from owl3.demo.questions import NUMBERS
+
+    pool = ScenePool(400, 0)
+    kinds = ("count_colour", "count_shape")
+    mix = Mix(single=0.5, multi=0.5, which=0, video=0, kinds=kinds, count_balance=True)
+
+    def counts(m):
+        rng, out = random.Random(1), Counter()
+        for _ in range(600):
+            row = draw_row(rng, pool, m)
+            scene = pool.scenes[row.images[row.about[0][0]]]
+            word, asked = row.answer.split(" ")[2], row.prompt.split("many ")[1].split(" ")[0]
+            n = sum(asked in (o.colour, o.shape + "s", o.shape + "es") for o in scene.objects)
+            assert NUMBERS[n] == word  # the scene's true count of what was asked
+            out[n] += 1
+        return out
+
+    balanced, plain = counts(mix), counts(replace(mix, count_balance=False))
+    assert set(balanced) == {0, 1, 2} and min(balanced.values()) > 150
+    assert plain[1] > 0.6 * 600
+    rng = random.Random(0)
+    all_rows = [draw_row(rng, pool, replace(mix, kinds=("count_all",))).answer for _ in range(50)]
+    assert len(set(all_rows)) > 1
+
+
+def test_count_objects_looks_at_every_counted_object_at_the_words_that_say_how_many(tmp_path):
+    """`Mix.count_objects`: a one-image count of one or more gets a target on the counted objects' cells
+    at "There" and "There is" / "There are" (the words before "is"/"are" and the number); a count of none
+    gets the empty cells only with `absent`; it reads and encodes as training data."""
+    import random
+
+    from owl3.demo.data import Mix, ScenePool, _cell_box, draw_row, write_dataset
+    from owl3.processing import Processor
+    from owl3.training.data import read_data
+    from owl3.training.encode import SampleEncoder
+
+    pool = ScenePool(200, 0)
+    mix = Mix(single=1, multi=0, which=0, video=0, kinds=("count_colour", "count_shape", "count_all"),
+              attend=True, count_objects=True)  # fmt: skip
+    rng = random.Random(0)
+    seen_none = seen_two = False
+    for _ in range(200):
+        row = draw_row(rng, pool, mix)
+        scene = pool.scenes[row.images[0]]
+        words = row.answer.split(" ")
+        if words[2] == "no":
+            assert row.attend == ()
+            seen_none = True
+            continue
+        asked = row.prompt.split("many ")[1].split(" ")[0]
+        cells = sorted(o.cell for o in scene.objects
+                       if asked in ("objects", o.colour, o.shape + "s", o.shape + "es"))  # fmt: skip
+        boxes = [_cell_box(c) for c in cells]
+        assert [t["after"] for t in row.attend] == ["There", " ".join(words[:2])]
+        assert all(t["boxes"] == boxes and t["image"] == 0 for t in row.attend)
+        seen_two |= len(cells) >= 2
+    assert seen_none and seen_two
+    data = write_dataset(tmp_path / "d", 8, mix=mix, pool=20)
+    records, problems = read_data([data])
+    assert not problems and len(records) == 8
+    enc = SampleEncoder(Processor.from_dir("owl3/assets/demo", 84), seq_len=4096, frames=8, crop_prob=0.0,
+                        seed=0, grid=3)  # fmt: skip
+    for record in records:
+        sample = enc(record)
+        assert all(sample.labels[pos + 1] != -100 for pos, _ in sample.attend)  # answer words decide

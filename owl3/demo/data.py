@@ -15,6 +15,7 @@ share of rows is single-image, "In Image X" multi-image, "which image" and video
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -106,12 +107,22 @@ class Mix:
     # video rows asking how many objects appeared carry a target on every object of the last frame (which
     # shows them all) at the count word, the answer's first: where to count
     count_look: bool = False
+    # one-image and "In Image X" rows asking how many objects of a colour or shape draw their true count
+    # uniformly from 0-2 (the world makes one far the most common: "There is one" is right 3 times in 4)
+    count_balance: bool = False
+    # count answers of one or more carry a target on every counted object at the words that say how many
+    # ("There", "There is" / "There are"), in the rows that carry targets (`attend`, `bind`), as `absent`
+    # puts one on the empty cells for a count of none: where to count
+    count_objects: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.video_kinds or ()) - set(ALL_VIDEO_KINDS))
         if unknown:
             raise ValueError(f"unknown video question kind(s) {unknown}; choose from {list(ALL_VIDEO_KINDS)}")
 
+
+# the counts `Mix.count_balance` draws from, each as often
+BALANCED_COUNTS = (0, 1, 2)
 
 MIXES: dict[str, Mix] = {
     # stage 1: learn to see; two or three images already, so "In Image X" is never new
@@ -224,10 +235,13 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     r -= mix.which
     n = 1 if r < mix.single else n_images(rng, mix)
     kind = rng.choice(mix.kinds or SINGLE_KINDS)
-    while True:
+    balance = mix.count_balance and kind in ("count_colour", "count_shape")
+    want = rng.choice(BALANCED_COUNTS) if balance else None
+    for tries in itertools.count():
         target = pool.pick(rng)
         qa = ask(pool.scenes[target], kind, rng)
-        if qa is not None:
+        # a wanted count the pool cannot give within 1,000 draws is given up (never with the world's pool)
+        if qa is not None and (want is None or len(qa.counted) == want or tries >= 1000):
             break
     if n == 1:
         attend = tuple({"image": 0, **look} for look, _ in _looks(qa, mix)) if mix.attend else ()
@@ -253,10 +267,8 @@ def _looks(qa: QA, mix: Mix) -> list[tuple[dict, str]]:
     """Where the answer should look at each deciding word, without its picture, and that word's prefix:
     the object's cell, and with `mix.absent` the empty cells of an answer that says none."""
     looks = [({"box": _cell_box(cell), "after": after}, after) for cell, after in qa.grounding()]
-    if mix.absent:
-        looks += [
-            ({"boxes": [_cell_box(c) for c in cells], "after": after}, after) for cells, after in qa.absence()
-        ]
+    unions = (qa.absence() if mix.absent else []) + (qa.count_looks() if mix.count_objects else [])
+    looks += [({"boxes": [_cell_box(c) for c in cells], "after": after}, after) for cells, after in unions]
     return looks
 
 

@@ -63,6 +63,8 @@ class QA:
     # an answer that says "there is none" ("No, there is no blue square.", "There are no circles."): the
     # cells that show nothing (no object, no word), where a look for the missing thing lands
     empty: tuple[int, ...] = ()
+    # a count ("How many ... are there?"): the cells of the counted objects (empty for a count of none)
+    counted: tuple[int, ...] = ()
 
     def grounding(self) -> list[tuple[int, str]]:
         """(cell, the answer before a word read from that object) for each such word: "The star is" of "The
@@ -91,6 +93,14 @@ class QA:
         if self.kind == "exists":
             return [(self.empty, "")]
         return [(self.empty, "There"), (self.empty, "There are")]
+
+    def count_looks(self) -> list[tuple[tuple[int, ...], str]]:
+        """(the counted objects' cells, the answer before a word that says how many) for a count of one or
+        more: "There" and "There is" of "There is one star."; "There" and "There are" of "There are two
+        stars."; else empty (a count of none: `absence`)."""
+        if not self.counted:
+            return []
+        return [(self.counted, "There"), (self.counted, " ".join(self.answer.split(" ")[:2]))]
 
 
 @dataclass(frozen=True)
@@ -171,17 +181,20 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
     if kind == "count_shape":
         present = sorted({o.shape for o in objs})
         shape = rng.choice(present) if present and rng.random() < 0.8 else rng.choice(SHAPES)
-        n = scene.count(shape=shape)
-        empty = () if n else empty_cells(scene)
-        return QA(kind, f"How many {plural(shape)} are there?", count_sentence(n, shape), shape, empty=empty)
+        counted = tuple(o.cell for o in objs if o.shape == shape)
+        empty = () if counted else empty_cells(scene)
+        question, answer = f"How many {plural(shape)} are there?", count_sentence(len(counted), shape)
+        return QA(kind, question, answer, shape, empty=empty, counted=counted)
     if kind == "count_colour":
         present = sorted({o.colour for o in objs})
         colour = rng.choice(present) if present and rng.random() < 0.8 else rng.choice(tuple(COLOURS))
-        n = scene.count(colour=colour)
-        question, answer = f"How many {colour} objects are there?", count_sentence(n, f"{colour} object")
-        return QA(kind, question, answer, empty=() if n else empty_cells(scene))
+        counted = tuple(o.cell for o in objs if o.colour == colour)
+        question = f"How many {colour} objects are there?"
+        answer = count_sentence(len(counted), f"{colour} object")
+        return QA(kind, question, answer, empty=() if counted else empty_cells(scene), counted=counted)
     if kind == "count_all":
-        return QA(kind, "How many objects are there?", count_sentence(len(objs), "object"))
+        counted = tuple(o.cell for o in objs)
+        return QA(kind, "How many objects are there?", count_sentence(len(objs), "object"), counted=counted)
     if kind in ("position", "size"):
         cands = [(o, r) for o in objs if (r := refer(scene, o)) is not None]
         if not cands:
