@@ -265,6 +265,31 @@ def test_cells_video_recipe_is_cells_plus_a_phase_for_the_weak_video_kinds():
     assert all(getattr(video.mix, k) == getattr(weak.mix, k) for k in keep)
 
 
+def test_cells_count_recipe_is_cells_video_plus_a_phase_for_the_counts():
+    """The default recipe since the fourteenth session: `cells-video`, then a phase that is the `video`
+    phase with half the rows one picture and a quarter videos, the count kinds drawn more often, the count
+    look, and list rows of 2-32 images."""
+    from collections import Counter
+
+    from owl3.demo.train import CELLS_VIDEO_PHASES, RECIPES, recipe_preset
+
+    phases = RECIPES["cells-count"]
+    assert phases[:-1] == CELLS_VIDEO_PHASES and recipe_preset("cells-count") == "demo-cells"
+    count, video = phases[-1], CELLS_VIDEO_PHASES[-1]
+    assert (count.name, count.steps, count.lr, count.min_lr) == ("count", 600, video.lr, video.min_lr)
+    assert (count.attention_loss_weight, count.lr_scales) == (video.attention_loss_weight, video.lr_scales)
+    m = count.mix
+    assert (m.single, m.multi, m.which, m.video) == (0.5, 0.2, 0.05, 0.25)
+    assert m.count_objects and not video.mix.count_objects and not m.count_balance
+    assert (m.n_min, m.n_max, m.log_uniform) == (2, 32, True)
+    drawn, before = Counter(m.kinds), Counter(video.mix.kinds)
+    more = ("count_colour", "count_shape", "count_all", "exists")
+    assert [drawn[k] - before[k] for k in more] == [4, 3, 3, 2]
+    assert all(drawn[k] == before[k] for k in before if not k.startswith("count") and k != "exists")
+    keep = ("video_kinds", "turns", "attend", "bind", "absent", "window", "hard")
+    assert all(getattr(m, k) == getattr(video.mix, k) for k in keep)
+
+
 def test_demo_train_commands_train_the_recipes_preset(tmp_path, monkeypatch):
     """`owl3 demo-train` and `python -m owl3.demo train` hand the recipe's preset to train_demo
     (`--preset` overrides it in the latter)."""
@@ -279,8 +304,8 @@ def test_demo_train_commands_train_the_recipes_preset(tmp_path, monkeypatch):
     demo_main(["train", str(tmp_path / "c")])
     demo_main(["train", str(tmp_path / "d"), "--preset", "demo"])
     assert [p for p, _ in seen] == ["demo-cells", "demo", "demo-cells", "demo"]
-    assert [ph for _, ph in seen] == [T.CELLS_VIDEO_PHASES, T.BOUND_PHASES, T.CELLS_VIDEO_PHASES,
-                                      T.CELLS_VIDEO_PHASES]
+    assert [ph for _, ph in seen] == [T.CELLS_COUNT_PHASES, T.BOUND_PHASES, T.CELLS_COUNT_PHASES,
+                                      T.CELLS_COUNT_PHASES]
 
 
 def test_default_recipe_pretrains_the_tower_first():
@@ -300,12 +325,12 @@ def test_default_recipe_pretrains_the_tower_first():
         train_demo,
     )
 
-    assert tuple(RECIPES) == RECIPE_NAMES and DEFAULT_RECIPE == "cells-video"
+    assert tuple(RECIPES) == RECIPE_NAMES and DEFAULT_RECIPE == "cells-count"
     # the library function keeps `bound` on the `demo` preset (older scripts call it with their phases)
     assert train_demo.__kwdefaults__["phases"] is BOUND_PHASES is RECIPES["bound"]
     assert train_demo.__kwdefaults__["preset"] == "demo"
-    assert build_parser().parse_args(["train", "x"]).recipe == "cells-video"
-    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "cells-video"
+    assert build_parser().parse_args(["train", "x"]).recipe == "cells-count"
+    assert owl3_parser().parse_args(["demo-train", "x"]).recipe == "cells-count"
     # the random tower does not learn shapes through the language model (docs/demo.md): it is pretrained
     # alone first; the question phases then keep lr <= 1e-3 (3e-3 lets the vision path's scale run away)
     assert isinstance(RECENCY_PHASES[0], TowerPhase)

@@ -11,7 +11,7 @@ Command line: `python -m owl3.demo {tokenizer,init,data,prepare} ...` (see docs/
 # the recipes of `owl3 demo-train` (owl3/demo/train.py `RECIPES`), named here so that the command line
 # knows them without importing the training code
 RECIPE_NAMES = (
-    "cells-video", "cells", "bound", "twice-focus", "first", "twice", "after", "signed", "grounded",
-    "late-bound", "bound-which", "tower", "recency", "sees", "shipped", "next", "see",
+    "cells-count", "cells-video", "cells", "bound", "twice-focus", "first", "twice", "after", "signed",
+    "grounded", "late-bound", "bound-which", "tower", "recency", "sees", "shipped", "next", "see",
 )  # fmt: skip
-DEFAULT_RECIPE = "cells-video"
+DEFAULT_RECIPE = "cells-count"

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--preset",
         default=None,
-        help="model preset (default: the recipe's: demo-cells for cells and cells-video, else demo)",
+        help="model preset (default: the recipe's: demo-cells for the cells recipes, else demo)",
     )
     r.add_argument(
         "--recipe",

@@ -7,8 +7,10 @@ writes its training set (`OUT/data/PHASE/`) and runs owl3's own training code (`
 stage `sft`, the vision tower trained too at the phase's `vision_lr_scale`). The last phase's model is
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
-Recipes (`--recipe`): `cells-video` (default, the shipped weights since the thirteenth session: `cells`,
-then a phase for the weak video kinds; `CELLS_VIDEO_PHASES` below), `cells` (the shipped weights of the
+Recipes (`--recipe`): `cells-count` (default, the shipped weights since the fourteenth session:
+`cells-video`, then a phase for the counts; `CELLS_COUNT_PHASES` below), `cells-video` (the shipped weights
+of the thirteenth session: `cells`, then a phase for the weak video kinds; `CELLS_VIDEO_PHASES` below),
+`cells` (the shipped weights of the
 twelfth session: `bound` on the `demo-cells` preset, 28-px patches, then a phase for the weak one-image
 kinds; `CELLS_PHASES` below),
 `bound` (the shipped weights of the sixth to eleventh sessions; below), `grounded`
@@ -269,7 +271,7 @@ CELLS_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *BOUND_PHASES,
     replace(BOUND_PHASES[-1], name="weak", mix=_WEAK_MIX, steps=1500, lr=5e-4, min_lr=5e-5),
 )
-# `cells-video` (the default since the thirteenth session): `cells`, then a phase for the video questions it
+# `cells-video` (the default of the thirteenth session): `cells`, then a phase for the video questions it
 # gets wrong most (docs/demo.md, "A phase for the videos"): 45% of its rows a video, what appeared after X /
 # last drawn 3x and how many appeared / what changed colour 2x, three questions per row (`Mix.turns`: the
 # follow-ups ask about the same video or pictures, which pass the tower once for all three), otherwise the
@@ -286,7 +288,25 @@ CELLS_VIDEO_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *CELLS_PHASES,
     replace(CELLS_PHASES[-1], name="video", mix=_VIDEO_MIX, steps=600),
 )
+# `cells-count` (the default since the fourteenth session): `cells-video`, then a phase for the counts
+# (docs/demo.md, "How many?"): the shipped `cells-video` model said "There is one" to every count of a colour
+# or a shape, and its last hyper layer looked only at the empty cells at the count words. Half the rows one
+# picture with the count kinds drawn 3-4x and exists 2x more, the counted objects as the answer's look at
+# the words that say how many (`Mix.count_objects`), list rows of 2-32 images (log-uniform, as `long`),
+# otherwise the `video` phase's mix, targets and lr with a quarter of the rows videos.
+COUNT_WEIGHTED_KINDS = (
+    *WEAK_KINDS, *("count_colour",) * 4, *("count_shape",) * 3, *("count_all",) * 3, "exists", "exists",
+)  # fmt: skip
+_COUNT_MIX = replace(
+    _VIDEO_MIX, single=0.5, multi=0.2, which=0.05, video=0.25, kinds=COUNT_WEIGHTED_KINDS, count_objects=True,
+    n_max=32, log_uniform=True,
+)  # fmt: skip
+CELLS_COUNT_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
+    *CELLS_VIDEO_PHASES,
+    replace(CELLS_VIDEO_PHASES[-1], name="count", mix=_COUNT_MIX),
+)
 RECIPES = {
+    "cells-count": CELLS_COUNT_PHASES,
     "cells-video": CELLS_VIDEO_PHASES,
     "cells": CELLS_PHASES,
     "bound": BOUND_PHASES,
@@ -308,7 +328,7 @@ RECIPES = {
 
 
 # the model preset a recipe trains (`owl3 demo-train --recipe R` without `--preset`); the others: "demo"
-RECIPE_PRESETS = {"cells-video": "demo-cells", "cells": "demo-cells"}
+RECIPE_PRESETS = {"cells-count": "demo-cells", "cells-video": "demo-cells", "cells": "demo-cells"}
 
 
 def recipe_preset(recipe: str) -> str:
@@ -467,7 +487,7 @@ def train_demo(
 
 
 __all__ = [
-    "BOUND_PHASES", "CELLS_PHASES", "CELLS_VIDEO_PHASES", "PHASES", "RECIPES", "RECIPE_PRESETS",
-    "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS", "GateInit", "Phase", "RecencyInit", "TowerPhase", "recipe_layout",
-    "recipe_preset", "resolve_lr_scales", "train_demo",
+    "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_PHASES", "CELLS_VIDEO_PHASES", "COUNT_WEIGHTED_KINDS",
+    "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS", "GateInit", "Phase",
+    "RecencyInit", "TowerPhase", "recipe_layout", "recipe_preset", "resolve_lr_scales", "train_demo",
 ]  # fmt: skip

@@ -71,10 +71,19 @@ with torch.no_grad():
                         stats[key][f"{name} L{i + 1} h{hh} {part}"].append(share[hh].item())
                 stats[key][f"{name} L{i + 1} gate"].append(torch.sigmoid(gates[i][0, :, pos]).mean().item())
 
+def mean(vals):
+    return f"{sum(vals) / len(vals):.2f}" if vals else "-"
+
+
+print(f"{model_dir}: {n_q} questions; shares of each hyper layer's cross-attention (mean over heads) at the")
+print("position that predicts is/are (A) and the number (B): on the counted objects / the empty cells")
+head = ["kind", "count", "n", "is/are right", "number right"]
+head += [f"{w} L{i + 1} {p}" for w in "AB" for i in hyper for p in ("counted", "empty")]
+print(" | ".join(head))
 for key in sorted(stats):
     s = stats[key]
-    print(f"== {key[0]} count {key[1]} ({len(s['is/are right'])} questions)")
-    for name, vals in s.items():
-        if " h" in name and "h0" not in name and "h1" not in name and "h2" not in name and "h3" not in name:
-            continue
-        print(f"  {name:28s} {sum(vals) / len(vals):.3f}")
+    cells = [key[0], str(key[1]), str(len(s["is/are right"]))]
+    cells += [mean(s["is/are right"]), mean(s["number right"])]
+    for name in ("is/are", "number"):
+        cells += [mean(s[f"{name} L{i + 1} {p}"]) for i in hyper for p in ("counted", "empty")]
+    print(" | ".join(cells))

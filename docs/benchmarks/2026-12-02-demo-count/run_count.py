@@ -34,6 +34,15 @@ mixes = {
     "counts": lambda: counts,  # K0
     "balance": lambda: replace(counts, count_balance=True),  # K1: counts of 0, 1, 2 drawn as often
     "balance-look": lambda: replace(counts, count_balance=True, count_objects=True),  # K2: + the count look
+    "look": lambda: replace(counts, count_objects=True),  # K3: K0 with the count look
+    "video": lambda: replace(counts, single=0.4, multi=0.2, which=0.05, video=0.35),  # K4: K0, more video
+    # K5, K6: K3 and K0 with the list rows' image counts log-uniform in 2-32 (the `long` mix's), not 2-8
+    "look-long": lambda: replace(counts, count_objects=True, n_max=32, log_uniform=True),
+    "long": lambda: replace(counts, n_max=32, log_uniform=True),
+    # K7: K5 with `Mix.count_look` (how many objects appeared: the last frame's objects at the count word)
+    "look-long-video": lambda: replace(
+        counts, count_objects=True, n_max=32, log_uniform=True, count_look=True
+    ),
 }
 phase = replace(video, name="count", mix=mixes[variant](), steps=steps)
 train_demo(out, phases=(*phases, phase), preset="demo-cells", threads=1, workers=1, progress=False)
