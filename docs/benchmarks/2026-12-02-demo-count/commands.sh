@@ -80,3 +80,13 @@ owl3 eval synthetic --seed 0 --images 1,5,8,20,50,100 --limit 40 --output $D/eva
   --plot docs/demo-eval.png --json > $D/eval-shipped-cells-count-limit40.txt
 owl3 demo > $D/owl3-demo-seed0.txt
 python $D/count_probe.py owl3/assets/demo 600 > $D/probe-K7.log
+# 7. after K7 shipped: its phase at 450 steps (alone on the CPU), paired against K7
+python $D/run_count.py /tmp/cp/K8 look-long-video 450 2>&1 | tr '\r' '\n' | grep -av '^\s*$' > $D/recipe-K8.log
+cp /tmp/cp/K8/demo_train.json $D/recipe-K8-demo_train.json
+owl3 eval synthetic --model /tmp/cp/K8/model --seed 2 --images 1,8 --limit 300 --output $D/ev-K8-s2-300.jsonl > $D/ev-K8-s2-300.txt
+owl3 eval synthetic --model /tmp/cp/K8/model --seed 0 --images 1,5,8,20,50,100 --limit 100 --output $D/ev-K8-s0-100.jsonl \
+  > $D/ev-K8-s0-100.txt
+for s in s2-300:seed2 s0-100:seed0; do
+  (echo "\$ owl3 eval compare $D/ev-K7-${s%%:*}.jsonl $D/ev-K8-${s%%:*}.jsonl"
+   owl3 eval compare $D/ev-K7-${s%%:*}.jsonl $D/ev-K8-${s%%:*}.jsonl) > $D/compare-K7-vs-K8-${s#*:}.txt
+done
