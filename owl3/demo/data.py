@@ -265,7 +265,8 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
 
 def _looks(qa: QA, mix: Mix) -> list[tuple[dict, str]]:
     """Where the answer should look at each deciding word, without its picture, and that word's prefix:
-    the object's cell, and with `mix.absent` the empty cells of an answer that says none."""
+    the object's cell, with `mix.absent` the empty cells of an answer that says none, and with
+    `mix.count_objects` the counted objects of a count of one or more."""
     looks = [({"box": _cell_box(cell), "after": after}, after) for cell, after in qa.grounding()]
     unions = (qa.absence() if mix.absent else []) + (qa.count_looks() if mix.count_objects else [])
     looks += [({"boxes": [_cell_box(c) for c in cells], "after": after}, after) for cells, after in unions]

@@ -5,8 +5,8 @@
 N one-image count questions (count_colour, count_shape, count_all in turn; stream `count-probe:0`),
 teacher-forced with their answer. At the two deciding words (the position after "There", which predicts
 "is"/"are", and after "There are", which predicts the number): whether the model's argmax is right, and
-each hyper layer's cross-attention (mean over heads, and per head) split into the counted objects' cells,
-the other objects' cells and the empty cells, with the gate's mean. Rows are grouped by the true count."""
+each hyper layer's cross-attention share (mean over heads) on the counted objects' cells and on the empty
+cells. Rows are grouped by the true count."""
 
 import random
 import sys
@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from owl3.demo.probe import record_cross_attention
-from owl3.demo.questions import IMAGE, ask
+from owl3.demo.questions import IMAGE, ask, empty_cells
 from owl3.demo.world import random_scene, render
+from owl3.model.text import VisualContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks" / "demo_probe"))
 from common import load_for_probe  # noqa: E402
@@ -27,9 +28,6 @@ n_q = int(sys.argv[2]) if len(sys.argv) > 2 else 600
 pipe, m, tok, lm = load_for_probe(model_dir)
 layers = lm.model.layers
 hyper = [i for i, lay in enumerate(layers) if lay.self_attn.is_hyper]
-gates = {}
-for i in hyper:
-    layers[i].self_attn.gate_proj.register_forward_hook(lambda mod, inp, out, i=i: gates.__setitem__(i, out))
 KINDS = ("count_colour", "count_shape", "count_all")
 rng = random.Random("count-probe:0")
 stats = defaultdict(lambda: defaultdict(list))  # (kind, count) -> name -> values
@@ -46,15 +44,12 @@ with torch.no_grad():
         ans = tok.encode(qa.answer, add_special_tokens=False).ids
         ids = torch.cat([enc.input_ids.view(-1), torch.tensor(ans)]).view(1, -1)
         n_prompt = enc.input_ids.numel()
-        vctx = __import__("owl3.model.text", fromlist=["VisualContext"]).VisualContext.build(
-            [m.encode_media(enc.pixel_values)], [enc.media_starts])
+        vctx = VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
         with record_cross_attention() as scores:
             h = lm.model(m.embed(ids), torch.arange(ids.shape[1])[None], None, None, vctx)
         logits = lm.lm_head(h[0])
         # positions: n_prompt - 1 predicts "There"; n_prompt predicts is/are; n_prompt + 1 predicts the number
-        counted = list(qa.counted)
-        others = [o.cell for o in scene.objects if o.cell not in counted]
-        empty = [c for c in range(9) if c not in counted and c not in others]
+        counted, empty = list(qa.counted), list(empty_cells(scene))
         n = len(counted)
         key = (kind, n)
         for name, pos in (("is/are", n_prompt), ("number", n_prompt + 1)):
@@ -64,12 +59,8 @@ with torch.no_grad():
             stats[key][f"{name} right"].append(float(right))
             for j, i in enumerate(hyper):
                 w = torch.softmax(scores[j][0, :, pos].float(), -1)  # (H, 9)
-                for part, cells in (("counted", counted), ("others", others), ("empty", empty)):
-                    share = w[:, cells].sum(-1)  # (H,)
-                    stats[key][f"{name} L{i + 1} {part}"].append(share.mean().item())
-                    for hh in range(share.numel()):
-                        stats[key][f"{name} L{i + 1} h{hh} {part}"].append(share[hh].item())
-                stats[key][f"{name} L{i + 1} gate"].append(torch.sigmoid(gates[i][0, :, pos]).mean().item())
+                for part, cells in (("counted", counted), ("empty", empty)):
+                    stats[key][f"{name} L{i + 1} {part}"].append(w[:, cells].sum(-1).mean().item())
 
 def mean(vals):
     return f"{sum(vals) / len(vals):.2f}" if vals else "-"
