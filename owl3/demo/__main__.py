@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from owl3.demo import DEFAULT_RECIPE, RECIPE_NAMES
+from owl3.demo import DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
 from owl3.errors import Owl3Error
 
 
@@ -32,16 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("out", type=Path)
     w.add_argument("--rows", default="8000,16000,16000", help="rows of perception,binding,long")
     w.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("train", help="train the demo model from scratch into DIR (DIR/model; ~56 min)")
+    r = sub.add_parser("train", help="train the demo model from scratch into DIR (DIR/model; ~42 min)")
     r.add_argument("out", type=Path)
     r.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads (default 1, as the shipped weights were trained; 2 is ~1.4x faster "
-        "on an idle 2-core machine)",
+        default=DEFAULT_THREADS,
+        help=THREADS_HELP,
     )
     r.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     r.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from owl3.demo import DEFAULT_RECIPE, RECIPE_NAMES
+from owl3.demo import DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
 from owl3.errors import Owl3Error
 
 N_IMAGES = 5
@@ -153,7 +153,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "demo-train",
-        help="train the built-in demo model from scratch (about 56 min on 2 CPU cores)",
+        help="train the built-in demo model from scratch (about 42 min on 2 CPU cores)",
         description="Train the demo model from scratch into OUT/model: tokenizer, initial checkpoint, "
         "curriculum data and owl3's training code, phase by phase (python -m owl3.demo train).",
     )
@@ -162,9 +162,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads (default 1, as the shipped weights were trained; 2 is ~1.4x faster "
-        "on an idle 2-core machine)",
+        default=DEFAULT_THREADS,
+        help=THREADS_HELP,
     )
     t.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     t.add_argument("--seed", type=int, default=0)
