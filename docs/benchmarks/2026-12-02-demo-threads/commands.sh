@@ -52,3 +52,12 @@ owl3 demo-train /tmp/repro 2>&1 | tr '\r' '\n' | grep -av '^\s*$' | grep -av '^t
 cp /tmp/repro/demo_train.json $D/recipe-cells-more-video-from-scratch-demo_train.json
 sha256sum /tmp/repro/model/model.safetensors owl3/assets/demo/model.safetensors \
   > $D/recipe-cells-more-video-from-scratch-sha256.txt
+# 7. seed 4 (looked at by no session before), after V2 shipped: the shipped model against K7 (the weights of
+#    commit f725009, in /tmp/k7 with the same config and tokenizer files)
+mkdir -p /tmp/k7 && cp owl3/assets/demo/*.json /tmp/k7/
+git show f725009:owl3/assets/demo/model.safetensors > /tmp/k7/model.safetensors
+owl3 eval synthetic --seed 4 --images 1,8 --limit 300 --output $D/ev-V2-s4-300.jsonl > $D/ev-V2-s4-300.txt
+owl3 eval synthetic --model /tmp/k7 --seed 4 --images 1,8 --limit 300 --output $D/ev-K7-s4-300.jsonl \
+  > $D/ev-K7-s4-300.txt
+(echo "\$ owl3 eval compare $D/ev-K7-s4-300.jsonl $D/ev-V2-s4-300.jsonl"
+ owl3 eval compare $D/ev-K7-s4-300.jsonl $D/ev-V2-s4-300.jsonl) > $D/compare-K7-vs-V2-seed4.txt
