@@ -503,7 +503,7 @@ def train_demo(
 
 __all__ = [
     "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_VIDEO_PHASES",
-    "COUNT_WEIGHTED_KINDS",
-    "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS", "GateInit", "Phase",
-    "RecencyInit", "TowerPhase", "recipe_layout", "recipe_preset", "resolve_lr_scales", "train_demo",
+    "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS",
+    "GateInit", "Phase", "RecencyInit", "TowerPhase", "recipe_layout", "recipe_preset", "resolve_lr_scales",
+    "train_demo",
 ]  # fmt: skip
