@@ -61,3 +61,12 @@ owl3 eval synthetic --model /tmp/k7 --seed 4 --images 1,8 --limit 300 --output $
   > $D/ev-K7-s4-300.txt
 (echo "\$ owl3 eval compare $D/ev-K7-s4-300.jsonl $D/ev-V2-s4-300.jsonl"
  owl3 eval compare $D/ev-K7-s4-300.jsonl $D/ev-V2-s4-300.jsonl) > $D/compare-K7-vs-V2-seed4.txt
+# 8. V3: move_direction 3x in the video phase (measured, not shipped: RULE.md)
+python $D/run_move.py /tmp/r2 /tmp/v3 > /tmp/v3.out 2> /tmp/v3.err
+(cat /tmp/v3.out; tr '\r' '\n' < /tmp/v3.err | grep -av '^\s*$' | grep -av '^train sft:') > $D/recipe-V3.log
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/v3/model --seed $s --images 1,8 --limit 300 --output $D/ev-V3-s$s-300.jsonl \
+    > $D/ev-V3-s$s-300.txt
+  (echo "\$ owl3 eval compare $D/ev-V2-s$s-300.jsonl $D/ev-V3-s$s-300.jsonl"
+   owl3 eval compare $D/ev-V2-s$s-300.jsonl $D/ev-V3-s$s-300.jsonl) > $D/compare-V2-vs-V3-seed$s.txt
+done
