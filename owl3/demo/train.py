@@ -292,7 +292,7 @@ CELLS_VIDEO_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *CELLS_PHASES,
     replace(CELLS_PHASES[-1], name="video", mix=_VIDEO_MIX, steps=600),
 )
-# `cells-count` (the default since the fourteenth session): `cells-video`, then a phase for the counts
+# `cells-count` (the default of the fourteenth session): `cells-video`, then a phase for the counts
 # (docs/demo.md, "How many?"): the shipped `cells-video` model said "There is one" to every count of a colour
 # or a shape, and its last hyper layer looked only at the empty cells at the count words. Half the rows one
 # picture with the count kinds drawn 3-4x and exists 2x more, the counted objects as the answer's look at
