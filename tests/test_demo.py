@@ -147,6 +147,7 @@ def test_demo_train_plumbing(tmp_path, recipe):
     """A whole recipe at a tiny scale: tokenizer, init, each phase's data and training, OUT/model."""
     from safetensors.torch import load_file
 
+    from owl3.bench.common import machine
     from owl3.demo.questions import model_layout
     from owl3.demo.train import RECIPES, Phase, train_demo
 
@@ -165,6 +166,10 @@ def test_demo_train_plumbing(tmp_path, recipe):
             assert (out / "data" / ph.name / f"{ph.name}.jsonl").is_file()
     log = json.loads((out / "demo_train.json").read_text())
     assert [p["phase"] for p in log["phases"]] == [p.name for p in PHASES]
+    # each trained phase names what trained it: weights repeat bit for bit only on the same kernels
+    trained_phases = [p for p in log["phases"] if p["steps"]]
+    assert trained_phases and all(p["machine"] == machine() for p in trained_phases)
+    assert machine()["isa"] == torch.backends.cpu.get_cpu_capability()
     # re-running skips the finished phases and keeps their records (the recipe's total time stays known)
     train_demo(out, scale=0.003, batch_size=2, pool=40, progress=False, say=lambda s: None, phases=PHASES)
     again = json.loads((out / "demo_train.json").read_text())

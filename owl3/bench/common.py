@@ -129,13 +129,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("cpu" where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return "cpu"
+
+
+def machine() -> dict[str, str]:
+    """What a CPU run ran on: float sums, and so trained weights, are equal bit for bit only on the same
+    kernels (the same torch and vector instructions; docs/demo.md), and its times only on the same CPU."""
+    return {"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"

@@ -379,7 +379,11 @@ def train_demo(
     progress: bool = True,
     say=print,
 ) -> Path:
-    """Run the whole recipe into `out_dir`; returns `out_dir/model`. Re-running skips finished phases."""
+    """Run the whole recipe into `out_dir`; returns `out_dir/model`. Re-running skips finished phases.
+
+    `out_dir/demo_train.json` records each phase's time, last loss and the machine that trained it (CPU,
+    vector instructions, torch): the same recipe writes the same weights only on the same kernels."""
+    from owl3.bench.common import machine
     from owl3.checkpoint.load import read_config
     from owl3.demo.model import init_checkpoint
     from owl3.training import TrainConfig, train
@@ -438,7 +442,7 @@ def train_demo(
             )  # fmt: skip
             log["phases"].append(
                 {"phase": ph.name, "steps": steps, "train_s": res.seconds,
-                 "final_loss": res.final.get("loss"), "tower_accuracy": res.final}
+                 "final_loss": res.final.get("loss"), "tower_accuracy": res.final, "machine": machine()}
             )  # fmt: skip
             say(f"phase {k} ({ph.name}): {res.seconds:.0f} s, held-out accuracy {res.final}")
             model = target
@@ -479,7 +483,8 @@ def train_demo(
         t3 = time.perf_counter()
         log["phases"].append(
             {"phase": ph.name, "steps": steps, "rows": rows, "data_s": round(t2 - t1, 1),
-             "train_s": round(t3 - t2, 1), "final_loss": result.losses[-1] if result.losses else None}
+             "train_s": round(t3 - t2, 1), "final_loss": result.losses[-1] if result.losses else None,
+             "machine": machine()}
         )  # fmt: skip
         say(f"phase {k} ({ph.name}): {t3 - t2:.0f} s, last loss {log['phases'][-1]['final_loss']:.4f}")
         model = target
