@@ -492,3 +492,14 @@ def test_count_objects_looks_at_every_counted_object_at_the_words_that_say_how_m
     for record in records:
         sample = enc(record)
         assert all(sample.labels[pos + 1] != -100 for pos, _ in sample.attend)  # answer words decide
+    # with count_odds the same looks spread over the picture; the absence looks stay on the empty cells
+    odds = replace(mix, count_odds=4.0, absent=True)
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(100):
+        row = draw_row(rng, pool, odds)
+        none = row.answer.split(" ")[2] == "no"
+        assert row.attend and all(("odds" in t) == (not none) for t in row.attend)
+        assert all(t.get("odds", 4.0) == 4.0 for t in row.attend)
+        seen.add(none)
+    assert seen == {True, False}

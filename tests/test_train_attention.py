@@ -676,3 +676,58 @@ def test_count_look_points_how_many_appeared_at_every_object_of_the_last_frame(t
         assert len(tokens) == n and sample.labels[pos + 1] != -100  # one cell each; the answer's first token
     plain = write_dataset(tmp_path / "p", 6, mix=replace(mix, count_look=False), pool=20, video="images")
     assert all(not json.loads(line).get("attend") for line in plain.read_text().splitlines())
+
+
+def test_a_look_with_odds_spreads_its_share_over_the_picture(tmp_path):
+    look = {"image": 1, "boxes": [[0, 0, 0.5, 0.5], [0.75, 0.75, 1, 1]], "after": "The left one is"}
+    rows = [
+        _record([{**look, "odds": 4}]),
+        _record([{**look, "odds": 0}]),
+        _record([{**look, "odds": "4"}]),
+        _record([{"image": 1, "next_tokens": 2, "after": "", "odds": 4}]),
+        _record([{"image": 0, "box": [0, 0, 1, 1], "query": "after_image", "odds": 2.5}]),
+    ]
+    records, problems = read_data([write_rows(tmp_path / "a.jsonl", rows)], media_root=str(IMAGES))
+    assert [r.line for r in records] == [1, 5]
+    assert records[0].attend[0].odds == 4.0 and records[1].attend[0].odds == 2.5
+    why = reasons_by_line(problems)
+    assert "odds must be a number > 0, got 0" in why[2] and "got '4'" in why[3]
+    assert 'odds needs a "box" or "boxes" target' in why[4]
+    processor = Processor.from_dir(FIXTURE, 56)
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=4)
+    ((pos, tokens, shares),) = enc(records[0]).attend
+    ((pos_hard, hard),) = enc(read_data([write_rows(tmp_path / "b.jsonl", [_record([look])])],
+                                        media_root=str(IMAGES))[0][0]).attend  # fmt: skip
+    assert pos == pos_hard and tokens == list(range(16, 32))  # every patch of image 1
+    boxed = [16 + 0, 16 + 1, 16 + 4, 16 + 5, 16 + 15]
+    assert hard == boxed
+    # 5 patches in the boxes at 4x the share of each of the 11 others: 4 / 31 and 1 / 31
+    assert math.isclose(sum(shares), 1.0)
+    for t, p in zip(tokens, shares, strict=True):
+        assert math.isclose(p, (4 if t in boxed else 1) / 31)
+
+
+def test_the_loss_of_a_look_with_shares_is_their_cross_entropy_and_least_at_them():
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 6, 8)
+    k = torch.randn(1, 2, 10, 8)
+    key_starts = torch.tensor([[0] * 5 + [3] * 5])
+    tokens, shares = [5, 6, 7, 8, 9], [0.4, 0.1, 0.1, 0.3, 0.1]
+    loss = attention_loss(q, k, key_starts, [[(5, tokens, shares), (2, [0, 4])]])
+    log_w = cross_scores(q, k, key_starts, torch.arange(6)[None]).log_softmax(-1)
+    want = -(log_w[0, :, 5, tokens] * torch.tensor(shares)).sum(-1).mean()
+    want = want - log_w[0, :, 2, [0, 4]].logsumexp(-1).mean()
+    assert torch.allclose(loss, want)
+    # a key whose scores give exactly those shares (and nothing elsewhere) is where the loss is least:
+    # the entropy of the shares, and any other look costs more
+    entropy = -sum(p * math.log(p) for p in shares)
+    logits = torch.full((10,), -1e4)
+    logits[tokens] = torch.tensor(shares).log()
+    at = torch.zeros(1, 2, 10, 8)
+    at[..., 0] = logits * 8**0.5  # q's first channel 1 below: scores = logits
+    q1 = torch.zeros(1, 4, 6, 8)
+    q1[..., 0] = 1.0
+    starts = torch.zeros(1, 10, dtype=torch.long)
+    best = float(attention_loss(q1, at, starts, [[(5, tokens, shares)]]))
+    assert math.isclose(best, entropy, rel_tol=1e-5)
+    assert float(attention_loss(q1, at * 0, starts, [[(5, tokens, shares)]])) > best + 0.1

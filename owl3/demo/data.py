@@ -114,6 +114,10 @@ class Mix:
     # ("There", "There is" / "There are"), in the rows that carry targets (`attend`, `bind`), as `absent`
     # puts one on the empty cells for a count of none: where to count
     count_objects: bool = False
+    # > 0: those count looks spread over the picture, each counted object's cell taking `count_odds` times
+    # the share of any other cell (training/data.py `Attend.odds`), so that the share on the counted
+    # objects grows with their number instead of being all of the look for one object and for two
+    count_odds: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.video_kinds or ()) - set(ALL_VIDEO_KINDS))
@@ -266,10 +270,13 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
 def _looks(qa: QA, mix: Mix) -> list[tuple[dict, str]]:
     """Where the answer should look at each deciding word, without its picture, and that word's prefix:
     the object's cell, with `mix.absent` the empty cells of an answer that says none, and with
-    `mix.count_objects` the counted objects of a count of one or more."""
+    `mix.count_objects` the counted objects of a count of one or more (a share spread by `mix.count_odds`)."""
     looks = [({"box": _cell_box(cell), "after": after}, after) for cell, after in qa.grounding()]
-    unions = (qa.absence() if mix.absent else []) + (qa.count_looks() if mix.count_objects else [])
+    unions = qa.absence() if mix.absent else []
     looks += [({"boxes": [_cell_box(c) for c in cells], "after": after}, after) for cells, after in unions]
+    odds = {"odds": mix.count_odds} if mix.count_odds > 0 else {}
+    counts = qa.count_looks() if mix.count_objects else []
+    looks += [({"boxes": [_cell_box(c) for c in cells], **odds, "after": a}, a) for cells, a in counts]
     return looks
 
 

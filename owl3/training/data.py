@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,12 @@ class Attend:
     "after") asks the prompt token right after that image's `<|image|>` token to look at the box, e.g. when
     the question stands before the images and each image's next token should read its answer there.
 
+    A box target may add `"odds": w` (> 0): instead of all of the look on the box, a share spread over the
+    whole picture (or frame), each patch in the box taking w times the share of any patch outside it (the
+    loss: cross-entropy against that distribution). The share on the box then grows with how much of the
+    picture the box covers, e.g. with how many objects the boxes hold: a look that can count, where an
+    all-on-the-box look gives one object and two the same average.
+
     Used by the training option `attention_loss_weight`."""
 
     image: int | None
@@ -70,6 +76,7 @@ class Attend:
     boxes: tuple[tuple[float, float, float, float], ...] = ()  # a union of boxes instead of `box` (None)
     turn: int = 0  # the answer `after` belongs to: 0 the first, 1 the second (multi-turn records) ...
     query: str = "answer"  # "after_image": the query is the token right after the image, `after` unused
+    odds: float = 0.0  # > 0: a share spread over the picture, w times as much per patch in the box (above)
 
 
 @dataclass(frozen=True)
@@ -203,9 +210,10 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     out = []
     for i, a in enumerate(value):
-        keys = set(a) - {"turn"} if isinstance(a, dict) else set()
+        keys = set(a) - {"turn", "odds"} if isinstance(a, dict) else set()
+        odds = _odds(a, keys, i) if isinstance(a, dict) and "odds" in a else 0.0
         if keys in ({"image", "box", "query"}, {"image", "boxes", "query"}):
-            out.append(_after_image(a, i, n_images))
+            out.append(replace(_after_image(a, i, n_images), odds=odds))
             continue
         if keys not in _ATTEND_KEYS:
             raise BadRecord(f"attend[{i}] must be one of {_ATTEND_FORMS}")
@@ -231,11 +239,22 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
             continue
         if "boxes" in keys:
             union = _union(a["boxes"], i)
-            out.append(Attend(image, None, after, video, a.get("frame", 0), boxes=union, turn=turn))
+            frame = a.get("frame", 0)
+            out.append(Attend(image, None, after, video, frame, boxes=union, turn=turn, odds=odds))
             continue
         box = _box(a["box"], f"attend[{i}].box")
-        out.append(Attend(image, box, after, video, a.get("frame", 0), turn=turn))
+        out.append(Attend(image, box, after, video, a.get("frame", 0), turn=turn, odds=odds))
     return tuple(out)
+
+
+def _odds(a: dict, keys: set[str], i: int) -> float:
+    """The checked "odds" of target i: a number > 0, on a box target only."""
+    w = a["odds"]
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 or w == float("inf"):
+        raise BadRecord(f"attend[{i}].odds must be a number > 0, got {w!r}")
+    if not keys & {"box", "boxes"}:
+        raise BadRecord(f'attend[{i}].odds needs a "box" or "boxes" target')
+    return float(w)
 
 
 def _after_image(a: dict, i: int, n_images: int) -> Attend:
@@ -276,7 +295,9 @@ _ATTEND_FORMS = (
     '[[x0, y0, x1, y1], ...] for "box": their union), or '
     '{"image": int, "next_tokens": int, "after": str} ("video" for "image"); any of them may add "turn": '
     'int, the answer that "after" starts (0, the first, by default); or {"image": int, "box": [x0, y0, x1, '
-    'y1], "query": "after_image"} ("boxes" for "box"): the token right after the image looks there'
+    'y1], "query": "after_image"} ("boxes" for "box"): the token right after the image looks there; a box '
+    'target may add "odds": number > 0 (a share spread over the picture, that many times as much per patch '
+    'in the box)'
 )
 
 

@@ -16,7 +16,8 @@ Attention targets (`Record.attend`; read when the encoder is given `grid`, the p
 each becomes the position that predicts the token after `after` in its answer (`turn`), and either the
 indices of the row's visual tokens whose patch centres lie in the box (image k's are k * grid^2 ... in
 token order, one view per image; `Sample.attend`), or the positions of the `next_tokens` text tokens after
-the image's `<|image|>` token (`Sample.attend_text`).
+the image's `<|image|>` token (`Sample.attend_text`). A target with `odds` names every patch of its picture
+and adds their target shares: (position, patches, shares).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class Sample:
     pixel_values: Tensor | None  # (N, 3, S, S), one view per <|image|> token, in token order
     media_starts: list[int]  # index of each <|image|> token
     where: str
-    # attention targets: (position of the query, indices of the visual tokens it should attend to)
-    attend: list[tuple[int, list[int]]] = field(default_factory=list)
+    # attention targets: (position of the query, indices of the visual tokens it should attend to), and for
+    # a target with odds (training/data.py `Attend.odds`) a third item, the share each of those should get
+    attend: list[tuple[int, list[int]] | tuple[int, list[int], list[float]]] = field(default_factory=list)
     # text targets: (position of the query, positions of the text tokens it should attend to)
     attend_text: list[tuple[int, list[int]]] = field(default_factory=list)
 
@@ -147,11 +149,11 @@ class SampleEncoder:
         labels: list[int],
         first: dict[tuple[str, int], tuple[int, int]],
         media_starts: list[int],
-    ) -> tuple[int, list[int]]:
+    ) -> tuple[int, list[int]] | tuple[int, list[int], list[float]]:
         """(query position, visual token indices) of one target: the position that predicts the token
         after `a.after` in its answer (with `a.query` "after_image": the token right after the image's
         `<|image|>`); the patches of the image (or video frame) whose centres lie in the box (in any of
-        `a.boxes`)."""
+        `a.boxes`). With `a.odds`: every patch of the picture, and the share each should get."""
         g = self.grid
         boxes = a.boxes or (a.box,)
         cells = [
@@ -166,13 +168,17 @@ class SampleEncoder:
         view, n = first[("image", a.image) if a.video is None else ("video", a.video)]
         if a.frame >= n:
             raise ValueError(f"attend.frame {a.frame} but the video gives {n} frames")
-        patches = [(view + a.frame) * g * g + p for p in cells]
+        first_patch = (view + a.frame) * g * g
         if a.query == "after_image":
             pos = media_starts[view] + 1
             if pos >= len(ids) or ids[pos] == self.processor.image_token_id:
                 raise ValueError("attend.query after_image: no text token follows the image")
-            return pos, patches
-        return self.query(a, ids, labels), patches
+        else:
+            pos = self.query(a, ids, labels)
+        if not a.odds:
+            return pos, [first_patch + p for p in cells]
+        odds = [a.odds if p in cells else 1.0 for p in range(g * g)]
+        return pos, list(range(first_patch, first_patch + g * g)), [w / sum(odds) for w in odds]
 
     def text_target(
         self,
@@ -258,7 +264,7 @@ class Batch:
     media_starts: list[list[int]]
     lengths: Tensor  # (B,) real tokens per row
     skipped: list[Skipped] = field(default_factory=list)
-    attend: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
+    attend: list[list[tuple]] = field(default_factory=list)  # per row, see Sample
     attend_text: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
 
     @property

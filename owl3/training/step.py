@@ -15,9 +15,10 @@ graph, which DDP and FSDP need when ranks differ in whether they hold images.
 With `attention_weight` > 0, rows with attention targets (`Sample.attend`) add, per target, `attention_weight`
 x the mean over heads of -log(the share of one hyper layer's cross-attention, `attention_layer` among the
 hyper layers, that the target's query gives the target's visual tokens): weight 1 counts a target as much
-as one answer token. Text targets (`Sample.attend_text`) add the same of decoder layer `text_layer`'s
-self-attention on the target's text tokens. The attention part of the last forward is kept in
-`attention_sum`/`attention_count`.
+as one answer token. A target with shares (a box with odds, training/data.py `Attend.odds`) adds instead
+the cross-entropy of that look against them. Text targets (`Sample.attend_text`) add the same as the
+first kind of decoder layer `text_layer`'s self-attention on the target's text tokens. The attention
+part of the last forward is kept in `attention_sum`/`attention_count`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class TrainStep(nn.Module):
         pixel_values: Tensor | None,
         n_media: list[int],
         media_starts: list[list[int]],
-        attend: list[list[tuple[int, list[int]]]] | None = None,
+        attend: list[list[tuple]] | None = None,
         attend_text: list[list[tuple[int, list[int]]]] | None = None,
     ) -> Tensor:
         """input_ids, labels (B, T), right-padded; pixel_values (N, 3, S, S) -> summed loss (scalar)."""
@@ -141,21 +142,24 @@ class TrainStep(nn.Module):
         return ctx
 
 
-def attention_loss(
-    q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[tuple[int, list[int]]]]
-) -> Tensor:
-    """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens).
+def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[tuple]]) -> Tensor:
+    """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens), or
+    for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
 
     q (B, H, L, d), k (B, kv, M, d) as one hyper layer saw them; attend: per row, (query position,
-    visual token indices)."""
+    visual token indices[, the share each should get])."""
     total = q.new_zeros(())
     for row, targets in enumerate(attend):
-        for pos, tokens in targets:
+        for pos, tokens, *shares in targets:
             at = torch.tensor([[pos]], device=q.device)
             one = slice(row, row + 1)
             s = cross_scores(q[one, :, pos : pos + 1], k[one], key_starts[one], at)
             log_w = torch.log_softmax(s[0, :, 0].float(), -1)  # (H, M)
-            total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
+            if shares:
+                p = torch.tensor(shares[0], dtype=log_w.dtype, device=log_w.device)
+                total = total - (log_w[:, tokens] * p).sum(-1).mean()
+            else:
+                total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
     return total
 
 
