@@ -25,25 +25,26 @@ owl3 eval compare $T/ev-V2-s2-300.jsonl /tmp/ev/shipped-s2.jsonl
 owl3 eval synthetic --seed 3 --images 1,8 --limit 300 --output /tmp/ev/shipped-s3.jsonl
 owl3 eval compare $T/ev-V2-s3-300.jsonl /tmp/ev/shipped-s3.jsonl
 # 3. probes: one extra phase after the shipped model (probe_odds.py), A-C mixed rows at lr 2e-4 (300 steps),
-#    D-E one-image rows at the count phase's lr (600 steps); F (odds, balanced, mixed, the count phase's lr,
-#    600 steps) was stopped at step ~150 for the session's time
+#    D-E one-image rows at the count phase's lr (600 steps), F mixed rows at the count phase's lr (600 steps;
+#    a first F was stopped at step ~150 and run again from the start, beside the test suite)
 python $D/probe_odds.py /tmp/oA 0
 python $D/probe_odds.py /tmp/oB 4
 python $D/probe_odds.py /tmp/oC 4 300 balance
 python $D/probe_odds.py /tmp/oD 4 600 balance single
 python $D/probe_odds.py /tmp/oE 0 600 balance single
+python $D/probe_odds.py /tmp/oF 4 600 balance recipe-lr
 python $C/count_probe.py owl3/assets/demo 600 > $D/probe-shipped.log
-for m in A B C D E; do
+for m in A B C D E F; do
   python $C/count_probe.py /tmp/o$m/model 600 > $D/probe-$m.log
   cp /tmp/o$m/demo_train.json $D/probe-$m-demo_train.json
   owl3 eval synthetic --model /tmp/o$m/model --seed 2 --images 1,8 --limit 300 --output $D/ev-$m-s2-300.jsonl \
     > $D/ev-$m-s2-300.txt
 done
-for m in D E; do
+for m in D E F; do
   owl3 eval synthetic --model /tmp/o$m/model --seed 3 --images 1,8 --limit 300 --output $D/ev-$m-s3-300.jsonl \
     > $D/ev-$m-s3-300.txt
 done
-for pair in V2:A:2 V2:B:2 V2:C:2 V2:D:2 V2:E:2 V2:D:3 V2:E:3 E:D:2 E:D:3; do
+for pair in V2:A:2 V2:B:2 V2:C:2 V2:D:2 V2:E:2 V2:F:2 V2:D:3 V2:E:3 V2:F:3 E:D:2 E:D:3; do
   IFS=: read -r a b s <<< "$pair"; ad=$D; [ "$a" = V2 ] && ad=$T
   (echo "\$ owl3 eval compare $ad/ev-$a-s$s-300.jsonl $D/ev-$b-s$s-300.jsonl"
    owl3 eval compare $ad/ev-$a-s$s-300.jsonl $D/ev-$b-s$s-300.jsonl) > $D/compare-$a-vs-$b-seed$s.txt
