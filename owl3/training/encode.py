@@ -40,6 +40,11 @@ from owl3.training.data import IMAGE, VIDEO, Attend, Record, frame_files
 IGNORE = -100
 
 
+# an attention target: (position of the query, indices of the visual tokens it should attend to), and for a
+# target with odds (training/data.py `Attend.odds`) a third item, the share each of those should get
+VisualTarget = tuple[int, list[int]] | tuple[int, list[int], list[float]]
+
+
 @dataclass
 class Sample:
     input_ids: Tensor  # (L,) int64
@@ -47,9 +52,8 @@ class Sample:
     pixel_values: Tensor | None  # (N, 3, S, S), one view per <|image|> token, in token order
     media_starts: list[int]  # index of each <|image|> token
     where: str
-    # attention targets: (position of the query, indices of the visual tokens it should attend to), and for
-    # a target with odds (training/data.py `Attend.odds`) a third item, the share each of those should get
-    attend: list[tuple[int, list[int]] | tuple[int, list[int], list[float]]] = field(default_factory=list)
+    # attention targets (`VisualTarget`)
+    attend: list[VisualTarget] = field(default_factory=list)
     # text targets: (position of the query, positions of the text tokens it should attend to)
     attend_text: list[tuple[int, list[int]]] = field(default_factory=list)
 
@@ -149,7 +153,7 @@ class SampleEncoder:
         labels: list[int],
         first: dict[tuple[str, int], tuple[int, int]],
         media_starts: list[int],
-    ) -> tuple[int, list[int]] | tuple[int, list[int], list[float]]:
+    ) -> VisualTarget:
         """(query position, visual token indices) of one target: the position that predicts the token
         after `a.after` in its answer (with `a.query` "after_image": the token right after the image's
         `<|image|>`); the patches of the image (or video frame) whose centres lie in the box (in any of
@@ -178,7 +182,8 @@ class SampleEncoder:
         if not a.odds:
             return pos, [first_patch + p for p in cells]
         odds = [a.odds if p in cells else 1.0 for p in range(g * g)]
-        return pos, list(range(first_patch, first_patch + g * g)), [w / sum(odds) for w in odds]
+        total = sum(odds)
+        return pos, list(range(first_patch, first_patch + g * g)), [w / total for w in odds]
 
     def text_target(
         self,
@@ -264,7 +269,7 @@ class Batch:
     media_starts: list[list[int]]
     lengths: Tensor  # (B,) real tokens per row
     skipped: list[Skipped] = field(default_factory=list)
-    attend: list[list[tuple]] = field(default_factory=list)  # per row, see Sample
+    attend: list[list[VisualTarget]] = field(default_factory=list)  # per row, see Sample
     attend_text: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
 
     @property

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, VisualContext
 from owl3.model.hyper import NEVER, cross_scores
-from owl3.training.encode import IGNORE
+from owl3.training.encode import IGNORE, VisualTarget
 
 
 class TrainStep(nn.Module):
@@ -72,7 +72,7 @@ class TrainStep(nn.Module):
         pixel_values: Tensor | None,
         n_media: list[int],
         media_starts: list[list[int]],
-        attend: list[list[tuple]] | None = None,
+        attend: list[list[VisualTarget]] | None = None,
         attend_text: list[list[tuple[int, list[int]]]] | None = None,
     ) -> Tensor:
         """input_ids, labels (B, T), right-padded; pixel_values (N, 3, S, S) -> summed loss (scalar)."""
@@ -142,7 +142,7 @@ class TrainStep(nn.Module):
         return ctx
 
 
-def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[tuple]]) -> Tensor:
+def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[VisualTarget]]) -> Tensor:
     """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens), or
     for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
 
