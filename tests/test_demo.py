@@ -310,6 +310,37 @@ def test_cells_more_video_recipe_is_cells_count_with_a_video_phase_twice_as_long
     assert video == replace(next(ph for ph in before if ph.name == "video"), steps=1200)
 
 
+def test_cells_two_recipe_adds_a_count_phase_that_balances_one_image_counts_only():
+    """`cells-two`: `cells-more-video`'s phases, then one more with the `count` phase's lr, steps and
+    targets, list rows of 2-8 images, one-image counts balanced (not the lists') and count looks with odds;
+    its data balances the one-image counts and puts odds on the count looks."""
+    import random
+    from collections import Counter
+
+    from owl3.demo.data import ScenePool, draw_row
+    from owl3.demo.train import CELLS_MORE_VIDEO_PHASES, RECIPES, recipe_preset
+
+    phases, before = RECIPES["cells-two"], CELLS_MORE_VIDEO_PHASES
+    assert recipe_preset("cells-two") == "demo-cells" and phases[:-1] == before
+    two, count = phases[-1], before[-1]
+    assert two.name == "two" and count.name == "count"
+    assert (two.steps, two.lr, two.min_lr, two.attention_loss_weight) == (
+        count.steps, count.lr, count.min_lr, count.attention_loss_weight
+    )
+    m = two.mix
+    assert m.count_balance and not m.count_balance_lists and m.count_odds == 4.0 and m.n_max == 8
+    assert replace(m, n_max=32, log_uniform=True, count_odds=0.0, count_balance=False,
+                   count_balance_lists=True) == count.mix  # fmt: skip
+    rng, pool, said = random.Random(3), ScenePool(300, 0), Counter()
+    for _ in range(400):
+        row = draw_row(rng, pool, m)
+        if len(row.images) == 1 and row.kind in ("count_colour", "count_shape"):
+            said[row.answer.split(" ")[2]] += 1
+            looks = [t for t in row.attend if "turn" not in t and t["after"].startswith("There")]
+            assert looks and all((t.get("odds") == 4.0) == (" no " not in row.answer) for t in looks)
+    assert min(said[w] for w in ("no", "one", "two")) > 0.2 * sum(said.values())
+
+
 def test_demo_train_commands_train_the_recipes_preset(tmp_path, monkeypatch):
     """`owl3 demo-train` and `python -m owl3.demo train` hand the recipe's preset and two threads (unless
     `--threads`) to train_demo (`--preset` overrides the preset in the latter)."""
@@ -422,7 +453,8 @@ def test_video_kinds_weight_the_video_questions_a_mix_draws():
 def test_count_balance_draws_counts_of_none_one_and_two_as_often():
     """`Mix.count_balance`: one-image and "In Image X" rows asking how many objects of a colour or shape
     have true counts 0, 1 and 2 about equally often (without it "one" is ~3 in 4); the answer is the
-    scene's true count; count_all rows are drawn as before."""
+    scene's true count; count_all rows are drawn as before. Without `count_balance_lists` only the
+    one-image rows are balanced: the "In Image X" rows keep the world's counts."""
     import random
     from collections import Counter
 
@@ -433,7 +465,7 @@ def test_count_balance_draws_counts_of_none_one_and_two_as_often():
     kinds = ("count_colour", "count_shape")
     mix = Mix(single=0.5, multi=0.5, which=0, video=0, kinds=kinds, count_balance=True)
 
-    def counts(m):
+    def counts(m, images=None):
         rng, out = random.Random(1), Counter()
         for _ in range(600):
             row = draw_row(rng, pool, m)
@@ -441,12 +473,17 @@ def test_count_balance_draws_counts_of_none_one_and_two_as_often():
             word, asked = row.answer.split(" ")[2], row.prompt.split("many ")[1].split(" ")[0]
             n = sum(asked in (o.colour, o.shape + "s", o.shape + "es") for o in scene.objects)
             assert NUMBERS[n] == word  # the scene's true count of what was asked
-            out[n] += 1
+            if images is None or (len(row.images) == 1) == (images == "one"):
+                out[n] += 1
         return out
 
     balanced, plain = counts(mix), counts(replace(mix, count_balance=False))
     assert set(balanced) == {0, 1, 2} and min(balanced.values()) > 150
     assert plain[1] > 0.6 * 600
+    ones = replace(mix, count_balance_lists=False)
+    one, lists = counts(ones, "one"), counts(ones, "lists")
+    assert min(one.values()) > 0.25 * sum(one.values()) and set(one) == {0, 1, 2}
+    assert lists[1] > 0.6 * sum(lists.values()) and sum(lists.values()) > 200
     rng = random.Random(0)
     all_rows = [draw_row(rng, pool, replace(mix, kinds=("count_all",))).answer for _ in range(50)]
     assert len(set(all_rows)) > 1

@@ -110,6 +110,9 @@ class Mix:
     # one-image and "In Image X" rows asking how many objects of a colour or shape draw their true count
     # uniformly from 0-2 (the world makes one far the most common: "There is one" is right 3 times in 4)
     count_balance: bool = False
+    # False: `count_balance` on one-image rows only; "In Image X" rows keep the world's counts, whose prior
+    # ("one") is what a list answer leans on (balanced list counts cost the lists, docs/demo.md)
+    count_balance_lists: bool = True
     # count answers of one or more carry a target on every counted object at the words that say how many
     # ("There", "There is" / "There are"), in the rows that carry targets (`attend`, `bind`), as `absent`
     # puts one on the empty cells for a count of none: where to count
@@ -239,7 +242,8 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     r -= mix.which
     n = 1 if r < mix.single else n_images(rng, mix)
     kind = rng.choice(mix.kinds or SINGLE_KINDS)
-    balance = mix.count_balance and kind in ("count_colour", "count_shape")
+    counted = kind in ("count_colour", "count_shape")
+    balance = mix.count_balance and counted and (n == 1 or mix.count_balance_lists)
     want = rng.choice(BALANCED_COUNTS) if balance else None
     for tries in itertools.count():
         target = pool.pick(rng)

@@ -319,8 +319,21 @@ CELLS_COUNT_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
 CELLS_MORE_VIDEO_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tuple(
     replace(ph, steps=1200) if ph.name == "video" else ph for ph in CELLS_COUNT_PHASES
 )
+# `cells-two` (the seventeenth session; docs/demo.md "A count of two"): `cells-more-video`, then one more
+# phase of the `count` phase's mix, lr and steps (list rows of 2-8 images) with the counts of a colour or a
+# shape on one-image rows drawn as none, one and two equally often (`Mix.count_balance`, not on the "In
+# Image X" rows, where it cost the lists: `count_balance_lists`) and the count looks spread over the
+# picture (`Mix.count_odds` 4): the shipped model says "There is one" to most counts of two.
+_TWO_MIX = replace(
+    _COUNT_MIX, n_max=8, log_uniform=False, count_odds=4.0, count_balance=True, count_balance_lists=False
+)
+CELLS_TWO_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
+    *CELLS_MORE_VIDEO_PHASES,
+    replace(CELLS_MORE_VIDEO_PHASES[-1], name="two", mix=_TWO_MIX),
+)
 RECIPES = {
     "cells-more-video": CELLS_MORE_VIDEO_PHASES,
+    "cells-two": CELLS_TWO_PHASES,
     "cells-count": CELLS_COUNT_PHASES,
     "cells-video": CELLS_VIDEO_PHASES,
     "cells": CELLS_PHASES,
@@ -343,7 +356,9 @@ RECIPES = {
 
 
 # the model preset a recipe trains (`owl3 demo-train --recipe R` without `--preset`); the others: "demo"
-RECIPE_PRESETS = dict.fromkeys(("cells-more-video", "cells-count", "cells-video", "cells"), "demo-cells")
+RECIPE_PRESETS = dict.fromkeys(
+    ("cells-more-video", "cells-two", "cells-count", "cells-video", "cells"), "demo-cells"
+)
 
 
 def recipe_preset(recipe: str) -> str:
@@ -507,7 +522,8 @@ def train_demo(
 
 
 __all__ = [
-    "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_VIDEO_PHASES",
+    "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_TWO_PHASES",
+    "CELLS_VIDEO_PHASES",
     "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS",
     "GateInit", "Phase", "RecencyInit", "TowerPhase", "recipe_layout", "recipe_preset", "resolve_lr_scales",
     "train_demo",
