@@ -28,11 +28,15 @@ owl3 demo --model /tmp/g/model > $D/owl3-demo-G-seed0.txt
 owl3 eval synthetic --model /tmp/g/model --seed 0 --images 1,5,8,20,50,100 --limit 100 \
   --output $D/eval-shipped-cells-two-limit100.jsonl --plot $D/eval-shipped-cells-two-limit100.png --json \
   > $D/eval-shipped-cells-two-limit100.txt
-owl3 eval synthetic --model /tmp/g/model --seed 0 --images 1,5,8,20,50,100 --limit 40 \
+# (the plot once more after G shipped, through the default model so that its title names it: same answers)
+owl3 eval synthetic --seed 0 --images 1,5,8,20,50,100 --limit 40 \
   --output $D/eval-shipped-cells-two-limit40.jsonl --plot docs/demo-eval.png --json > $D/eval-shipped-cells-two-limit40.txt
 (echo "\$ owl3 eval compare $T/ev-V2-s0-100.jsonl $D/eval-shipped-cells-two-limit100.jsonl"
  owl3 eval compare $T/ev-V2-s0-100.jsonl $D/eval-shipped-cells-two-limit100.jsonl) > $D/compare-V2-vs-G-seed0.txt
 owl3 demo > $D/owl3-demo-shipped-seed0.txt  # the shipped model (G) through the default path
-# 5. phase 10 again from the previous shipped weights, into another folder: the same weights bit for bit?
-python $D/run_two.py /tmp/g2 > /tmp/g2.out 2> /tmp/g2.err
+# 5. phase 10 again from the previous shipped weights (cells-more-video, V2: owl3/assets/demo up to commit
+#    7aecdfc), into another folder: the same weights bit for bit?
+mkdir -p /tmp/v2
+for f in $(git ls-tree --name-only 7aecdfc owl3/assets/demo/); do git show 7aecdfc:$f > /tmp/v2/$(basename $f); done
+python $D/run_two.py /tmp/g2 /tmp/v2 > /tmp/g2.out 2> /tmp/g2.err
 sha256sum /tmp/g2/model/model.safetensors owl3/assets/demo/model.safetensors | sed 's#/tmp/g2#OUT2#' > $D/recipe-G-again-sha256.txt

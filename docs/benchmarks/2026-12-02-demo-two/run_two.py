@@ -3,11 +3,12 @@ whose run (the fifteenth session, on a 2-core AVX-512 Xeon) wrote the shipped we
 phase (`two`) is trained here, by `owl3.demo.train.train_demo` as `owl3 demo-train OUT --recipe cells-two`
 does (seed 0, two torch threads, one loader process).
 
-    python run_two.py OUT
+    python run_two.py OUT [PREVIOUS]
 
-OUT gets that run's record (demo_train.json, so the whole recipe's time adds its phases' times), the
-shipped model as phase 9 and placeholders of phases 1-8 (train_demo skips a phase whose directory has a
-model.safetensors; only phase 9's is read)."""
+OUT gets that run's record (demo_train.json, so the whole recipe's time adds its phases' times), its
+model (PREVIOUS, default owl3/assets/demo, which held it until G shipped; since then `git show
+7aecdfc:owl3/assets/demo/FILE` gives its files) as phase 9 and placeholders of phases 1-8 (train_demo skips
+a phase whose directory has a model.safetensors; only phase 9's is read)."""
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from owl3.demo.train import CELLS_MORE_VIDEO_PHASES, CELLS_TWO_PHASES, train_dem
 root = Path(__file__).resolve().parents[3]
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
-shipped = root / "owl3" / "assets" / "demo"
+shipped = Path(sys.argv[2]) if len(sys.argv) > 2 else root / "owl3" / "assets" / "demo"
 record = root / "docs/benchmarks/2026-12-02-demo-threads/recipe-cells-more-video-from-scratch-demo_train.json"
 shutil.copy(record, out / "demo_train.json")
 for k, ph in enumerate(CELLS_MORE_VIDEO_PHASES, 1):
