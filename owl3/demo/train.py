@@ -313,7 +313,7 @@ CELLS_COUNT_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *CELLS_VIDEO_PHASES,
     replace(CELLS_VIDEO_PHASES[-1], name="count", mix=_COUNT_MIX),
 )
-# `cells-more-video` (the default since the fifteenth session; docs/demo.md "Two threads"): `cells-count`
+# `cells-more-video` (the default of the 15th-16th sessions; docs/demo.md "Two threads"): `cells-count`
 # with its `video` phase twice as long (1,200 steps), trained with two torch threads (`DEFAULT_THREADS`),
 # which fit the whole recipe into ~42 min on this 2-core CPU (`cells-count` with one thread: ~62). Against
 # the same recipe with the 600-step phase (both with two threads, paired): all 1,200 questions +3.3 points at
