@@ -40,3 +40,14 @@ mkdir -p /tmp/v2
 for f in $(git ls-tree --name-only 7aecdfc owl3/assets/demo/); do git show 7aecdfc:$f > /tmp/v2/$(basename $f); done
 python $D/run_two.py /tmp/g2 /tmp/v2 > /tmp/g2.out 2> /tmp/g2.err
 sha256sum /tmp/g2/model/model.safetensors owl3/assets/demo/model.safetensors | sed 's#/tmp/g2#OUT2#' > $D/recipe-G-again-sha256.txt
+# 6. P1 (RULE.md "P1"): G, then a list-heavy eleventh phase; scored against G
+python $D/run_lists.py /tmp/g /tmp/p1 > $D/recipe-P1.log 2> /tmp/p1.err
+cp /tmp/p1/demo_train.json $D/recipe-P1-demo_train.json
+python $C/count_probe.py /tmp/p1/model 600 > $D/probe-P1.log
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/p1/model --seed $s --images 1,8 --limit 300 --output $D/ev-P1-s$s-300.jsonl \
+    > $D/ev-P1-s$s-300.txt
+  (echo "\$ owl3 eval compare $D/ev-G-s$s-300.jsonl $D/ev-P1-s$s-300.jsonl"
+   owl3 eval compare $D/ev-G-s$s-300.jsonl $D/ev-P1-s$s-300.jsonl) > $D/compare-G-vs-P1-seed$s.txt
+done
+owl3 demo --model /tmp/p1/model > $D/owl3-demo-P1-seed0.txt
