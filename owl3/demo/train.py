@@ -527,8 +527,8 @@ def train_demo(
 
 __all__ = [
     "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_TWO_PHASES",
-    "CELLS_VIDEO_PHASES",
-    "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS",
+    "CELLS_VIDEO_PHASES", "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES",
+    "VIDEO_WEIGHTED_KINDS",
     "GateInit", "Phase", "RecencyInit", "TowerPhase", "recipe_layout", "recipe_preset", "resolve_lr_scales",
     "train_demo",
 ]  # fmt: skip
