@@ -181,7 +181,8 @@ class SampleEncoder:
             pos = self.query(a, ids, labels)
         if not a.odds:
             return pos, [first_patch + p for p in cells]
-        odds = [a.odds if p in cells else 1.0 for p in range(g * g)]
+        inside = set(cells)  # a set: a real model's picture has hundreds of patches
+        odds = [a.odds if p in inside else 1.0 for p in range(g * g)]
         total = sum(odds)
         return pos, list(range(first_patch, first_patch + g * g)), [w / total for w in odds]
 
