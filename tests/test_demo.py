@@ -341,26 +341,31 @@ def test_cells_two_recipe_adds_a_count_phase_that_balances_one_image_counts_only
     assert min(said[w] for w in ("no", "one", "two")) > 0.2 * sum(said.values())
 
 
-def test_demo_train_commands_train_the_recipes_preset(tmp_path, monkeypatch):
-    """`owl3 demo-train` and `python -m owl3.demo train` hand the recipe's preset and two threads (unless
-    `--threads`) to train_demo (`--preset` overrides the preset in the latter)."""
+def test_demo_train_commands_train_the_recipes_preset(tmp_path, monkeypatch, capsys):
+    """`owl3 demo-train` and `python -m owl3.demo train` hand the recipe's preset, two threads (unless
+    `--threads`) and batches in two pieces (unless `--length-split`) to train_demo (`--preset` overrides the
+    preset in the latter)."""
     import owl3.demo.train as T
     from owl3.cli import main as owl3_main
     from owl3.demo.__main__ import main as demo_main
 
     seen = []
     monkeypatch.setattr(
-        T, "train_demo", lambda out, **kw: seen.append((kw["preset"], kw["phases"], kw["threads"]))
-    )
+        T, "train_demo",
+        lambda out, **kw: seen.append((kw["preset"], kw["phases"], kw["threads"], kw["length_split"])),
+    )  # fmt: skip
     assert owl3_main(["demo-train", str(tmp_path / "a")]) == 0
     assert owl3_main(["demo-train", str(tmp_path / "b"), "--recipe", "bound", "--threads", "1"]) == 0
-    demo_main(["train", str(tmp_path / "c")])
+    demo_main(["train", str(tmp_path / "c"), "--length-split", "1"])
     demo_main(["train", str(tmp_path / "d"), "--preset", "demo", "--threads", "1"])
-    assert [p for p, _, _ in seen] == ["demo-cells", "demo", "demo-cells", "demo"]
+    assert [p for p, *_ in seen] == ["demo-cells", "demo", "demo-cells", "demo"]
     default = T.CELLS_TWO_PHASES
-    assert [ph for _, ph, _ in seen] == [default, T.BOUND_PHASES, default, default]
+    assert [ph for _, ph, *_ in seen] == [default, T.BOUND_PHASES, default, default]
     # the shipped weights were trained with two threads (another count sums floats in another order)
-    assert [t for *_, t in seen] == [2, 1, 2, 1]
+    assert [t for *_, t, _ in seen] == [2, 1, 2, 1]
+    assert [k for *_, k in seen] == [2, 2, 1, 2]
+    assert owl3_main(["demo-train", str(tmp_path / "e"), "--length-split", "0"]) == 2  # one line, exit 2
+    assert "--length-split" in capsys.readouterr().err and len(seen) == 4
 
 
 def test_default_recipe_pretrains_the_tower_first():

@@ -19,7 +19,7 @@ from owl3.demo.data import Mix, ScenePool, draw_row, write_dataset
 from owl3.demo.questions import scene_and_qa, video_grounding, video_question
 from owl3.demo.world import CELL_NAMES
 from owl3.errors import Owl3Error
-from owl3.model.hyper import cross_scores
+from owl3.model.hyper import NEVER, cross_scores
 from owl3.model.layers import repeat_kv
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
@@ -731,3 +731,55 @@ def test_the_loss_of_a_look_with_shares_is_their_cross_entropy_and_least_at_them
     best = float(attention_loss(q1, at, starts, [[(5, tokens, shares)]]))
     assert math.isclose(best, entropy, rel_tol=1e-5)
     assert float(attention_loss(q1, at * 0, starts, [[(5, tokens, shares)]])) > best + 0.1
+
+
+def _loop_attention_loss(q, k, key_starts, attend):
+    """The per-target reference (the implementation before the losses were batched)."""
+    total = q.new_zeros(())
+    for row, targets in enumerate(attend):
+        for pos, tokens, *shares in targets:
+            s = cross_scores(q[row : row + 1, :, pos : pos + 1], k[row : row + 1], key_starts[row : row + 1],
+                             torch.tensor([[pos]]))  # fmt: skip
+            log_w = torch.log_softmax(s[0, :, 0], -1)
+            if shares:  # a 0 share adds nothing (the old code's 0 x -inf on an unseen token was nan)
+                kept = [(t, p) for t, p in zip(tokens, shares[0], strict=True) if p > 0]
+                p = torch.tensor([p for _, p in kept])
+                total = total - (log_w[:, [t for t, _ in kept]] * p).sum(-1).mean()
+            else:
+                total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
+    return total
+
+
+def _loop_text_attention_loss(q, k, attend_text):
+    total = q.new_zeros(())
+    for row, targets in enumerate(attend_text):
+        for pos, tokens in targets:
+            keys = repeat_kv(k[row : row + 1, :, : pos + 1], q.shape[1] // k.shape[1])[0]
+            log_w = torch.log_softmax((keys @ q[row, :, pos, :, None])[..., 0] / q.shape[-1] ** 0.5, -1)
+            total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
+    return total
+
+
+def test_the_batched_attention_losses_equal_the_per_target_sums_in_value_and_gradient():
+    torch.manual_seed(1)
+    q = torch.randn(3, 4, 9, 8, requires_grad=True)
+    k = torch.randn(3, 2, 12, 8, requires_grad=True)
+    key_starts = torch.tensor([[0] * 4 + [4] * 4 + [NEVER] * 4, [1] * 12, [0] * 6 + [6] * 6])
+    # plain targets, a token named twice, a target with shares (one of them 0 on an unseen token), a row
+    # without targets
+    attend = [
+        [(5, [1, 6]), (3, [0, 0, 2])],
+        [],
+        [(8, [0, 7, 11], [0.5, 0.25, 0.25]), (4, [2, 9], [1.0, 0.0]), (7, [3])],
+    ]
+    text = [[(6, [1, 2]), (2, [2])], [(8, [0, 0, 5])], []]
+    for batched, loop, args in (
+        (attention_loss, _loop_attention_loss, (key_starts, attend)),
+        (text_attention_loss, _loop_text_attention_loss, (text,)),
+    ):
+        got = batched(q, k, *args)
+        grads = torch.autograd.grad(got, (q, k))
+        want = loop(q, k, *args)
+        assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-5), (got, want)
+        for g, w in zip(grads, torch.autograd.grad(want, (q, k)), strict=True):
+            assert torch.allclose(g, w, atol=1e-5)

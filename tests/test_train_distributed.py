@@ -56,7 +56,8 @@ def _runs(tmp_path, strategy: str, **kw):
 def test_two_processes_ddp_match_one_process(tmp_path):
     one, two = _runs(tmp_path, "ddp")
     recipe = tmp_path / "ddp.json"
-    recipe.write_text(json.dumps(two))
+    # each process also splits its micro-batch in two by length: only the last piece's backward syncs
+    recipe.write_text(json.dumps(two | {"length_split": 2}))
     # `owl3 train --nproc 2` re-runs itself under torchrun (python -m owl3.train in each process)
     cmd = [sys.executable, "-m", "owl3.cli", "train", "--nproc", "2", "--config", str(recipe)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)

@@ -19,6 +19,9 @@ DEFAULT_RECIPE = "cells-two"
 # torch CPU threads of `owl3 demo-train`: the shipped weights were trained with two, and other thread counts
 # sum floats in another order, so they write other weights (docs/demo.md "Two threads")
 DEFAULT_THREADS = 2
+# pieces of similar length each training batch of `owl3 demo-train` is computed as (TrainConfig.length_split:
+# the same step with less padding; 2 to 4 measured alike, benchmarks/train_step.py)
+DEFAULT_LENGTH_SPLIT = 2
 THREADS_HELP = (
     f"torch CPU threads (default {DEFAULT_THREADS}, as the shipped weights were trained; another count "
     "writes other weights)"

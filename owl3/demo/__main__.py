@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from owl3.demo import DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
+from owl3.demo import DEFAULT_LENGTH_SPLIT, DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
 from owl3.errors import Owl3Error
 
 
@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=THREADS_HELP,
     )
     r.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
+    r.add_argument(
+        "--length-split", type=int, default=DEFAULT_LENGTH_SPLIT, metavar="K",
+        help=f"compute each batch as K pieces of similar length: less padding, the same steps "
+        f"(default {DEFAULT_LENGTH_SPLIT})",
+    )  # fmt: skip
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--pool", type=int, default=20_000, help="distinct scenes to draw images from")
     r.add_argument(
@@ -136,11 +141,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "train":
         from owl3.demo.train import RECIPES, recipe_preset, train_demo
 
-        if args.scale <= 0 or args.batch_size < 1 or args.threads < 1 or args.workers < 0:
-            raise Owl3Error("--scale must be > 0, --batch-size and --threads >= 1, --workers >= 0")
+        if args.scale <= 0 or min(args.batch_size, args.threads, args.length_split) < 1 or args.workers < 0:
+            raise Owl3Error("--scale must be > 0, --batch-size/--threads/--length-split >= 1, --workers >= 0")
         train_demo(
             args.out, scale=args.scale, batch_size=args.batch_size, threads=args.threads,
-            workers=args.workers, seed=args.seed, pool=args.pool,
+            workers=args.workers, length_split=args.length_split, seed=args.seed, pool=args.pool,
             preset=args.preset or recipe_preset(args.recipe), progress=not args.no_progress,
             phases=RECIPES[args.recipe],
         )  # fmt: skip

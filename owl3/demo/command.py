@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from owl3.demo import DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
+from owl3.demo import DEFAULT_LENGTH_SPLIT, DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
 from owl3.errors import Owl3Error
 
 N_IMAGES = 5
@@ -166,6 +166,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=THREADS_HELP,
     )
     t.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
+    t.add_argument(
+        "--length-split", type=int, default=DEFAULT_LENGTH_SPLIT, metavar="K",
+        help=f"compute each batch as K pieces of similar length: less padding, the same steps "
+        f"(default {DEFAULT_LENGTH_SPLIT})",
+    )  # fmt: skip
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--recipe",
@@ -210,8 +215,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_demo_train(args: argparse.Namespace) -> int:
     from owl3.demo.train import RECIPES, recipe_preset, train_demo
 
-    if args.scale <= 0 or args.threads < 1 or args.workers < 0:
-        raise Owl3Error("--scale must be > 0, --threads at least 1 and --workers at least 0")
+    if args.scale <= 0 or args.threads < 1 or args.workers < 0 or args.length_split < 1:
+        raise Owl3Error("--scale must be > 0, --threads and --length-split at least 1, --workers at least 0")
     train_demo(
         args.out,
         phases=RECIPES[args.recipe],
@@ -219,6 +224,7 @@ def cmd_demo_train(args: argparse.Namespace) -> int:
         scale=args.scale,
         threads=args.threads,
         workers=args.workers,
+        length_split=args.length_split,
         seed=args.seed,
         say=lambda s: print(s, file=sys.stderr),
     )

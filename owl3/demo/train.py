@@ -41,8 +41,10 @@ uncropped images, the loss on answer tokens only (the training code's rule), Ada
 warmup and a cosine decay, batches of 32 short samples, two CPU threads (the commands' `--threads`, default
 `owl3.demo.DEFAULT_THREADS`: the thread count changes the float sums, so weights are reproduced only with the
 count they were trained with; the shipped weights before the fifteenth session were trained with one, which
-stays `train_demo`'s own default for the older scripts) and one data-loader process (`--workers`).
-`--scale` multiplies every phase's step count (0.01 for a smoke test).
+stays `train_demo`'s own default for the older scripts) and one data-loader process (`--workers`). The
+commands compute each batch as `owl3.demo.DEFAULT_LENGTH_SPLIT` pieces of similar length
+(`TrainConfig.length_split`: the same step with less padding; `train_demo`'s own default 1 keeps the older
+scripts' runs as they were). `--scale` multiplies every phase's step count (0.01 for a smoke test).
 """
 
 from __future__ import annotations
@@ -391,6 +393,7 @@ def train_demo(
     batch_size: int = 32,
     threads: int = 1,
     workers: int = 1,
+    length_split: int = 1,
     seed: int = 0,
     pool: int = 20_000,
     phases: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = BOUND_PHASES,
@@ -411,8 +414,8 @@ def train_demo(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log: dict = {
-        "scale": scale, "batch_size": batch_size, "threads": threads, "workers": workers, "seed": seed,
-        "phases": [],
+        "scale": scale, "batch_size": batch_size, "threads": threads, "workers": workers,
+        "length_split": length_split, "seed": seed, "phases": [],
     }  # fmt: skip
     log_path = out / "demo_train.json"
     # a resumed run keeps the records of the phases an earlier run finished
@@ -490,6 +493,7 @@ def train_demo(
             crop_prob=ph.crop_prob,
             train_vision=ph.train_vision,
             threads=threads,
+            length_split=length_split,
             num_workers=workers,  # pictures and videos decoded on the other core while this one trains
             seed=seed + k,
             save_every=max(50, steps // 4),

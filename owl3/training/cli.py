@@ -44,6 +44,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     length.add_argument("--epochs", type=int, metavar="E", default=S, help="passes over the data (default 1)")
     g.add_argument("--batch-size", type=int, metavar="B", default=S, help="micro-batch per process (1)")
     g.add_argument("--grad-accum", type=int, metavar="G", default=S, help="micro-batches per step (1)")
+    g.add_argument(
+        "--length-split", type=int, metavar="K", default=S,
+        help="compute each micro-batch as K pieces of rows of similar length: less padding, same step (1)",
+    )  # fmt: skip
     g.add_argument("--lr", type=float, metavar="X", default=S, help="peak learning rate (stage default)")
     g.add_argument("--min-lr", type=float, metavar="X", default=S, help="final learning rate (stage default)")
     g.add_argument("--warmup", type=float, metavar="R", default=S, help="warmup fraction of the steps (0.03)")

@@ -43,6 +43,10 @@ class TrainConfig:
     # batch: per-device micro-batch x grad_accum x processes = global batch
     batch_size: int = 1
     grad_accum: int = 1
+    # split each micro-batch into this many pieces of rows of similar length, each padded to its own
+    # longest row; their gradients add up to the micro-batch's, so the step is the same with less padding
+    # to compute (the demo recipes: 4, ~1.3x faster). Not under FSDP, whose every forward is collective.
+    length_split: int = 1
     # optimizer: AdamW; linear warmup over `warmup` (a fraction of the steps), then cosine lr -> min_lr
     lr: float | None = None
     min_lr: float | None = None
@@ -154,7 +158,7 @@ class TrainConfig:
             raise Owl3Error("give --max-steps or --epochs, not both")
         positive("max_steps", self.max_steps, True)
         positive("epochs", self.epochs, True)
-        for name in ("batch_size", "grad_accum", "seq_len", "frames", "lora_r", "log_every"):
+        for name in ("batch_size", "grad_accum", "length_split", "seq_len", "frames", "lora_r", "log_every"):
             positive(name, getattr(self, name))
         positive("save_every", self.save_every, True)
         positive("save_total_limit", self.save_total_limit)

@@ -293,6 +293,43 @@ class Batch:
         return self
 
 
+def split_by_length(batch: Batch, pieces: int) -> list[Batch]:
+    """`batch` as up to `pieces` batches of rows of similar length (shortest first), each padded only to
+    its own longest row. Rows never see each other, so their losses and gradients add up to the whole
+    batch's (up to float rounding): the same step with less padding to compute (`TrainConfig.length_split`).
+    The skipped samples stay with the first piece, reported once."""
+    n = len(batch)
+    if pieces <= 1 or n <= 1:
+        return [batch]
+    order = sorted(range(n), key=lambda i: int(batch.lengths[i]))
+    media_at = [0]
+    for k in batch.n_media:
+        media_at.append(media_at[-1] + k)
+    out = []
+    for j in range(min(pieces, n)):
+        rows = order[j * n // min(pieces, n) : (j + 1) * n // min(pieces, n)]
+        index = torch.tensor(rows)
+        width = int(batch.lengths[index].max())
+        pixels = None
+        if batch.pixel_values is not None:
+            taken = [batch.pixel_values[media_at[i] : media_at[i + 1]] for i in rows]
+            pixels = torch.cat(taken) if sum(t.shape[0] for t in taken) else None
+        out.append(
+            Batch(
+                batch.input_ids[index, :width],
+                batch.labels[index, :width],
+                pixels,
+                [batch.n_media[i] for i in rows],
+                [batch.media_starts[i] for i in rows],
+                batch.lengths[index],
+                batch.skipped if j == 0 else [],
+                [batch.attend[i] for i in rows] if batch.attend else [],
+                [batch.attend_text[i] for i in rows] if batch.attend_text else [],
+            )
+        )
+    return out
+
+
 def collate(items: list[Sample | Skipped], pad_id: int) -> Batch:
     samples = [s for s in items if isinstance(s, Sample)]
     skipped = [s for s in items if isinstance(s, Skipped)]

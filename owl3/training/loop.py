@@ -40,7 +40,7 @@ from owl3.training import distributed as D
 from owl3.training import stages
 from owl3.training.config import TrainConfig, save_recipe
 from owl3.training.data import read_data
-from owl3.training.encode import Batch, SampleEncoder, collate
+from owl3.training.encode import Batch, SampleEncoder, collate, split_by_length
 from owl3.training.metrics import MetricsLog, format_line, plot_loss
 from owl3.training.sampler import RecordDataset, StepSampler
 from owl3.training.state import (
@@ -300,6 +300,8 @@ class Trainer:
             if cfg.bf16 and self.strategy != "fsdp"
             else nullcontext()
         )
+        if cfg.length_split > 1 and self.strategy != "fsdp":  # FSDP: every rank must run as many forwards
+            micro = [piece for b in micro for piece in split_by_length(b, cfg.length_split)]
         loss_sum, att_sum, att_count = 0.0, 0.0, 0
         for i, b in enumerate(micro):
             dev = env.device

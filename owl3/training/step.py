@@ -23,6 +23,7 @@ part of the last forward is kept in `attention_sum`/`attention_count`.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, VisualContext
 from owl3.model.hyper import NEVER, cross_scores
+from owl3.model.layers import repeat_kv
 from owl3.training.encode import IGNORE, VisualTarget
 
 
@@ -147,32 +149,56 @@ def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[V
     for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
 
     q (B, H, L, d), k (B, kv, M, d) as one hyper layer saw them; attend: per row, (query position,
-    visual token indices[, the share each should get])."""
-    total = q.new_zeros(())
-    for row, targets in enumerate(attend):
-        for pos, tokens, *shares in targets:
-            at = torch.tensor([[pos]], device=q.device)
-            one = slice(row, row + 1)
-            s = cross_scores(q[one, :, pos : pos + 1], k[one], key_starts[one], at)
-            log_w = torch.log_softmax(s[0, :, 0].float(), -1)  # (H, M)
-            if shares:
-                p = torch.tensor(shares[0], dtype=log_w.dtype, device=log_w.device)
-                total = total - (log_w[:, tokens] * p).sum(-1).mean()
-            else:
-                total = total - torch.logsumexp(log_w[:, tokens], -1).mean()
-    return total
+    visual token indices[, the share each should get]). Every target's scores are computed at once (one
+    gather of its query and keys: the backward writes one gradient buffer, not one per target)."""
+    targets = [(row, t) for row, ts in enumerate(attend) for t in ts]
+    if not targets:
+        return q.new_zeros(())
+    rows = torch.tensor([row for row, _ in targets], device=q.device)
+    pos = torch.tensor([t[0] for _, t in targets], device=q.device)
+    qs = q[rows, :, pos][:, :, None]  # (n, H, 1, d)
+    s = cross_scores(qs, k[rows], key_starts[rows], pos[:, None])  # (n, H, 1, M)
+    log_w = torch.log_softmax(s[:, :, 0].float(), -1)  # (n, H, M)
+    return _target_nll(log_w, [t[1:] for _, t in targets])
 
 
 def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple[int, list[int]]]]) -> Tensor:
     """Sum over targets of the mean over heads of -log(causal self-attention share on the target tokens).
 
     q (B, H, T, d), k (B, kv, T, d) rotated, as one decoder layer saw them; attend_text: per row, (query
-    position, text token positions before it)."""
-    total = q.new_zeros(())
-    for row, targets in enumerate(attend_text):
-        for pos, tokens in targets:
-            total = total - torch.logsumexp(self_log_weights(q, k, row, pos)[:, tokens], -1).mean()
-    return total
+    position, text token positions before it). All targets at once, as `attention_loss`."""
+    targets = [(row, pos, tokens) for row, ts in enumerate(attend_text) for pos, tokens in ts]
+    if not targets:
+        return q.new_zeros(())
+    rows = torch.tensor([row for row, _, _ in targets], device=q.device)
+    pos = torch.tensor([p for _, p, _ in targets], device=q.device)
+    keys = repeat_kv(k[rows], q.shape[1] // k.shape[1])  # (n, H, T, d)
+    s = (keys @ q[rows, :, pos][..., None])[..., 0] / q.shape[-1] ** 0.5  # (n, H, T)
+    later = torch.arange(k.shape[2], device=q.device)[None, :] > pos[:, None]  # (n, T): not yet seen
+    log_w = torch.log_softmax(s.masked_fill(later[:, None], float("-inf")).float(), -1)
+    return _target_nll(log_w, [(tokens,) for _, _, tokens in targets])
+
+
+def _target_nll(log_w: Tensor, targets: list[tuple]) -> Tensor:
+    """log_w (n, H, M) log attention weights of n target queries; targets[i] = (tokens,) or (tokens,
+    shares) -> the sum over targets of the mean over heads of -log(the weight on the tokens) (a token
+    named twice counts twice), or of -sum(share x log weight)."""
+    n, _, m = log_w.shape
+    counts = np.zeros((n, m), dtype=np.float32)  # how often each target names each token
+    shares = np.zeros((n, m), dtype=np.float32)
+    has_shares = np.zeros(n, dtype=bool)
+    for i, (tokens, *share) in enumerate(targets):
+        if share:
+            np.add.at(shares[i], tokens, share[0])
+            has_shares[i] = True
+            counts[i] = 1.0  # unused (the where below); keeps that row's logsumexp and its gradient finite
+        else:
+            np.add.at(counts[i], tokens, 1.0)
+    counts, shares, has_shares = (torch.from_numpy(a).to(log_w.device) for a in (counts, shares, has_shares))
+    hit = torch.logsumexp(log_w + counts.log()[:, None], -1)  # (n, H): log of the weight on the tokens
+    # share x log weight only where a share is given (0 x -inf, an unseen token, would be nan)
+    xent = torch.where(shares[:, None] > 0, shares[:, None] * log_w, 0.0).sum(-1)  # (n, H)
+    return -torch.where(has_shares[:, None], xent, hit).mean(-1).sum()
 
 
 def self_log_weights(q: Tensor, k: Tensor, row: int, pos: int) -> Tensor:
