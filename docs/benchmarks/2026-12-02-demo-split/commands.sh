@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every command behind docs/demo.md "Faster steps (2026-12-02, eighteenth session)", run from the
+# repository root with its venv active, on a 2-core AMD EPYC (Zen 3: AVX2, no AVX-512), alone on the CPU.
+set -euo pipefail
+D=docs/benchmarks/2026-12-02-demo-split
+G=docs/benchmarks/2026-12-02-demo-two
+# 0. the previous shipped model (cells-more-video, V2) = phase 9 of cells-two
+mkdir -p /tmp/v2
+for f in $(git ls-tree --name-only 7aecdfc owl3/assets/demo/); do git show 7aecdfc:$f > /tmp/v2/$(basename $f); done
+# 1. S2: phase 10 trained again with this code (batched attention losses, batches in 2 pieces by length);
+#    the shipped G is the same phase trained with the code of 6e06137 (G's record: $G/recipe-G-demo_train.json)
+python $D/run_split.py /tmp/s2 /tmp/v2 2 > /tmp/s2.out 2> $D/recipe-S2.log
+cp /tmp/s2/demo_train.json $D/recipe-S2-demo_train.json
+sha256sum /tmp/s2/model/model.safetensors owl3/assets/demo/model.safetensors | sed 's#/tmp/s2#OUT#' > $D/recipe-S2-sha256.txt
+# 2. S2 against G on the same questions
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/s2/model --seed $s --images 1,8 --limit 300 --output $D/ev-S2-s$s-300.jsonl \
+    > $D/ev-S2-s$s-300.txt
+  (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-S2-s$s-300.jsonl"
+   owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-S2-s$s-300.jsonl) > $D/compare-G-vs-S2-seed$s.txt
+done
