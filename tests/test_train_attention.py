@@ -16,8 +16,8 @@ import torch
 from owl3.checkpoint import load_model
 from owl3.cli import main
 from owl3.demo.data import Mix, ScenePool, draw_row, write_dataset
-from owl3.demo.questions import scene_and_qa, video_grounding, video_question
-from owl3.demo.world import CELL_NAMES
+from owl3.demo.questions import SINGLE_KINDS, scene_and_qa, video_grounding, video_question
+from owl3.demo.world import CELL_NAMES, COLOURS, random_scene
 from owl3.errors import Owl3Error
 from owl3.model.hyper import NEVER, cross_scores
 from owl3.model.layers import repeat_kv
@@ -672,7 +672,7 @@ def test_count_look_points_how_many_appeared_at_every_object_of_the_last_frame(t
         n = {"Three": 3, "Four": 4}[row["messages"][-1]["content"].split()[0]]
         assert len(target["boxes"]) == n and len({tuple(b) for b in target["boxes"]}) == n
         sample = enc(record)
-        (pos, tokens), = sample.attend
+        ((pos, tokens),) = sample.attend
         assert len(tokens) == n and sample.labels[pos + 1] != -100  # one cell each; the answer's first token
     plain = write_dataset(tmp_path / "p", 6, mix=replace(mix, count_look=False), pool=20, video="images")
     assert all(not json.loads(line).get("attend") for line in plain.read_text().splitlines())
@@ -783,3 +783,41 @@ def test_the_batched_attention_losses_equal_the_per_target_sums_in_value_and_gra
         assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-5), (got, want)
         for g, w in zip(grads, torch.autograd.grad(want, (q, k)), strict=True):
             assert torch.allclose(g, w, atol=1e-5)
+
+
+def test_describe_names_every_object_in_reading_order_with_a_look_at_each(tmp_path):
+    from owl3.demo.questions import DESCRIBE, ask
+
+    rng = random.Random(5)
+    for _ in range(30):
+        scene = random_scene(rng)
+        qa = ask(scene, DESCRIBE, rng)
+        objs = sorted(scene.objects, key=lambda o: o.cell)
+        assert qa.question == "What do you see?" and qa.answer.startswith("I see a ")
+        said = qa.answer[len("I see ") : -1].replace(" and ", ", ").split(", ")
+        assert said == [f"a {o.colour} {o.shape}" for o in objs]
+        # one look per object, at the word that says its colour
+        assert [c for c, _ in qa.grounding()] == [o.cell for o in objs]
+        for (_, before), o in zip(qa.grounding(), objs, strict=True):
+            assert qa.answer[len(before) :].startswith(f" {o.colour} {o.shape}")
+    assert DESCRIBE not in SINGLE_KINDS  # training only: the evaluation never asks it
+    # in "In Image X" rows: each object's look in image X and the text target, at its colour word
+    mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=4, bind=True, kinds=(DESCRIBE,))
+    path = write_dataset(tmp_path / "d", 12, mix=mix, pool=60, name="rows")
+    processor = Processor.from_dir("owl3/assets/demo", 84)
+    enc = SampleEncoder(processor, seq_len=4096, frames=8, crop_prob=0.0, seed=0, grid=3)
+    records, problems = read_data([path])
+    assert not problems and len(records) == 12
+    for record in records:
+        answer = record.messages[1]["content"]
+        n_objects = answer.count(" a ")
+        x = record.attend[0].image
+        assert [a.next_tokens for a in record.attend] == [0, 4] * n_objects
+        assert {a.image for a in record.attend} == {x}
+        sample = enc(record)
+        words = [
+            processor.tokenizer.decode(sample.input_ids[p + 1 : p + 2].tolist()).strip()
+            for p, _ in sample.attend
+        ]
+        assert words == [w for w in answer.split() if w in COLOURS]
+        assert all(len(tokens) == 1 and x * 9 <= tokens[0] < (x + 1) * 9 for _, tokens in sample.attend)

@@ -44,6 +44,10 @@ SINGLE_KINDS = (
     "position", "size", "exists", "word", "word_colour",
 )  # fmt: skip
 WORD_KINDS = ("word", "word_colour")
+# a training-only kind, never asked by the evaluation: "What do you see?" -> "I see a red star and a blue
+# circle." (the objects in reading order), an answer that has to read every object of its picture, with a
+# look at each object's cell at the word that names its colour (`QA.looks`)
+DESCRIBE = "describe"
 WHICH_KINDS = ("which_count", "which_has", "which_word", "which_total")
 VIDEO_QUESTION_KINDS = {
     "appear": ("appear_after", "appear_first", "appear_last", "appear_count"),
@@ -65,11 +69,16 @@ class QA:
     empty: tuple[int, ...] = ()
     # a count ("How many ... are there?"): the cells of the counted objects (empty for a count of none)
     counted: tuple[int, ...] = ()
+    # an answer read from several objects, one after another (DESCRIBE): (cell, the answer before the word
+    # read from that object) for each
+    looks: tuple[tuple[int, str], ...] = ()
 
     def grounding(self) -> list[tuple[int, str]]:
         """(cell, the answer before a word read from that object) for each such word: "The star is" of "The
         star is red."; "The star is in the" and "The star is in the top" of "The star is in the top
         left."; "" (the first word) of "Yes, there is a red star.". Empty when no one object decides."""
+        if self.looks:
+            return list(self.looks)
         if self.cell is None:
             return []
         if self.kind == "exists":
@@ -222,6 +231,13 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
         cell = matches[0] if yes and len(matches) == 1 else None
         empty = () if yes else empty_cells(scene)
         return QA(kind, f"Is there a {colour} {shape}?", answer, shape, cell, empty)
+    if kind == DESCRIBE:
+        answer, looks = "I see", []  # Scene keeps its objects in reading order
+        for i, o in enumerate(objs):
+            answer += "" if i == 0 else " and" if i == len(objs) - 1 else ","
+            looks.append((o.cell, answer + " a"))
+            answer += f" a {o.colour} {o.shape}"
+        return QA(kind, "What do you see?", answer + ".", looks=tuple(looks))
     if kind == "word":
         if scene.word is None:
             return None
@@ -471,7 +487,7 @@ def video_grounding(q: Question) -> list[tuple[int, int, str]]:
 
 ALL_VIDEO_KINDS = tuple(k for ks in VIDEO_QUESTION_KINDS.values() for k in ks)
 __all__ = [
-    "ALL_VIDEO_KINDS", "IMAGE", "LAYOUTS", "LAYOUT_FILE", "QA", "Question", "SINGLE_KINDS", "VIDEO",
+    "ALL_VIDEO_KINDS", "DESCRIBE", "IMAGE", "LAYOUTS", "LAYOUT_FILE", "QA", "Question", "SINGLE_KINDS", "VIDEO",
     "WHICH_KINDS", "WORDS", "ask", "empty_cells", "image_list", "model_layout", "multi_question",
     "single_question", "video_grounding", "video_question", "which_question", "write_layout",
 ]  # fmt: skip
