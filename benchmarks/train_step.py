@@ -1,4 +1,5 @@
-"""Seconds per optimizer step of the demo recipe's last phase, with and without `length_split`.
+"""Seconds per optimizer step of the demo recipe's last phase, with and without `length_split`, and the
+padding each split leaves (padded tokens / real tokens of the same batches).
 
     .venv/bin/python benchmarks/train_step.py OUT [--steps 30] [--splits 1,4] [--rounds 2]
 
@@ -22,10 +23,28 @@ from owl3.bench.common import machine
 from owl3.checkpoint.load import read_config
 from owl3.demo.data import write_dataset
 from owl3.demo.train import RECIPES, resolve_lr_scales
-from owl3.training import TrainConfig, train
+from owl3.processing import Processor
+from owl3.training import SampleEncoder, TrainConfig, read_data, train
 from owl3.training.metrics import read_metrics
+from owl3.training.sampler import StepSampler
 
 WARM = 4
+
+
+def padding(data: Path, steps: int, splits: list[int], seed: int = 1) -> dict[int, float]:
+    """Padded / real tokens over the batches that training with `seed` draws, per split."""
+    records, _ = read_data([str(data)])
+    processor = Processor.from_dir(DEFAULT_MODEL, read_config(DEFAULT_MODEL).image_size)
+    enc = SampleEncoder(processor, seq_len=8192, frames=8, crop_prob=0.0, seed=seed)  # as training encodes
+    padded, real = dict.fromkeys(splits, 0), 0
+    for keys in StepSampler(len(records), 32, 1, 0, 1, seed, True, 0, steps):
+        lengths = sorted(int(enc(records[i], e, i).input_ids.shape[0]) for e, i in keys)
+        real += sum(lengths)
+        for k in splits:
+            n = len(lengths)
+            pieces = [lengths[j * n // k : (j + 1) * n // k] for j in range(k)]
+            padded[k] += sum(max(p) * len(p) for p in pieces if p)
+    return {k: round(padded[k] / real, 3) for k in splits}
 
 
 def main() -> None:
@@ -56,6 +75,7 @@ def main() -> None:
             )  # fmt: skip
             train(cfg)
             times[k] += [row["step_s"] for row in read_metrics(run / "metrics.jsonl")[WARM:]]
+    pad = padding(data, args.steps, splits)
     base = statistics.mean(times[splits[0]])
     rows = []
     for k in splits:
@@ -63,11 +83,12 @@ def main() -> None:
         median = statistics.median(times[k])
         rows.append(
             {"length_split": k, "steps": len(times[k]), "s_per_step": round(mean, 3),
-             "median_s": round(median, 3), "speedup": round(base / mean, 2)}
+             "median_s": round(median, 3), "speedup": round(base / mean, 2), "padding": pad[k]}
         )  # fmt: skip
-    print("length_split | steps timed | s/step (mean) | median | speedup vs the first")
+    print("length_split | steps timed | s/step (mean) | median | speedup vs the first | padded / real tokens")
     for row in rows:
-        print(" | ".join(str(row[c]) for c in ("length_split", "steps", "s_per_step", "median_s", "speedup")))
+        cols = ("length_split", "steps", "s_per_step", "median_s", "speedup", "padding")
+        print(" | ".join(str(row[c]) for c in cols))
     print(json.dumps({"bench": "train_step", "machine": machine(), "threads": args.threads, "rows": rows}))
 
 

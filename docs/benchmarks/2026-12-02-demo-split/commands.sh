@@ -19,3 +19,13 @@ for s in 2 3; do
   (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-S2-s$s-300.jsonl"
    owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-S2-s$s-300.jsonl) > $D/compare-G-vs-S2-seed$s.txt
 done
+# 3. seconds a step, side by side: the code before this session (6e06137, a worktree; the benchmark script
+#    copied in as it was at the time, without the padding column) and this session's, splits 1 and 4,
+#    alternating (train_step-before-after.txt: old, new, old, new); then this commit's script, splits 1,2,4
+git worktree add /tmp/old 6e06137
+cp benchmarks/train_step.py /tmp/old/benchmarks/   # (the version of commit 1bbeba6)
+for r in 0 1; do
+  PYTHONPATH=/tmp/old python /tmp/old/benchmarks/train_step.py /tmp/tb/old$r --rounds 1 | tail -3
+  python benchmarks/train_step.py /tmp/tb/new$r --rounds 1 | tail -4
+done > $D/train_step-before-after.txt
+python benchmarks/train_step.py /tmp/tb/rec --splits 1,2,4 --rounds 2 > $D/train_step.txt
