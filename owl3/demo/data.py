@@ -60,7 +60,8 @@ class Mix:
     n_max: int = 8
     log_uniform: bool = False  # draw the image count log-uniformly (more small counts)
     hard: float = 0.5  # share of distractors that show the shape the question names
-    label_after: float = 0.0  # share of multi rows in the "<|image|> (Image k)" layout
+    # share of list rows ("In Image X", "which image?") in the "<|image|> (Image k)" layout
+    label_after: float = 0.0
     # share of multi / which rows numbered from a random start (`Image 41: ... Image 48:`), a window of a
     # list of up to `max_label` images: every label token up to max_label is trained without long rows
     window: float = 0.0
@@ -346,6 +347,8 @@ def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix | None = No
     others.insert(x - 1, target)
     start = _start(rng, mix, n) if mix is not None else 1
     style = (_question_first(rng, mix) if mix is not None else None) or "official"
+    if mix is not None and mix.label_after and rng.random() < mix.label_after:  # no draw when 0: as before
+        style = "label_after"
     attend = ()
     if mix is not None and mix.bind_which:
         attend = ({"image": x - 1, "next_tokens": mix.bind_tokens, "after": "Image"},)

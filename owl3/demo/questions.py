@@ -267,7 +267,7 @@ def single_question(rng: random.Random, kind: str | None = None) -> Question:
 # ------------------------------------------------------------------------------------- many images
 def image_list(n: int, style: str = "official", start: int = 1) -> str:
     """`Image 1: <|image|> Image 2: <|image|> ... Image N: <|image|>` (the paper's layout), or, with
-    style "label_after", `<|image|> (Image 1) <|image|> (Image 2) ...` (a training-only variant).
+    style "label_after", `<|image|> (Image 1) <|image|> (Image 2) ...` (a layout of LAYOUTS).
     `start` numbers the images from there on (training windows of a longer list)."""
     labels = range(start, start + n)
     if style == "official":
@@ -278,7 +278,9 @@ def image_list(n: int, style: str = "official", start: int = 1) -> str:
 
 
 QUESTION_FIRST = ("question_first", "question_twice")  # the layouts that ask before the list
-LAYOUTS = ("official", *QUESTION_FIRST)
+# "label_after": `<|image|> (Image 1) <|image|> (Image 2) ... . QUESTION`: the tokens right after image X
+# name it, so "In Image X" finds them by the label itself (in the paper's layout they name image X + 1)
+LAYOUTS = ("official", "label_after", *QUESTION_FIRST)
 # in a model folder: where that model wants its list questions (`{"layout": "question_twice"}`); absent for
 # the paper's layout. `owl3 eval synthetic` and `owl3 demo` ask in it (docs/demo.md, "Evaluation").
 LAYOUT_FILE = "demo_layout.json"
@@ -487,7 +489,7 @@ def video_grounding(q: Question) -> list[tuple[int, int, str]]:
 
 ALL_VIDEO_KINDS = tuple(k for ks in VIDEO_QUESTION_KINDS.values() for k in ks)
 __all__ = [
-    "ALL_VIDEO_KINDS", "DESCRIBE", "IMAGE", "LAYOUTS", "LAYOUT_FILE", "QA", "Question", "SINGLE_KINDS", "VIDEO",
-    "WHICH_KINDS", "WORDS", "ask", "empty_cells", "image_list", "model_layout", "multi_question",
+    "ALL_VIDEO_KINDS", "DESCRIBE", "IMAGE", "LAYOUTS", "LAYOUT_FILE", "QA", "Question", "SINGLE_KINDS",
+    "VIDEO", "WHICH_KINDS", "WORDS", "ask", "empty_cells", "image_list", "model_layout", "multi_question",
     "single_question", "video_grounding", "video_question", "which_question", "write_layout",
 ]  # fmt: skip

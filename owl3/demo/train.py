@@ -380,10 +380,12 @@ def resolve_lr_scales(scales: tuple[tuple[str, float], ...], hyper_layers: tuple
 
 def recipe_layout(phases) -> str:
     """Where the model of a recipe wants its list questions: the layout of its last question phase's list
-    rows when at least half of them ask before the images (`Mix.question_first`), else "official" (also
-    for a recipe without question phases)."""
+    rows when at least half of them ask before the images (`Mix.question_first`) or put the labels after
+    the images (`Mix.label_after`), else "official" (also for a recipe without question phases)."""
     mixes = [ph.mix for ph in phases if isinstance(ph, Phase)]
-    return mixes[-1].question_style if mixes and mixes[-1].question_first >= 0.5 else "official"
+    if mixes and mixes[-1].question_first >= 0.5:
+        return mixes[-1].question_style
+    return "label_after" if mixes and mixes[-1].label_after >= 0.5 else "official"
 
 
 def train_demo(
