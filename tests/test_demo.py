@@ -545,3 +545,38 @@ def test_count_objects_looks_at_every_counted_object_at_the_words_that_say_how_m
         assert all(t.get("odds", 4.0) == 4.0 for t in row.attend)
         seen.add(none)
     assert seen == {True, False}
+
+
+def test_label_after_layout_in_training_rows_recipes_and_the_evaluation(tmp_path):
+    """A mix with `label_after` puts every list row's labels after its images ("which image?" too); a
+    recipe ending in such a phase records the layout, and the evaluation asks the same questions in it."""
+    from dataclasses import replace
+
+    from owl3.demo.data import Mix, write_dataset
+    from owl3.demo.questions import LAYOUTS, model_layout, write_layout
+    from owl3.demo.train import CELLS_TWO_PHASES, recipe_layout
+    from owl3.evaluation.synthetic import SyntheticTask
+
+    mix = Mix(single=0.0, multi=0.6, which=0.4, video=0.0, n_min=2, n_max=4)
+    prompts = {}
+    for share in (0.0, 1.0):
+        path = write_dataset(tmp_path / f"l{share}", 20, mix=replace(mix, label_after=share), pool=50)
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        prompts[share] = [row["messages"][0]["content"] for row in rows]
+    assert any("Which image" in p for p in prompts[1.0]) and any("In Image" in p for p in prompts[1.0])
+    assert all(p.startswith("<image> (Image ") for p in prompts[1.0]), prompts[1.0][:2]
+    assert all(p.startswith("Image ") and "(Image" not in p for p in prompts[0.0])
+    two = CELLS_TWO_PHASES[-1]
+    labels = replace(two, mix=replace(two.mix, label_after=1.0))
+    assert recipe_layout((*CELLS_TWO_PHASES, labels)) == "label_after"
+    assert recipe_layout(CELLS_TWO_PHASES) == "official"
+    write_layout(tmp_path, "label_after")
+    assert model_layout(tmp_path) == "label_after" == LAYOUTS[1]
+    plain, after = (SyntheticTask(seed=1, images=[1, 3], limit=4, layout=x) for x in ("official", LAYOUTS[1]))
+    for a, b in zip(plain.items(84), after.items(84), strict=True):
+        assert (a.id, a.answer) == (b.id, b.answer)
+        if a.group in ("3", "which"):
+            assert a.prompt.startswith("Image 1: <|image|>") and b.prompt.startswith("<|image|> (Image 1)")
+            assert a.prompt.split(". ")[-1] == b.prompt.split(". ")[-1]  # the same question after the list
+        else:
+            assert a.prompt == b.prompt
