@@ -29,3 +29,13 @@ for r in 0 1; do
   python benchmarks/train_step.py /tmp/tb/new$r --rounds 1 | tail -4
 done > $D/train_step-before-after.txt
 python benchmarks/train_step.py /tmp/tb/rec --splits 1,2,4 --rounds 2 > $D/train_step.txt
+# 4. E1 (RULE.md "E1"): G, then a phase with a fifth of its question kinds `describe`; scored against G
+python $D/run_describe.py /tmp/g /tmp/e1 > /tmp/e1.out 2> $D/recipe-E1.log   # /tmp/g: run_two.py's G folder
+cp /tmp/e1/demo_train.json $D/recipe-E1-demo_train.json
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/e1/model --seed $s --images 1,8 --limit 300 --output $D/ev-E1-s$s-300.jsonl \
+    > $D/ev-E1-s$s-300.txt
+  (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-E1-s$s-300.jsonl"
+   owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-E1-s$s-300.jsonl) > $D/compare-G-vs-E1-seed$s.txt
+done
+python $D/describe_probe.py /tmp/e1/model 100 1 2 8 > $D/describe-probe-E1.txt
