@@ -39,3 +39,12 @@ for s in 2 3; do
    owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-E1-s$s-300.jsonl) > $D/compare-G-vs-E1-seed$s.txt
 done
 python $D/describe_probe.py /tmp/e1/model 100 1 2 8 > $D/describe-probe-E1.txt
+# 5. E2 (RULE.md "E2"): G, then a phase with every list row's labels after the images; asked in that layout
+python $D/run_label_after.py /tmp/g /tmp/e2 > /tmp/e2.out 2> $D/recipe-E2.log
+cp /tmp/e2/demo_train.json $D/recipe-E2-demo_train.json
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/e2/model --seed $s --images 1,8 --limit 300 --output $D/ev-E2-s$s-300.jsonl \
+    > $D/ev-E2-s$s-300.txt
+  (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-E2-s$s-300.jsonl"
+   owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-E2-s$s-300.jsonl) > $D/compare-G-vs-E2-seed$s.txt
+done
