@@ -64,7 +64,7 @@ def test_question_first_layout_asks_the_same_questions_before_the_images():
     for a, b in zip(six.items(56), twice.items(56), strict=True):
         listing, _, question = a.prompt.partition("<|image|>. ")
         assert b.prompt == f"{question} {listing}<|image|>. {question}"
-    with pytest.raises(Owl3Error, match="--layout must be one of official, question_first"):
+    with pytest.raises(Owl3Error, match="--layout must be one of official, label_after, question_first"):
         SyntheticTask(layout="sideways")
 
 

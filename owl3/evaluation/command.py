@@ -65,10 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--layout",
-        choices=("official", "question_first", "question_twice"),
+        choices=("official", "label_after", "question_first", "question_twice"),
         default=None,
-        help="where list questions stand: after the images (official), before them (question_first) or "
-        "both (question_twice); default: the model's own (its demo_layout.json, else official)",
+        help="where list questions stand: after the images (official; label_after with each label after "
+        "its image), before them (question_first) or both (question_twice); default: the model's own (its "
+        "demo_layout.json, else official)",
     )
     s.add_argument("--output", metavar="R.jsonl", default=None, help="write one JSON line per question here")
     s.add_argument(
