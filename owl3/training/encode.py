@@ -305,9 +305,9 @@ def split_by_length(batch: Batch, pieces: int) -> list[Batch]:
     media_at = [0]
     for k in batch.n_media:
         media_at.append(media_at[-1] + k)
-    out = []
-    for j in range(min(pieces, n)):
-        rows = order[j * n // min(pieces, n) : (j + 1) * n // min(pieces, n)]
+    k, out = min(pieces, n), []
+    for j in range(k):
+        rows = order[j * n // k : (j + 1) * n // k]
         index = torch.tensor(rows)
         width = int(batch.lengths[index].max())
         pixels = None

@@ -153,6 +153,8 @@ class Trainer:
             text_layer=cfg.text_attention_layer,
         )
         self.wrapped = D.wrap(self.step_module, env, self.strategy, cfg.bf16)
+        if cfg.length_split > 1 and self.strategy == "fsdp":
+            self.say(f"length_split {cfg.length_split} ignored under FSDP (every forward is collective)")
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.say(
             f"stage {cfg.stage}: training {n_train:,} of {n_params:,} parameters "
