@@ -4,6 +4,8 @@ another image shows the asked shape in another colour (colour) or the asked colo
 (shape), and how many other answers those give; accuracy per case.
 
     python ambiguity.py R_SEED2.jsonl 2 R_SEED3.jsonl 3 ...
+
+Then the accuracy of every 8-image question by the position of image X in the list.
 """
 import json, random, sys, collections
 from owl3.demo.questions import scene_and_qa, SINGLE_KINDS
@@ -39,3 +41,13 @@ for path, seed in zip(sys.argv[1::2], sys.argv[2::2]):
         key = (kind, 'ambiguous' if others else 'unique', len(others))
         stats[key][0] += r['correct']; stats[key][1] += 1
 for k in sorted(stats): print(k, stats[k], round(stats[k][0]/stats[k][1], 2))
+# every 8-image question, by the position of image X in the list
+by_x = collections.defaultdict(lambda: [0, 0])
+for path in sys.argv[1::2]:
+    for line in open(path):
+        r = json.loads(line)
+        if r["group"] == "8":
+            x = int(r["prompt"].split("In Image ")[1].split(",")[0])
+            by_x[x][0] += r["correct"]
+            by_x[x][1] += 1
+print("image X:", ", ".join(f"{x}: {c}/{t} ({c / t:.2f})" for x, (c, t) in sorted(by_x.items())))

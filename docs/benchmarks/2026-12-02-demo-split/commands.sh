@@ -48,3 +48,5 @@ for s in 2 3; do
   (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-E2-s$s-300.jsonl"
    owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-E2-s$s-300.jsonl) > $D/compare-G-vs-E2-seed$s.txt
 done
+# 6. where G's 8-image answers fail: other possible answers in the list, and the position of image X
+python $D/ambiguity.py $G/ev-G-s2-300.jsonl 2 $G/ev-G-s3-300.jsonl 3 > $D/ambiguity-G.txt
