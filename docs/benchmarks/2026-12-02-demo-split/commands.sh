@@ -50,3 +50,12 @@ for s in 2 3; do
 done
 # 6. where G's 8-image answers fail: other possible answers in the list, and the position of image X
 python $D/ambiguity.py $G/ev-G-s2-300.jsonl 2 $G/ev-G-s3-300.jsonl 3 > $D/ambiguity-G.txt
+# 7. C (RULE.md "C", the control): G, then the `two` phase once more; scored against G
+python $D/run_again.py /tmp/g /tmp/c > /tmp/c.out 2> $D/recipe-C.log
+cp /tmp/c/demo_train.json $D/recipe-C-demo_train.json
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/c/model --seed $s --images 1,8 --limit 300 --output $D/ev-C-s$s-300.jsonl \
+    > $D/ev-C-s$s-300.txt
+  (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-C-s$s-300.jsonl"
+   owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-C-s$s-300.jsonl) > $D/compare-G-vs-C-seed$s.txt
+done
