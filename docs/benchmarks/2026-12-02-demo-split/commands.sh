@@ -59,3 +59,7 @@ for s in 2 3; do
   (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-C-s$s-300.jsonl"
    owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-C-s$s-300.jsonl) > $D/compare-G-vs-C-seed$s.txt
 done
+for e in E1 E2; do for s in 2 3; do
+  (echo "\$ owl3 eval compare $D/ev-C-s$s-300.jsonl $D/ev-$e-s$s-300.jsonl"
+   owl3 eval compare $D/ev-C-s$s-300.jsonl $D/ev-$e-s$s-300.jsonl) > $D/compare-C-vs-$e-seed$s.txt
+done; done
