@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 
 import owl3
 from owl3.api import DEFAULT_MODEL
@@ -149,7 +150,7 @@ def test_demo_train_plumbing(tmp_path, recipe):
 
     from owl3.bench.common import machine
     from owl3.demo.questions import model_layout
-    from owl3.demo.train import RECIPES, Phase, train_demo
+    from owl3.demo.train import RECIPES, Phase, continue_run, train_demo
 
     PHASES = RECIPES[recipe]
     out = tmp_path / "run"
@@ -177,6 +178,17 @@ def test_demo_train_plumbing(tmp_path, recipe):
     assert all(p["done_before"] for p in again["phases"])
     assert again["total_s"] >= sum(p["train_s"] for p in log["phases"]) - 0.1  # rounded to 0.1 s
     assert model_layout(final) == "official"  # asked in the paper's layout: no demo_layout.json
+    # a copy of the run with one more phase trains that phase alone, from the run's last model
+    more = replace(questions[-1], name="more")
+    continue_run(out, tmp_path / "more")
+    train_demo(tmp_path / "more", scale=0.003, batch_size=2, pool=40, progress=False, say=lambda s: None,
+               phases=(*PHASES, more))  # fmt: skip
+    extended = json.loads((tmp_path / "more" / "demo_train.json").read_text())
+    assert [p.get("done_before", False) for p in extended["phases"]] == [True] * len(PHASES) + [False]
+    added = tmp_path / "more" / f"phase-{len(PHASES) + 1}-more"
+    cfg = yaml.safe_load((added / "train_config.yaml").read_text())
+    assert cfg["model"] == str(tmp_path / "more" / f"phase-{len(PHASES)}-{PHASES[-1].name}")
+    assert json.loads((out / "demo_train.json").read_text()) == again  # the run copied is left as it was
     init, trained = load_file(out / "init" / "model.safetensors"), load_file(final / "model.safetensors")
     tower = [k for k in init if k.startswith("vision_model.") and k.endswith("weight") and "norm" not in k]
     assert any(not torch.equal(init[k], trained[k]) for k in tower)  # the tower was trained too

@@ -388,6 +388,28 @@ def recipe_layout(phases) -> str:
     return "label_after" if mixes and mixes[-1].label_after >= 0.5 else "official"
 
 
+def continue_run(src: str | Path, out: str | Path) -> Path:
+    """Make `out` a copy of the `train_demo` run `src` (its record, `init` and phase folders' files, a
+    symlinked placeholder as a link to the same file), so that `train_demo(out, phases=...)` with phases
+    after `src`'s trains only those, from `src`'s last model, and records the whole recipe's time. `src`
+    is left as it was; files already in `out` are kept. Returns `out`."""
+    src, out = Path(src), Path(out)
+    if not (src / "demo_train.json").is_file():
+        raise ValueError(f"{src} is not a train_demo run (no demo_train.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "demo_train.json", out / "demo_train.json")
+    for d in sorted(src.glob("phase-*")) + [src / "init"]:
+        target = out / d.name
+        target.mkdir(exist_ok=True)
+        for f in d.iterdir():
+            if f.is_file() and not (target / f.name).exists():
+                if f.is_symlink():
+                    (target / f.name).symlink_to(f.resolve())
+                else:
+                    shutil.copy2(f, target / f.name)
+    return out
+
+
 def train_demo(
     out_dir: str | Path,
     *,
@@ -535,6 +557,6 @@ __all__ = [
     "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_TWO_PHASES",
     "CELLS_VIDEO_PHASES", "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES",
     "VIDEO_WEIGHTED_KINDS",
-    "GateInit", "Phase", "RecencyInit", "TowerPhase", "recipe_layout", "recipe_preset", "resolve_lr_scales",
-    "train_demo",
+    "GateInit", "Phase", "RecencyInit", "TowerPhase", "continue_run", "recipe_layout", "recipe_preset",
+    "resolve_lr_scales", "train_demo",
 ]  # fmt: skip

@@ -1,16 +1,22 @@
 """How "In Image X" answers among 8 images fare when other images could give another answer: for the
 colour and shape questions of `owl3 eval synthetic` records (rebuilt from the evaluation's seeds), whether
 another image shows the asked shape in another colour (colour) or the asked colour on another shape
-(shape), and how many other answers those give; accuracy per case.
+(shape), and how many other answers those give; accuracy per case. Then the accuracy of every 8-image
+question by the position of image X in the list.
 
     python ambiguity.py R_SEED2.jsonl 2 R_SEED3.jsonl 3 ...
-
-Then the accuracy of every 8-image question by the position of image X in the list.
 """
-import json, random, sys, collections
-from owl3.demo.questions import scene_and_qa, SINGLE_KINDS
+import collections
+import json
+import random
+import sys
+
+from owl3.demo.questions import SINGLE_KINDS, scene_and_qa
 from owl3.demo.world import random_scene
-def scenes_for(seed, n, i):
+
+
+def scenes_for(seed: int, n: int, i: int):
+    """Question i of the n-image row of `owl3 eval synthetic --seed seed` (owl3/evaluation/synthetic.py)."""
     kind = SINGLE_KINDS[i % len(SINGLE_KINDS)]
     scene, qa = scene_and_qa(random.Random(f"eval:{seed}:question:{i}"), kind)
     rng = random.Random(f"eval:{seed}:distractors:{n}:{i}")
@@ -18,36 +24,38 @@ def scenes_for(seed, n, i):
     scenes = [random_scene(rng) for _ in range(n - 1)]
     scenes.insert(x - 1, scene)
     return kind, qa, x, scenes
-# colour: "What colour is the star?" ambiguous if another image shows a star of another colour;
-# shape: "What shape is the red object?" ambiguous if another image has a red object of another shape
+
+
+def other_answers(kind: str, question: str, x: int, scenes) -> set[str] | None:
+    """The answers other images of the list would give to a colour / shape question (None: another kind)."""
+    if kind == "colour":
+        shape = question.split("the ")[1].rstrip("?")
+        mine = [o.colour for o in scenes[x - 1].objects if o.shape == shape][0]
+        seen = {o.colour for k, s in enumerate(scenes) if k != x - 1 for o in s.objects if o.shape == shape}
+        return seen - {mine}
+    if kind == "shape":
+        colour = question.split("the ")[1].split(" object")[0]
+        mine = [o.shape for o in scenes[x - 1].objects if o.colour == colour][0]
+        seen = {o.shape for k, s in enumerate(scenes) if k != x - 1 for o in s.objects if o.colour == colour}
+        return seen - {mine}
+    return None
+
+
 stats = collections.defaultdict(lambda: [0, 0])
-for path, seed in zip(sys.argv[1::2], sys.argv[2::2]):
-    seed = int(seed)
-    for l in open(path):
-        r = json.loads(l)
-        if r['group'] != '8': continue
-        i = int(r['id'].split('-')[1])
-        kind, qa, x, scenes = scenes_for(seed, 8, i)
-        if kind == 'colour':
-            shape = qa.question.split('the ')[1].rstrip('?')
-            mine = [o.colour for o in scenes[x-1].objects if o.shape == shape][0]
-            others = {o.colour for k, s in enumerate(scenes) if k != x-1 for o in s.objects if o.shape == shape} - {mine}
-        elif kind == 'shape':
-            colour = qa.question.split('the ')[1].split(' object')[0]
-            mine = [o.shape for o in scenes[x-1].objects if o.colour == colour][0]
-            others = {o.shape for k, s in enumerate(scenes) if k != x-1 for o in s.objects if o.colour == colour} - {mine}
-        else:
-            continue
-        key = (kind, 'ambiguous' if others else 'unique', len(others))
-        stats[key][0] += r['correct']; stats[key][1] += 1
-for k in sorted(stats): print(k, stats[k], round(stats[k][0]/stats[k][1], 2))
-# every 8-image question, by the position of image X in the list
 by_x = collections.defaultdict(lambda: [0, 0])
-for path in sys.argv[1::2]:
+for path, seed in zip(sys.argv[1::2], sys.argv[2::2], strict=True):
     for line in open(path):
         r = json.loads(line)
-        if r["group"] == "8":
-            x = int(r["prompt"].split("In Image ")[1].split(",")[0])
-            by_x[x][0] += r["correct"]
-            by_x[x][1] += 1
+        if r["group"] != "8":
+            continue
+        kind, qa, x, scenes = scenes_for(int(seed), 8, int(r["id"].split("-")[1]))
+        by_x[x][0] += r["correct"]
+        by_x[x][1] += 1
+        others = other_answers(kind, qa.question, x, scenes)
+        if others is not None:
+            key = (kind, "ambiguous" if others else "unique", len(others))
+            stats[key][0] += r["correct"]
+            stats[key][1] += 1
+for key in sorted(stats):
+    print(key, stats[key], round(stats[key][0] / stats[key][1], 2))
 print("image X:", ", ".join(f"{x}: {c}/{t} ({c / t:.2f})" for x, (c, t) in sorted(by_x.items())))

@@ -10,27 +10,16 @@ tokens after image X, as every "In Image X" answer of the phase has). Does dense
 OUT gets G_OUT's record and phase folders (placeholders and G's phases 9-10), so `train_demo` trains only
 phase 11: `cells-two`'s last phase (mix, lr, targets, 600 steps) with its kinds and 8 x `describe`.
 Seed 0, two threads, one loader process, batches in 2 pieces (this commit's `owl3 demo-train`)."""
-import shutil
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from owl3.demo import DEFAULT_LENGTH_SPLIT, DEFAULT_THREADS
 from owl3.demo.questions import DESCRIBE
-from owl3.demo.train import CELLS_TWO_PHASES, COUNT_WEIGHTED_KINDS, train_demo
+from owl3.demo.train import CELLS_TWO_PHASES, COUNT_WEIGHTED_KINDS, continue_run, train_demo
 
-src, out = Path(sys.argv[1]), Path(sys.argv[2])
-out.mkdir(parents=True, exist_ok=True)
-shutil.copy(src / "demo_train.json", out / "demo_train.json")
-for d in sorted(src.glob("phase-*")) + [src / "init"]:
-    target = out / d.name
-    target.mkdir(exist_ok=True)
-    for f in d.iterdir():
-        if f.is_file() and not (target / f.name).exists():
-            if f.is_symlink():
-                (target / f.name).symlink_to(f.resolve())
-            else:
-                shutil.copy2(f, target / f.name)
+# G_OUT's record and phase folders into OUT (run_lists.py's lines, moved unchanged into the library after
+# these runs: owl3.demo.train.continue_run)
+out = continue_run(sys.argv[1], sys.argv[2])
 two = CELLS_TWO_PHASES[-1]
 kinds = (*COUNT_WEIGHTED_KINDS, *(DESCRIBE,) * 8)
 describe = replace(two, name="describe", mix=replace(two.mix, kinds=kinds))
