@@ -63,3 +63,15 @@ for e in E1 E2; do for s in 2 3; do
   (echo "\$ owl3 eval compare $D/ev-C-s$s-300.jsonl $D/ev-$e-s$s-300.jsonl"
    owl3 eval compare $D/ev-C-s$s-300.jsonl $D/ev-$e-s$s-300.jsonl) > $D/compare-C-vs-$e-seed$s.txt
 done; done
+# 8. E3 (RULE.md "E3"): G, then hard lists (every distractor shows the asked shape, half the rows lists)
+python $D/run_hard.py /tmp/g /tmp/e3 > /tmp/e3.out 2> $D/recipe-E3.log
+cp /tmp/e3/demo_train.json $D/recipe-E3-demo_train.json
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/e3/model --seed $s --images 1,8 --limit 300 --output $D/ev-E3-s$s-300.jsonl \
+    > $D/ev-E3-s$s-300.txt
+  for a in $G/ev-G $D/ev-C; do
+    b=$(basename $a | sed 's/ev-//')
+    (echo "\$ owl3 eval compare $a-s$s-300.jsonl $D/ev-E3-s$s-300.jsonl"
+     owl3 eval compare $a-s$s-300.jsonl $D/ev-E3-s$s-300.jsonl) > $D/compare-$b-vs-E3-seed$s.txt
+  done
+done
