@@ -75,3 +75,5 @@ for s in 2 3; do
      owl3 eval compare $a-s$s-300.jsonl $D/ev-E3-s$s-300.jsonl) > $D/compare-$b-vs-E3-seed$s.txt
   done
 done
+# 9. the attention targets of phase 10's rows (G's data folder): 19,200 rows, 99,516 targets
+python3 -c "import json; rows = [json.loads(l) for l in open('/tmp/g/data/two/two.jsonl')]; print(len(rows), sum(len(r.get('attend', [])) for r in rows))"
