@@ -228,3 +228,17 @@ def test_the_model_folder_names_its_list_layout(tmp_path, capsys):
         assert err.startswith("owl3: error: ") and LAYOUT_FILE in err and "\n" not in err
     with pytest.raises(ValueError, match="unknown layout"):
         write_layout(model, "sideways")
+
+
+def test_distractor_question_gives_the_scenes_and_answer_of_its_item():
+    from owl3.demo.world import render
+
+    task = SyntheticTask(seed=4, images=[1, 5], limit=3, frames=0, which_images=0)
+    items = [item for item in task.items(56) if item.group == "5"]
+    assert len(items) == 3
+    for i, item in enumerate(items):
+        kind, qa, x, scenes = task.distractor_question(5, i)
+        assert (item.kind, item.answer, item.meta["target"]) == (kind, qa.answer, x)
+        assert f"In Image {x}, " in item.prompt and len(scenes) == 5
+        pictures, _ = item.media()
+        assert [p.tobytes() for p in pictures] == [render(s, 56).tobytes() for s in scenes]

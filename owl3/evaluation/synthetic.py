@@ -22,6 +22,7 @@ from typing import Any
 from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
     LAYOUTS,
+    QA,
     SINGLE_KINDS,
     WHICH_KINDS,
     list_prompt,
@@ -30,7 +31,7 @@ from owl3.demo.questions import (
     video_question,
     which_question,
 )
-from owl3.demo.world import random_scene, render
+from owl3.demo.world import Scene, random_scene, render
 from owl3.errors import Owl3Error
 from owl3.evaluation.task import Item, Task
 
@@ -88,13 +89,18 @@ class SyntheticTask(Task):
         for i in range(self.limit if self.which_images else 0):
             yield self._which_item(i, image_size)
 
-    def _distractor_item(self, n: int, i: int, size: int) -> Item:
+    def distractor_question(self, n: int, i: int) -> tuple[str, QA, int, list[Scene]]:
+        """Question i of the n-image row: (kind, question and answer, 1-based image X, the n scenes)."""
         kind = SINGLE_KINDS[i % len(SINGLE_KINDS)]
         scene, qa = scene_and_qa(random.Random(f"eval:{self.seed}:question:{i}"), kind)
         rng = random.Random(f"eval:{self.seed}:distractors:{n}:{i}")
         x = rng.randint(1, n)
         scenes = [random_scene(rng) for _ in range(n - 1)]
         scenes.insert(x - 1, scene)
+        return kind, qa, x, scenes
+
+    def _distractor_item(self, n: int, i: int, size: int) -> Item:
+        kind, qa, x, scenes = self.distractor_question(n, i)
         if n == 1:
             prompt = f"<|image|>\n{qa.question}"
         else:

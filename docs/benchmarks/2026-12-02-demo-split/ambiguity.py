@@ -1,29 +1,16 @@
 """How "In Image X" answers among 8 images fare when other images could give another answer: for the
-colour and shape questions of `owl3 eval synthetic` records (rebuilt from the evaluation's seeds), whether
-another image shows the asked shape in another colour (colour) or the asked colour on another shape
-(shape), and how many other answers those give; accuracy per case. Then the accuracy of every 8-image
-question by the position of image X in the list.
+colour and shape questions of `owl3 eval synthetic` records (their scenes rebuilt by
+`SyntheticTask.distractor_question`), whether another image shows the asked shape in another colour
+(colour) or the asked colour on another shape (shape), and how many other answers those give; accuracy
+per case. Then the accuracy of every 8-image question by the position of image X in the list.
 
     python ambiguity.py R_SEED2.jsonl 2 R_SEED3.jsonl 3 ...
 """
 import collections
 import json
-import random
 import sys
 
-from owl3.demo.questions import SINGLE_KINDS, scene_and_qa
-from owl3.demo.world import random_scene
-
-
-def scenes_for(seed: int, n: int, i: int):
-    """Question i of the n-image row of `owl3 eval synthetic --seed seed` (owl3/evaluation/synthetic.py)."""
-    kind = SINGLE_KINDS[i % len(SINGLE_KINDS)]
-    scene, qa = scene_and_qa(random.Random(f"eval:{seed}:question:{i}"), kind)
-    rng = random.Random(f"eval:{seed}:distractors:{n}:{i}")
-    x = rng.randint(1, n)
-    scenes = [random_scene(rng) for _ in range(n - 1)]
-    scenes.insert(x - 1, scene)
-    return kind, qa, x, scenes
+from owl3.evaluation.synthetic import SyntheticTask
 
 
 def other_answers(kind: str, question: str, x: int, scenes) -> set[str] | None:
@@ -48,7 +35,7 @@ for path, seed in zip(sys.argv[1::2], sys.argv[2::2], strict=True):
         r = json.loads(line)
         if r["group"] != "8":
             continue
-        kind, qa, x, scenes = scenes_for(int(seed), 8, int(r["id"].split("-")[1]))
+        kind, qa, x, scenes = SyntheticTask(seed=int(seed)).distractor_question(8, int(r["id"].split("-")[1]))
         by_x[x][0] += r["correct"]
         by_x[x][1] += 1
         others = other_answers(kind, qa.question, x, scenes)
