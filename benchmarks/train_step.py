@@ -24,7 +24,8 @@ from owl3.checkpoint.load import read_config
 from owl3.demo.data import write_dataset
 from owl3.demo.train import RECIPES, resolve_lr_scales
 from owl3.processing import Processor
-from owl3.training import SampleEncoder, TrainConfig, read_data, train
+from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
+from owl3.training.encode import split_by_length
 from owl3.training.metrics import read_metrics
 from owl3.training.sampler import StepSampler
 
@@ -32,18 +33,17 @@ WARM = 4
 
 
 def padding(data: Path, steps: int, splits: list[int], seed: int = 1) -> dict[int, float]:
-    """Padded / real tokens over the batches that training with `seed` draws, per split."""
+    """Padded / real tokens over the batches that training with `seed` draws, per split (the batches
+    collated and split as the training loop does)."""
     records, _ = read_data([str(data)])
     processor = Processor.from_dir(DEFAULT_MODEL, read_config(DEFAULT_MODEL).image_size)
     enc = SampleEncoder(processor, seq_len=8192, frames=8, crop_prob=0.0, seed=seed)  # as training encodes
     padded, real = dict.fromkeys(splits, 0), 0
     for keys in StepSampler(len(records), 32, 1, 0, 1, seed, True, 0, steps):
-        lengths = sorted(int(enc(records[i], e, i).input_ids.shape[0]) for e, i in keys)
-        real += sum(lengths)
+        batch = collate([enc(records[i], e, i) for e, i in keys], processor.pad_token_id)
+        real += batch.n_tokens
         for k in splits:
-            n = len(lengths)
-            pieces = [lengths[j * n // k : (j + 1) * n // k] for j in range(k)]
-            padded[k] += sum(max(p) * len(p) for p in pieces if p)
+            padded[k] += sum(piece.input_ids.numel() for piece in split_by_length(batch, k))
     return {k: round(padded[k] / real, 3) for k in splits}
 
 

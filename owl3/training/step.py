@@ -149,16 +149,13 @@ def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[V
     for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
 
     q (B, H, L, d), k (B, kv, M, d) as one hyper layer saw them; attend: per row, (query position,
-    visual token indices[, the share each should get]). Every target's scores are computed at once (one
-    gather of its query and keys: the backward writes one gradient buffer, not one per target)."""
+    visual token indices[, the share each should get]). All targets at once (`_row_queries`)."""
     targets = [(row, t) for row, ts in enumerate(attend) for t in ts]
     if not targets:
         return q.new_zeros(())
-    rows = torch.tensor([row for row, _ in targets], device=q.device)
-    pos = torch.tensor([t[0] for _, t in targets], device=q.device)
-    qs = q[rows, :, pos][:, :, None]  # (n, H, 1, d)
-    s = cross_scores(qs, k[rows], key_starts[rows], pos[:, None])  # (n, H, 1, M)
-    log_w = torch.log_softmax(s[:, :, 0].float(), -1)  # (n, H, M)
+    rows, slots, positions, qs = _row_queries(q, [(row, t[0]) for row, t in targets])
+    s = cross_scores(qs, k, key_starts, positions)  # (B, H, S, M)
+    log_w = torch.log_softmax(s[rows, :, slots].float(), -1)  # (n, H, M)
     return _target_nll(log_w, [t[1:] for _, t in targets])
 
 
@@ -170,13 +167,32 @@ def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple[int, 
     targets = [(row, pos, tokens) for row, ts in enumerate(attend_text) for pos, tokens in ts]
     if not targets:
         return q.new_zeros(())
-    rows = torch.tensor([row for row, _, _ in targets], device=q.device)
-    pos = torch.tensor([p for _, p, _ in targets], device=q.device)
-    keys = repeat_kv(k[rows], q.shape[1] // k.shape[1])  # (n, H, T, d)
-    s = (keys @ q[rows, :, pos][..., None])[..., 0] / q.shape[-1] ** 0.5  # (n, H, T)
+    rows, slots, positions, qs = _row_queries(q, [(row, pos) for row, pos, _ in targets])
+    keys = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, T, d)
+    s = (qs @ keys.transpose(-1, -2))[rows, :, slots] / q.shape[-1] ** 0.5  # (n, H, T)
+    pos = positions[rows, slots]
     later = torch.arange(k.shape[2], device=q.device)[None, :] > pos[:, None]  # (n, T): not yet seen
     log_w = torch.log_softmax(s.masked_fill(later[:, None], float("-inf")).float(), -1)
     return _target_nll(log_w, [(tokens,) for _, _, tokens in targets])
+
+
+def _row_queries(q: Tensor, targets: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The query of each target (row, position), gathered per row: (rows (n,), slots (n,), positions
+    (B, S), queries (B, H, S, d)), target i being slot slots[i] of row rows[i] (S: the most targets of a
+    row; unused slots read position 0 and are never selected). One gather, so the backward writes one
+    gradient buffer for q, and the keys are scored per row as they are, never copied per target."""
+    used: dict[int, int] = {}
+    slots = []
+    for row, _ in targets:
+        slots.append(used.get(row, 0))
+        used[row] = slots[-1] + 1
+    b, h, _, d = q.shape
+    positions = torch.zeros(b, max(used.values()), dtype=torch.long, device=q.device)
+    rows = torch.tensor([row for row, _ in targets], device=q.device)
+    slot = torch.tensor(slots, device=q.device)
+    positions[rows, slot] = torch.tensor([pos for _, pos in targets], device=q.device)
+    qs = q.gather(2, positions[:, None, :, None].expand(b, h, -1, d))
+    return rows, slot, positions, qs
 
 
 def _target_nll(log_w: Tensor, targets: list[tuple]) -> Tensor:

@@ -8,26 +8,15 @@ OUT gets G_OUT's record and phase folders (the placeholders and G's phases 9-10)
 only phase 11: `cells-two`'s last phase (its lr, targets, 600 steps, balanced one-image counts with odds)
 with half its rows "In Image X" among 2-8 images, a quarter one picture, a fifth videos and 5% "which
 image?" (G: half one picture, a fifth lists, a quarter videos). Seed 0, two threads, one loader process."""
-import shutil
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from owl3.demo import DEFAULT_THREADS
-from owl3.demo.train import CELLS_TWO_PHASES, train_demo
+from owl3.demo.train import CELLS_TWO_PHASES, continue_run, train_demo
 
-src, out = Path(sys.argv[1]), Path(sys.argv[2])
-out.mkdir(parents=True, exist_ok=True)
-shutil.copy(src / "demo_train.json", out / "demo_train.json")
-for d in sorted(src.glob("phase-*")) + [src / "init"]:
-    target = out / d.name
-    target.mkdir(exist_ok=True)
-    for f in d.iterdir():
-        if f.is_file() and not (target / f.name).exists():
-            if f.is_symlink():
-                (target / f.name).symlink_to(f.resolve())
-            else:
-                shutil.copy2(f, target / f.name)
+# G_OUT's record and phase folders into OUT: the lines that stood here when P1 ran, moved unchanged into
+# the library in the eighteenth session (owl3.demo.train.continue_run)
+out = continue_run(sys.argv[1], sys.argv[2])
 two = CELLS_TWO_PHASES[-1]
 lists = replace(two, name="lists", mix=replace(two.mix, single=0.25, multi=0.5, which=0.05, video=0.2))
 train_demo(out, phases=(*CELLS_TWO_PHASES, lists), preset="demo-cells", threads=DEFAULT_THREADS, workers=1,
