@@ -20,7 +20,7 @@ DEFAULT_RECIPE = "cells-two"
 # sum floats in another order, so they write other weights (docs/demo.md "Two threads")
 DEFAULT_THREADS = 2
 # pieces of similar length each training batch of `owl3 demo-train` is computed as (TrainConfig.length_split:
-# the same step with less padding; 2 to 4 measured alike, benchmarks/train_step.py)
+# the same step with less padding; 1.25x a step with 2, 1.34x with 4 in one run, benchmarks/train_step.py)
 DEFAULT_LENGTH_SPLIT = 2
 THREADS_HELP = (
     f"torch CPU threads (default {DEFAULT_THREADS}, as the shipped weights were trained; another count "

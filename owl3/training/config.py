@@ -45,7 +45,7 @@ class TrainConfig:
     grad_accum: int = 1
     # split each micro-batch into this many pieces of rows of similar length, each padded to its own
     # longest row; their gradients add up to the micro-batch's, so the step is the same with less padding
-    # to compute (`owl3 demo-train`: 2; 1.05-1.22x a step there, docs/training.md). Ignored under FSDP, whose
+    # to compute (`owl3 demo-train`: 2; 1.25x a step there, docs/training.md). Ignored under FSDP, whose
     # every forward is collective (every rank must run as many).
     length_split: int = 1
     # optimizer: AdamW; linear warmup over `warmup` (a fraction of the steps), then cosine lr -> min_lr

@@ -77,3 +77,8 @@ for s in 2 3; do
 done
 # 9. the attention targets of phase 10's rows (G's data folder): 19,200 rows, 99,516 targets
 python3 -c "import json; rows = [json.loads(l) for l in open('/tmp/g/data/two/two.jsonl')]; print(len(rows), sum(len(r.get('attend', [])) for r in rows))"
+# 10. after the review's change to the losses' gather (no per-target copy of the keys): the code before it
+#     (47602c3, a worktree) and after, side by side in one run
+git worktree add /tmp/pre 47602c3
+(PYTHONPATH=/tmp/pre python /tmp/pre/benchmarks/train_step.py /tmp/tb/pre --splits 1,2 --rounds 1 | tail -3
+ python benchmarks/train_step.py /tmp/tb/post --splits 1,2,4 --rounds 1 | tail -4) > $D/train_step-review.txt
