@@ -592,3 +592,25 @@ def test_label_after_layout_in_training_rows_recipes_and_the_evaluation(tmp_path
             assert a.prompt.split(". ")[-1] == b.prompt.split(". ")[-1]  # the same question after the list
         else:
             assert a.prompt == b.prompt
+
+
+def test_cells_labels_recipe_is_cells_two_with_every_list_row_labelled_after_its_image():
+    """`cells-labels`: `cells-two`'s phases with `label_after` 1 in every question phase (nothing else
+    changed), on the same preset; its model records the label_after layout, and its rows put each label
+    right after its image."""
+    import random
+
+    from owl3.demo.data import ScenePool, draw_row
+    from owl3.demo.train import CELLS_TWO_PHASES, RECIPES, Phase, recipe_layout, recipe_preset
+
+    phases = RECIPES["cells-labels"]
+    assert recipe_preset("cells-labels") == "demo-cells" and len(phases) == len(CELLS_TWO_PHASES)
+    for ph, two in zip(phases, CELLS_TWO_PHASES, strict=True):
+        if isinstance(ph, Phase):
+            assert ph.mix.label_after == 1.0 and ph == replace(two, mix=replace(two.mix, label_after=1.0))
+        else:
+            assert ph == two
+    assert recipe_layout(phases) == "label_after"
+    rng, pool = random.Random(5), ScenePool(200, 0)
+    lists = [r for r in (draw_row(rng, pool, phases[-1].mix) for _ in range(200)) if len(r.images) > 1]
+    assert lists and all(r.prompt.startswith("<|image|> (Image ") for r in lists)

@@ -337,8 +337,17 @@ CELLS_TWO_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *CELLS_MORE_VIDEO_PHASES,
     replace(CELLS_MORE_VIDEO_PHASES[-1], name="two", mix=_TWO_MIX),
 )
+# `cells-labels` (the nineteenth session's whole-recipe try; docs/demo.md "Labels after the images from the
+# start"): `cells-two` with every list row in the `<|image|> (Image k)` layout (`Mix.label_after` 1), from the
+# first list phase on. The tokens right after image X then name image X, so "In Image X" can find image X's
+# content by its label; the eighteenth session's E2 tried it as one phase after `cells-two` only.
+CELLS_LABELS_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tuple(
+    replace(ph, mix=replace(ph.mix, label_after=1.0)) if isinstance(ph, Phase) else ph
+    for ph in CELLS_TWO_PHASES
+)
 RECIPES = {
     "cells-two": CELLS_TWO_PHASES,
+    "cells-labels": CELLS_LABELS_PHASES,
     "cells-more-video": CELLS_MORE_VIDEO_PHASES,
     "cells-count": CELLS_COUNT_PHASES,
     "cells-video": CELLS_VIDEO_PHASES,
@@ -363,7 +372,7 @@ RECIPES = {
 
 # the model preset a recipe trains (`owl3 demo-train --recipe R` without `--preset`); the others: "demo"
 RECIPE_PRESETS = dict.fromkeys(
-    ("cells-two", "cells-more-video", "cells-count", "cells-video", "cells"), "demo-cells"
+    ("cells-two", "cells-labels", "cells-more-video", "cells-count", "cells-video", "cells"), "demo-cells"
 )
 
 
@@ -554,9 +563,9 @@ def train_demo(
 
 
 __all__ = [
-    "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_TWO_PHASES",
-    "CELLS_VIDEO_PHASES", "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES",
-    "VIDEO_WEIGHTED_KINDS",
+    "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_LABELS_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES",
+    "CELLS_TWO_PHASES", "CELLS_VIDEO_PHASES", "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS",
+    "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS",
     "GateInit", "Phase", "RecencyInit", "TowerPhase", "continue_run", "recipe_layout", "recipe_preset",
     "resolve_lr_scales", "train_demo",
 ]  # fmt: skip
