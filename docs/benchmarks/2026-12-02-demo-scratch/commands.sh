@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every command behind docs/demo.md "Labels after the images from the start (2026-12-02, nineteenth
+# session)", run from the repository root with its venv active, on a 2-core AMD EPYC (Zen 3: AVX2, no
+# AVX-512), alone on the CPU (RULE.md says what was decided before each run).
+set -euo pipefail
+D=docs/benchmarks/2026-12-02-demo-scratch
+G=docs/benchmarks/2026-12-02-demo-two
+# 1. L: the whole cells-labels recipe from scratch, timed (R, the same for cells-two, was stopped after 2 min)
+/usr/bin/time -v owl3 demo-train /tmp/l --recipe cells-labels > $D/recipe-L.out 2> $D/recipe-L.log
+cp /tmp/l/demo_train.json $D/recipe-L-demo_train.json
+# 2. L against G on the same scenes and questions (L asked in its own layout, G in the paper's)
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/l/model --seed $s --images 1,8 --limit 300 --output $D/ev-L-s$s-300.jsonl \
+    > $D/ev-L-s$s-300.txt
+  (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-L-s$s-300.jsonl"
+   owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-L-s$s-300.jsonl) > $D/compare-G-vs-L-seed$s.txt
+done
