@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every command behind docs/demo.md "Labels after the images from the start (2026-12-02, nineteenth
-# session)", run from the repository root with its venv active, on a 2-core AMD EPYC (Zen 3: AVX2, no
-# AVX-512), alone on the CPU (RULE.md says what was decided before each run).
+# session)", run from the repository root with its venv active, on a 2-core AMD EPYC (family 26, Zen 5,
+# with AVX-512: lscpu.txt), alone on the CPU (RULE.md says what was decided before each run).
 set -euo pipefail
 D=docs/benchmarks/2026-12-02-demo-scratch
 G=docs/benchmarks/2026-12-02-demo-two
