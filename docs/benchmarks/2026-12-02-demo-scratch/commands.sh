@@ -15,3 +15,17 @@ for s in 2 3; do
   (echo "\$ owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-L-s$s-300.jsonl"
    owl3 eval compare $G/ev-G-s$s-300.jsonl $D/ev-L-s$s-300.jsonl) > $D/compare-G-vs-L-seed$s.txt
 done
+# 3. the ambiguity count for L (G's: docs/benchmarks/2026-12-02-demo-split/ambiguity-G.txt)
+python docs/benchmarks/2026-12-02-demo-split/ambiguity.py $D/ev-L-s2-300.jsonl 2 $D/ev-L-s3-300.jsonl 3 > $D/ambiguity-L.txt
+# 4. R: the default cells-two from scratch, the same code, CPU and seed (after L, alone on the CPU)
+/usr/bin/time -v owl3 demo-train /tmp/r > $D/recipe-R.out 2> $D/recipe-R.log
+cp /tmp/r/demo_train.json $D/recipe-R-demo_train.json
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/r/model --seed $s --images 1,8 --limit 300 --output $D/ev-R-s$s-300.jsonl \
+    > $D/ev-R-s$s-300.txt
+  for a in G:$G L:$D; do
+    (echo "\$ owl3 eval compare ${a#*:}/ev-${a%%:*}-s$s-300.jsonl $D/ev-R-s$s-300.jsonl"
+     owl3 eval compare ${a#*:}/ev-${a%%:*}-s$s-300.jsonl $D/ev-R-s$s-300.jsonl) > $D/compare-${a%%:*}-vs-R-seed$s.txt
+  done
+done
+python docs/benchmarks/2026-12-02-demo-split/ambiguity.py $D/ev-R-s2-300.jsonl 2 $D/ev-R-s3-300.jsonl 3 > $D/ambiguity-R.txt
