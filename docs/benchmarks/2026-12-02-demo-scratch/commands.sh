@@ -29,3 +29,17 @@ for s in 2 3; do
   done
 done
 python docs/benchmarks/2026-12-02-demo-split/ambiguity.py $D/ev-R-s2-300.jsonl 2 $D/ev-R-s3-300.jsonl 3 > $D/ambiguity-R.txt
+# (R finished after the nineteenth session ended; steps 4-6 from here on ran the next session, 2026-12-03,
+#  on the same Zen 5 CPU. recipe-R.log is R's stderr with the progress-bar lines left out.)
+# 5. R's other two conditions: the count probe and the demo
+python docs/benchmarks/2026-12-02-demo-count/count_probe.py /tmp/r/model 600 > $D/probe-R.log
+owl3 demo --model /tmp/r/model > $D/owl3-demo-R-seed0.txt
+# 6. R passed RULE.md and ships (owl3/assets/demo/model.safetensors = /tmp/r/model's; the other files are
+#    byte-identical): seed 0, the documented curve and plot through the default model, and the demo
+cp /tmp/r/model/model.safetensors owl3/assets/demo/model.safetensors
+owl3 eval synthetic --seed 0 --images 1,5,8,20,50,100 --limit 100 --output $D/eval-shipped-R-limit100.jsonl \
+  --plot docs/demo-eval.png --json > $D/eval-shipped-R-limit100.txt
+cp docs/demo-eval.png $D/eval-shipped-R-limit100.png
+(echo "\$ owl3 eval compare $G/eval-shipped-cells-two-limit100.jsonl $D/eval-shipped-R-limit100.jsonl"
+ owl3 eval compare $G/eval-shipped-cells-two-limit100.jsonl $D/eval-shipped-R-limit100.jsonl) > $D/compare-G-vs-R-seed0.txt
+owl3 demo > $D/owl3-demo-shipped-seed0.txt
