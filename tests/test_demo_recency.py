@@ -171,3 +171,32 @@ def test_question_first_recipe_and_its_text_target_layer(tmp_path):
     assert model_layout(out / "model") == "question_first" == recipe_layout((phase,))
     assert recipe_layout(RECIPES["twice"]) == "question_twice" and recipe_layout(BOUND_PHASES) == "official"
     assert recipe_layout((replace(phase, mix=replace(mix, question_first=0.3)),)) == "official"
+
+
+def test_all_recency_recipe_sets_both_kv_heads(tmp_path):
+    """`cells-all-recency`: `cells-two` with both key/value heads of the first hyper layer as recency heads
+    (nothing else changed); its `RecencyInit` step sets all four query heads, and records which."""
+    import json
+    from dataclasses import replace
+
+    from owl3.checkpoint import load_model
+    from owl3.demo.train import CELLS_TWO_PHASES, RECIPES, RecencyInit, recipe_preset, train_demo
+
+    phases = RECIPES["cells-all-recency"]
+    assert recipe_preset("cells-all-recency") == "demo-cells" and len(phases) == len(CELLS_TWO_PHASES)
+    steps = [(a, b) for a, b in zip(phases, CELLS_TWO_PHASES, strict=True) if a != b]
+    assert len(steps) == 1 and isinstance(steps[0][1], RecencyInit) and steps[0][1].kv_heads == (0,)
+    assert steps[0][0] == replace(steps[0][1], kv_heads=(0, 1))
+    out = tmp_path / "run"
+    train_demo(out, progress=False, say=lambda s: None, phases=(steps[0][0],), preset="demo-cells")
+    model = load_model(out / "model")
+    assert (first_layer_shares(model) > 0.95).all()  # every head of the first hyper layer looks back
+    record = json.loads((out / "demo_train.json").read_text())["phases"][0]
+    assert record["kv_heads"] == [0, 1]
+    # the default step still sets one key/value head only (the recorded setting says nothing new)
+    one = tmp_path / "one"
+    train_demo(one, progress=False, say=lambda s: None, phases=(steps[0][1],), preset="demo-cells")
+    shares = first_layer_shares(load_model(one / "model"))
+    n_rep = model.cfg.text.n_heads // model.cfg.text.n_kv_heads
+    assert (shares[:n_rep] > 0.95).all() and (shares[n_rep:] < 0.9).all()
+    assert "kv_heads" not in json.loads((one / "demo_train.json").read_text())["phases"][0]

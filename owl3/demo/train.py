@@ -11,6 +11,7 @@ Recipes (`--recipe`): `cells-two` (default; the shipped weights since the twenti
 command's output, 48.4 min on a 2-core Zen 5 with AVX-512, and those of the seventeenth to nineteenth
 the same recipe trained in two pieces: `cells-more-video`, then a phase that teaches a count of two;
 `CELLS_TWO_PHASES` below), `cells-labels` (`cells-two` with every list label after its image; not better),
+`cells-all-recency` (`cells-two` with both key/value heads of the first hyper layer as recency heads),
 `cells-more-video` (the shipped weights of the fifteenth and sixteenth sessions: `cells-count` with a video
 phase twice as long, trained with two threads; `CELLS_MORE_VIDEO_PHASES` below),
 `cells-count` (the shipped weights of the fourteenth session with `--threads 1`: `cells-video`, then a
@@ -94,11 +95,12 @@ class TowerPhase:
 class RecencyInit:
     """Set the first hyper layer's recency heads (`owl3.demo.model.init_recency`) on the model so far: the
     tokens after each image then take in that image from the first step (docs/demo.md). `layer`: another
-    hyper layer (index among them)."""
+    hyper layer (index among them); `kv_heads`: the key/value heads whose query heads are set."""
 
     name: str
     strength: float = 3.0
     layer: int = 0
+    kv_heads: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -347,9 +349,16 @@ CELLS_LABELS_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = t
     replace(ph, mix=replace(ph.mix, label_after=1.0)) if isinstance(ph, Phase) else ph
     for ph in CELLS_TWO_PHASES
 )
+# `cells-all-recency` (the twentieth session's try; docs/demo.md "Both heads look back"): `cells-two` with
+# both key/value heads of the first hyper layer set as recency heads, so the tokens after image X take in
+# twice the channels of image X (the summary a question about image X reads there).
+CELLS_ALL_RECENCY_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tuple(
+    replace(ph, kv_heads=(0, 1)) if isinstance(ph, RecencyInit) else ph for ph in CELLS_TWO_PHASES
+)
 RECIPES = {
     "cells-two": CELLS_TWO_PHASES,
     "cells-labels": CELLS_LABELS_PHASES,
+    "cells-all-recency": CELLS_ALL_RECENCY_PHASES,
     "cells-more-video": CELLS_MORE_VIDEO_PHASES,
     "cells-count": CELLS_COUNT_PHASES,
     "cells-video": CELLS_VIDEO_PHASES,
@@ -374,8 +383,10 @@ RECIPES = {
 
 # the model preset a recipe trains (`owl3 demo-train --recipe R` without `--preset`); the others: "demo"
 RECIPE_PRESETS = dict.fromkeys(
-    ("cells-two", "cells-labels", "cells-more-video", "cells-count", "cells-video", "cells"), "demo-cells"
-)
+    ("cells-two", "cells-labels", "cells-all-recency", "cells-more-video", "cells-count", "cells-video",
+     "cells"),
+    "demo-cells",
+)  # fmt: skip
 
 
 def recipe_preset(recipe: str) -> str:
@@ -475,8 +486,9 @@ def train_demo(
 
             m = load_model(model)
             if isinstance(ph, RecencyInit):
-                init_recency(m, strength=ph.strength, layer=ph.layer)
-                setting = {"strength": ph.strength, **({"layer": ph.layer} if ph.layer else {})}
+                init_recency(m, kv_heads=ph.kv_heads, strength=ph.strength, layer=ph.layer)
+                setting = {"strength": ph.strength, **({"layer": ph.layer} if ph.layer else {}),
+                           **({"kv_heads": list(ph.kv_heads)} if ph.kv_heads != (0,) else {})}  # fmt: skip
                 done = f"recency heads of hyper layer {ph.layer + 1} set"
             else:
                 open_gates(m, ph.bias)
@@ -565,9 +577,9 @@ def train_demo(
 
 
 __all__ = [
-    "BOUND_PHASES", "CELLS_COUNT_PHASES", "CELLS_LABELS_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES",
-    "CELLS_TWO_PHASES", "CELLS_VIDEO_PHASES", "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS",
-    "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS",
+    "BOUND_PHASES", "CELLS_ALL_RECENCY_PHASES", "CELLS_COUNT_PHASES", "CELLS_LABELS_PHASES",
+    "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_TWO_PHASES", "CELLS_VIDEO_PHASES",
+    "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS",
     "GateInit", "Phase", "RecencyInit", "TowerPhase", "continue_run", "recipe_layout", "recipe_preset",
     "resolve_lr_scales", "train_demo",
 ]  # fmt: skip
