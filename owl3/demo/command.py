@@ -171,7 +171,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"compute each batch as K pieces of similar length: less padding, the same steps "
         f"(default {DEFAULT_LENGTH_SPLIT})",
     )  # fmt: skip
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--seed", type=int, default=0,
+        help="the initial weights and every phase's training rows (default 0, the shipped weights' seed)",
+    )  # fmt: skip
     t.add_argument(
         "--recipe",
         default=DEFAULT_RECIPE,
