@@ -30,3 +30,14 @@ import json, sys
 d = json.loads(sys.stdin.read()); r = {x['images']: x['accuracy'] for x in d['results']}
 print('$run', '$(basename $ph)', r[1], r[8], d['video']['accuracy'], d['which']['accuracy'])"
  done; done) > $D/phases-seed2.txt
+# 4. R1: the default recipe at seed 1, a control (RULE.md), against R on the same questions
+/usr/bin/time -v owl3 demo-train /tmp/r1 --seed 1 > /tmp/r1log/out.txt 2> /tmp/r1log/err.txt
+tr '\r' '\n' < /tmp/r1log/err.txt | grep -v "^train sft: .*step/s" | sed '/^\s*$/d' > $D/recipe-R1.log
+cp /tmp/r1/demo_train.json $D/recipe-R1-demo_train.json
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/r1/model --seed $s --images 1,8 --limit 300 --output $D/ev-R1-s$s-300.jsonl \
+    > $D/ev-R1-s$s-300.txt
+  (echo "\$ owl3 eval compare $S/ev-R-s$s-300.jsonl $D/ev-R1-s$s-300.jsonl"
+   owl3 eval compare $S/ev-R-s$s-300.jsonl $D/ev-R1-s$s-300.jsonl) > $D/compare-R-vs-R1-seed$s.txt
+done
+python docs/benchmarks/2026-12-02-demo-split/ambiguity.py $D/ev-R1-s2-300.jsonl 2 $D/ev-R1-s3-300.jsonl 3 > $D/ambiguity-R1.txt
