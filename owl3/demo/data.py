@@ -122,6 +122,14 @@ class Mix:
     # the share of any other cell (training/data.py `Attend.odds`), so that the share on the counted
     # objects grows with their number instead of being all of the look for one object and for two
     count_odds: float = 0.0
+    # list rows ("In Image X", "which image?") in a layout whose labels stand before the images carry text
+    # targets: the token right after image X (of "which image?": the answer's image) looks at its label's
+    # number ("Image 3: <|image|>" -> " 3") in decoder layer `copy_layers[0]`, and in "In Image X" rows with
+    # `bind` each deciding word looks at the question's "Image X" in layer `copy_layers[1]`: the answer and
+    # the tokens after image X then carry the same number, by which the answer can find them (docs/demo.md,
+    # "The answer does not know X")
+    copy_label: bool = False
+    copy_layers: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.video_kinds or ()) - set(ALL_VIDEO_KINDS))
@@ -225,7 +233,7 @@ def _follow_up(
                 attend = [{"image": 0, **look} for look, _ in _looks(qa, mix)] if mix.attend else []
             else:
                 question, answer = f"In Image {row.start + x}, {lower_first(qa.question)}", qa.answer
-                attend = _bind_targets(qa, x, mix) if mix.bind else []
+                attend = _bind_targets(qa, x, mix, row.start + x) if mix.bind else []
         if not any(question in t for t in said):
             about.append(on)
             return question, answer, attend
@@ -266,9 +274,10 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
     style = _question_first(rng, mix) or style
     start = _start(rng, mix, n)
     prompt = list_prompt(n, f"In Image {start + x - 1}, {lower_first(qa.question)}", style, start)
-    attend = tuple(_bind_targets(qa, x - 1, mix)) if mix.bind else ()
+    attend = tuple(_bind_targets(qa, x - 1, mix, start + x - 1)) if mix.bind else ()
     if mix.bind and mix.bind_after and style in QUESTION_FIRST:
         attend += tuple(_after_image_targets(qa, x - 1, mix))
+    attend += _label_target(x - 1, start, style, mix)
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
 
 
@@ -285,15 +294,26 @@ def _looks(qa: QA, mix: Mix) -> list[tuple[dict, str]]:
     return looks
 
 
-def _bind_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
-    """Binding targets of an "In Image X" answer about image `x` (0-based): each look of `_looks` in image
-    x (unless not `mix.bind_look`), and the `mix.bind_tokens` tokens after image x at the same word."""
+def _bind_targets(qa: QA, x: int, mix: Mix, label: int) -> list[dict]:
+    """Binding targets of an "In Image X" answer about image `x` (0-based; its label `label`): each look
+    of `_looks` in image x (unless not `mix.bind_look`), the `mix.bind_tokens` tokens after image x at the
+    same word, and with `mix.copy_label` the question's "Image X" at that word too."""
     targets = []
     for look, after in _looks(qa, mix):
         if mix.bind_look:
             targets.append({"image": x, **look})
         targets.append({"image": x, "next_tokens": mix.bind_tokens, "after": after})
+        if mix.copy_label:
+            targets.append({"text": f"Image {label}", "after": after, "layer": mix.copy_layers[1]})
     return targets
+
+
+def _label_target(x: int, start: int, style: str, mix: Mix) -> tuple[dict, ...]:
+    """With `mix.copy_label`, in a list whose labels stand before its images: the token right after image
+    `x` (0-based) looks at that image's label number (`Mix.copy_label`)."""
+    if not mix.copy_label or style == "label_after":
+        return ()
+    return ({"image": x, "text": f"Image {start + x}", "query": "after_image", "layer": mix.copy_layers[0]},)
 
 
 def _after_image_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
@@ -352,6 +372,8 @@ def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix | None = No
     attend = ()
     if mix is not None and mix.bind_which:
         attend = ({"image": x - 1, "next_tokens": mix.bind_tokens, "after": "Image"},)
+    if mix is not None:
+        attend += _label_target(x - 1, start, style, mix)
     return Row(
         kind,
         list_prompt(n, question, style, start),

@@ -12,7 +12,8 @@ Recipes (`--recipe`): `cells-two` (default: `cells-more-video`, then a phase tha
 seed 0, 48.4 min on a 2-core Zen 5 with AVX-512, those of the seventeenth to nineteenth session the same
 recipe trained in two pieces), `cells-labels` (`cells-two` with every list label after its image; not
 better), `cells-all-recency` (`cells-two` with both key/value heads of the first hyper layer as recency
-heads; binding unchanged, one image and video worse),
+heads; binding unchanged, one image and video worse), `cells-copy` (`cells-two` with label targets: the
+tokens after image X and the answer both made to carry X; docs/demo.md "The answer does not know X"),
 `cells-more-video` (the shipped weights of the fifteenth and sixteenth sessions: `cells-count` with a video
 phase twice as long, trained with two threads; `CELLS_MORE_VIDEO_PHASES` below),
 `cells-count` (the shipped weights of the fourteenth session with `--threads 1`: `cells-video`, then a
@@ -357,10 +358,20 @@ CELLS_LABELS_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = t
 CELLS_ALL_RECENCY_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tuple(
     replace(ph, kv_heads=(0, 1)) if isinstance(ph, RecencyInit) else ph for ph in CELLS_TWO_PHASES
 )
+# `cells-copy` (the twenty-first session's try; docs/demo.md "The answer does not know X"): `cells-two` with
+# the label targets (`Mix.copy_label`) in every phase whose mix has binding targets: the token right after
+# image X looks at its label's number in the first decoder layer, the answer's deciding words at the
+# question's "Image X" in the second, so that both carry X when the third layer's look (the text target)
+# must find one from the other. In `cells-two`'s model the answer's residual does not hold X at any layer.
+CELLS_COPY_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tuple(
+    replace(ph, mix=replace(ph.mix, copy_label=True)) if isinstance(ph, Phase) and ph.mix.bind else ph
+    for ph in CELLS_TWO_PHASES
+)
 RECIPES = {
     "cells-two": CELLS_TWO_PHASES,
     "cells-labels": CELLS_LABELS_PHASES,
     "cells-all-recency": CELLS_ALL_RECENCY_PHASES,
+    "cells-copy": CELLS_COPY_PHASES,
     "cells-more-video": CELLS_MORE_VIDEO_PHASES,
     "cells-count": CELLS_COUNT_PHASES,
     "cells-video": CELLS_VIDEO_PHASES,
@@ -385,8 +396,8 @@ RECIPES = {
 
 # the model preset a recipe trains (`owl3 demo-train --recipe R` without `--preset`); the others: "demo"
 RECIPE_PRESETS = dict.fromkeys(
-    ("cells-two", "cells-labels", "cells-all-recency", "cells-more-video", "cells-count", "cells-video",
-     "cells"),
+    ("cells-two", "cells-labels", "cells-all-recency", "cells-copy", "cells-more-video", "cells-count",
+     "cells-video", "cells"),
     "demo-cells",
 )  # fmt: skip
 
@@ -579,9 +590,9 @@ def train_demo(
 
 
 __all__ = [
-    "BOUND_PHASES", "CELLS_ALL_RECENCY_PHASES", "CELLS_COUNT_PHASES", "CELLS_LABELS_PHASES",
-    "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_TWO_PHASES", "CELLS_VIDEO_PHASES",
-    "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES", "VIDEO_WEIGHTED_KINDS",
-    "GateInit", "Phase", "RecencyInit", "TowerPhase", "continue_run", "recipe_layout", "recipe_preset",
-    "resolve_lr_scales", "train_demo",
+    "BOUND_PHASES", "CELLS_ALL_RECENCY_PHASES", "CELLS_COPY_PHASES", "CELLS_COUNT_PHASES",
+    "CELLS_LABELS_PHASES", "CELLS_MORE_VIDEO_PHASES", "CELLS_PHASES", "CELLS_TWO_PHASES",
+    "CELLS_VIDEO_PHASES", "COUNT_WEIGHTED_KINDS", "PHASES", "RECIPES", "RECIPE_PRESETS", "TOWER_PHASES",
+    "VIDEO_WEIGHTED_KINDS", "GateInit", "Phase", "RecencyInit", "TowerPhase", "continue_run",
+    "recipe_layout", "recipe_preset", "resolve_lr_scales", "train_demo",
 ]  # fmt: skip

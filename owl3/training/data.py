@@ -59,6 +59,14 @@ class Attend:
     "after") asks the prompt token right after that image's `<|image|>` token to look at the box, e.g. when
     the question stands before the images and each image's next token should read its answer there.
 
+    A text target may name a phrase of the prompt instead of the tokens after an image: `{"text": "Image 3",
+    "after": "The star is"}` asks the answer's position to attend to the last token of the phrase's last
+    occurrence before it (the question's "Image 3": the number of the asked image, which the answer must
+    carry to find that image's tokens), and `{"image": 2, "text": "Image 3", "query": "after_image"}` asks
+    the token right after image 2 to attend to it (the label before the image: that token then knows which
+    image it follows). Any text target may add `"layer": L`, the decoder layer (0-based) whose
+    self-attention it supervises (default: the training's `text_attention_layer`).
+
     A box target may add `"odds": w` (> 0): instead of all of the look on the box, a share spread over the
     whole picture (or frame), each patch in the box taking w times the share of any patch outside it (the
     loss: cross-entropy against that distribution). The share on the box then grows with how much of the
@@ -77,6 +85,8 @@ class Attend:
     turn: int = 0  # the answer `after` belongs to: 0 the first, 1 the second (multi-turn records) ...
     query: str = "answer"  # "after_image": the query is the token right after the image, `after` unused
     odds: float = 0.0  # > 0: a share spread over the picture, w times as much per patch in the box (above)
+    text: str = ""  # a text target on this phrase's last token (its last occurrence before the query)
+    layer: int | None = None  # text targets: the decoder layer whose self-attention (None: the training's)
 
 
 @dataclass(frozen=True)
@@ -210,10 +220,11 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     out = []
     for i, a in enumerate(value):
-        keys = set(a) - {"turn", "odds"} if isinstance(a, dict) else set()
+        keys = set(a) - {"turn", "odds", "layer"} if isinstance(a, dict) else set()
         odds = _odds(a, keys, i) if isinstance(a, dict) and "odds" in a else 0.0
-        if keys in ({"image", "box", "query"}, {"image", "boxes", "query"}):
-            out.append(replace(_after_image(a, i, n_images), odds=odds))
+        layer = _layer(a, keys, i) if isinstance(a, dict) and "layer" in a else None
+        if keys in ({"image", "box", "query"}, {"image", "boxes", "query"}, {"image", "text", "query"}):
+            out.append(replace(_after_image(a, i, n_images), odds=odds, layer=layer))
             continue
         if keys not in _ATTEND_KEYS:
             raise BadRecord(f"attend[{i}] must be one of {_ATTEND_FORMS}")
@@ -222,20 +233,23 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
             last = len(answers) - 1
             raise BadRecord(f"attend[{i}].turn must be an answer index in 0..{last}, got {turn!r}")
         answer, after = answers[turn], a["after"]
+        if not isinstance(after, str) or not answer.startswith(after):
+            raise BadRecord(f"attend[{i}].after must be the start of answer {turn}, got {after!r}")
+        if keys == {"text", "after"}:
+            out.append(Attend(None, None, after, text=_phrase(a["text"], i), turn=turn, layer=layer))
+            continue
         medium, count = ("image", n_images) if "image" in keys else ("video", n_videos)
         index = a[medium]
         if not _index(index, count):
             raise BadRecord(f"attend[{i}].{medium} must be a {medium} index in 0..{count - 1}, got {index!r}")
         if "frame" in keys and not _index(a["frame"], 1 << 30):
             raise BadRecord(f"attend[{i}].frame must be a frame index >= 0, got {a['frame']!r}")
-        if not isinstance(after, str) or not answer.startswith(after):
-            raise BadRecord(f"attend[{i}].after must be the start of answer {turn}, got {after!r}")
         image, video = (index, None) if medium == "image" else (None, index)
         if "next_tokens" in keys:
             n = a["next_tokens"]
             if not _index(n, 1 << 30) or n == 0:
                 raise BadRecord(f"attend[{i}].next_tokens must be a token count >= 1, got {n!r}")
-            out.append(Attend(image, None, after, video, next_tokens=n, turn=turn))
+            out.append(Attend(image, None, after, video, next_tokens=n, turn=turn, layer=layer))
             continue
         if "boxes" in keys:
             union = _union(a["boxes"], i)
@@ -257,12 +271,31 @@ def _odds(a: dict, keys: set[str], i: int) -> float:
     return float(w)
 
 
+def _layer(a: dict, keys: set[str], i: int) -> int:
+    """The checked "layer" of target i: a decoder layer index >= 0, on a text target only."""
+    layer = a["layer"]
+    if not _index(layer, 1 << 30):
+        raise BadRecord(f"attend[{i}].layer must be a decoder layer index >= 0, got {layer!r}")
+    if not keys & {"next_tokens", "text"}:
+        raise BadRecord(f'attend[{i}].layer needs a text target ("next_tokens" or "text")')
+    return layer
+
+
+def _phrase(text: Any, i: int) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise BadRecord(f"attend[{i}].text must be a non-empty phrase of the prompt, got {text!r}")
+    return text
+
+
 def _after_image(a: dict, i: int, n_images: int) -> Attend:
-    """`{"image": int, "box" or "boxes": ..., "query": "after_image"}`: the token after the image looks."""
+    """`{"image": int, "box" or "boxes" or "text": ..., "query": "after_image"}`: the token after the image
+    looks."""
     if a["query"] != "after_image":
         raise BadRecord(f'attend[{i}].query must be "after_image", got {a["query"]!r}')
     if not _index(a["image"], n_images):
         raise BadRecord(f"attend[{i}].image must be an image index in 0..{n_images - 1}, got {a['image']!r}")
+    if "text" in a:
+        return Attend(a["image"], None, "", text=_phrase(a["text"], i), query="after_image")
     if "box" in a:
         return Attend(a["image"], _box(a["box"], f"attend[{i}].box"), "", query="after_image")
     return Attend(a["image"], None, "", boxes=_union(a["boxes"], i), query="after_image")
@@ -289,6 +322,7 @@ _ATTEND_KEYS = (
     {"video", "frame", "boxes", "after"},
     {"image", "next_tokens", "after"},
     {"video", "next_tokens", "after"},
+    {"text", "after"},
 )
 _ATTEND_FORMS = (
     '{"image": int, "box": [x0, y0, x1, y1], "after": str} ("video" and "frame" for "image"; "boxes": '
@@ -297,7 +331,9 @@ _ATTEND_FORMS = (
     'int, the answer that "after" starts (0, the first, by default); or {"image": int, "box": [x0, y0, x1, '
     'y1], "query": "after_image"} ("boxes" for "box"): the token right after the image looks there; a box '
     'target may add "odds": number > 0 (a share spread over the picture, that many times as much per patch '
-    'in the box)'
+    'in the box); or {"text": str, "after": str} or {"image": int, "text": str, "query": "after_image"}: '
+    'the answer (or the token right after the image) looks at the phrase\'s last token; a text target '
+    '("next_tokens" or "text") may add "layer": int, the decoder layer whose self-attention it supervises'
 )
 
 

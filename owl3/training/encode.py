@@ -16,8 +16,10 @@ Attention targets (`Record.attend`; read when the encoder is given `grid`, the p
 each becomes the position that predicts the token after `after` in its answer (`turn`), and either the
 indices of the row's visual tokens whose patch centres lie in the box (image k's are k * grid^2 ... in
 token order, one view per image; `Sample.attend`), or the positions of the `next_tokens` text tokens after
-the image's `<|image|>` token (`Sample.attend_text`). A target with `odds` names every patch of its picture
-and adds their target shares: (position, patches, shares).
+the image's `<|image|>` token (`Sample.attend_text`), or with `text` the last token of that phrase's last
+occurrence before the query (its last character ending a token, so "Image 1" is not found in "Image 12").
+A text target with its own `layer` goes to `Sample.attend_layer` as (layer, position, tokens). A target
+with `odds` names every patch of its picture and adds their target shares: (position, patches, shares).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Sample:
     attend: list[VisualTarget] = field(default_factory=list)
     # text targets: (position of the query, positions of the text tokens it should attend to)
     attend_text: list[tuple[int, list[int]]] = field(default_factory=list)
+    # text targets of a named decoder layer (`Attend.layer`): (layer, query position, text token positions)
+    attend_layer: list[tuple[int, int, list[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -112,13 +116,18 @@ class SampleEncoder:
         ids = enc.input_ids.tolist()
         labels = self.labels(ids, record)
         ids, labels = ids[:n], labels[:n]  # drop the trailing generation header
-        attend, attend_text = [], []
+        attend, attend_text, attend_layer = [], [], []
         if record.attend and self.grid is not None:
             try:
                 first = self.first_views(record, [len(v) for v in videos])
+                pieces = self.pieces(ids) if any(a.text for a in record.attend) else []
                 for a in record.attend:
-                    if a.next_tokens:
-                        attend_text.append(self.text_target(a, ids, labels, first, enc.media_starts))
+                    if a.next_tokens or a.text:
+                        pos, tokens = self.text_target(a, ids, labels, first, enc.media_starts, pieces)
+                        if a.layer is None:
+                            attend_text.append((pos, tokens))
+                        else:
+                            attend_layer.append((a.layer, pos, tokens))
                     else:
                         attend.append(self.attention_target(a, ids, labels, first, enc.media_starts))
             except ValueError as e:
@@ -131,6 +140,7 @@ class SampleEncoder:
             record.where,
             attend,
             attend_text,
+            attend_layer,
         )
 
     def first_views(self, record: Record, n_frames: list[int]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -193,9 +203,20 @@ class SampleEncoder:
         labels: list[int],
         first: dict[tuple[str, int], tuple[int, int]],
         media_starts: list[int],
+        pieces: list[str] = (),
     ) -> tuple[int, list[int]]:
         """(query position, text token positions) of one text target: the `a.next_tokens` tokens after the
-        `<|image|>` token of the image (of a video: of its last frame)."""
+        `<|image|>` token of the image (of a video: of its last frame), or the last token of phrase `a.text`
+        before the query (the answer's, or with `a.query` "after_image" the token right after the image);
+        `pieces`: each token's text (`pieces`), needed for the latter."""
+        if a.text:
+            if a.query == "after_image":
+                pos = media_starts[first[("image", a.image)][0]] + 1
+                if pos >= len(ids) or ids[pos] == self.processor.image_token_id:
+                    raise ValueError("attend.query after_image: no text token follows the image")
+            else:
+                pos = self.query(a, ids, labels)
+            return pos, [phrase_end(a.text, pieces[:pos])]
         view, n = first[("image", a.image) if a.video is None else ("video", a.video)]
         after = media_starts[view + n - 1] + 1
         pos = self.query(a, ids, labels)
@@ -206,6 +227,10 @@ class SampleEncoder:
                 "text before the answer's query"
             )
         return pos, tokens
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """The text of each token (special tokens as written), in one call to the tokenizer."""
+        return self.processor.tokenizer.decode_batch([[t] for t in ids], skip_special_tokens=False)
 
     def query(self, a: Attend, ids: list[int], labels: list[int]) -> int:
         """The position that predicts the token after `a.after` in answer `a.turn` (0: the first)."""
@@ -257,6 +282,25 @@ def _find(seq: list[int], pattern: list[int], start: int) -> int:
     return -1
 
 
+def phrase_end(phrase: str, pieces: list[str]) -> int:
+    """The index of the token that ends the last occurrence of `phrase` in the text of `pieces` (each
+    token's text); a phrase ending inside a token or a word ("Image 1" in "Image 12", also where a
+    tokenizer writes "12" as two tokens) does not count."""
+    ends, total = {}, 0
+    for i, piece in enumerate(pieces):
+        total += len(piece)
+        if piece:
+            ends[total] = i  # the text up to `total` characters ends with token i
+    text = "".join(pieces)
+    at = text.rfind(phrase)
+    while at >= 0:
+        end = at + len(phrase)
+        if end in ends and not (end < len(text) and text[end].isalnum() and text[end - 1].isalnum()):
+            return ends[end]
+        at = text.rfind(phrase, 0, at + len(phrase) - 1)
+    raise ValueError(f"attend.text {phrase!r} does not end a token before the query")
+
+
 # ---------------------------------------------------------------------- batching
 @dataclass
 class Batch:
@@ -272,6 +316,7 @@ class Batch:
     skipped: list[Skipped] = field(default_factory=list)
     attend: list[list[VisualTarget]] = field(default_factory=list)  # per row, see Sample
     attend_text: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
+    attend_layer: list[list[tuple[int, int, list[int]]]] = field(default_factory=list)  # per row, see Sample
 
     @property
     def n_targets(self) -> int:
@@ -325,6 +370,7 @@ def split_by_length(batch: Batch, pieces: int) -> list[Batch]:
                 batch.skipped if j == 0 else [],
                 [batch.attend[i] for i in rows] if batch.attend else [],
                 [batch.attend_text[i] for i in rows] if batch.attend_text else [],
+                [batch.attend_layer[i] for i in rows] if batch.attend_layer else [],
             )
         )
     return out
@@ -354,4 +400,5 @@ def collate(items: list[Sample | Skipped], pad_id: int) -> Batch:
         skipped,
         [s.attend for s in samples],
         [s.attend_text for s in samples],
+        [s.attend_layer for s in samples],
     )

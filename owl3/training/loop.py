@@ -142,6 +142,12 @@ class Trainer:
         self.scalings = stages.lora_scalings(model) if lora else {}
         model.language_model.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model = model.to(env.device).train()
+        n_layers = len(model.language_model.model.layers)
+        for r in self.records:  # a text target's own layer must be one of this model's, known before step 1
+            bad = [a.layer for a in r.attend if a.layer is not None and a.layer >= n_layers]
+            if bad:
+                has = f"decoder layers 0..{n_layers - 1}"
+                raise Owl3Error(f"{r.where}: attend layer {bad[0]}, but the model has {has}")
         n_params = sum(p.numel() for p in model.parameters())
         self.strategy = D.pick_strategy(cfg.strategy, env, n_params)
         self.step_module = TrainStep(
@@ -316,6 +322,7 @@ class Trainer:
                     b.media_starts,
                     b.attend,
                     b.attend_text,
+                    b.attend_layer,
                 )
                 (loss * scale).backward()
             loss_sum += float(loss.detach())

@@ -17,8 +17,9 @@ x the mean over heads of -log(the share of one hyper layer's cross-attention, `a
 hyper layers, that the target's query gives the target's visual tokens): weight 1 counts a target as much
 as one answer token. A target with shares (a box with odds, training/data.py `Attend.odds`) adds instead
 the cross-entropy of that look against them. Text targets (`Sample.attend_text`) add the same as the
-first kind of decoder layer `text_layer`'s self-attention on the target's text tokens. The attention
-part of the last forward is kept in `attention_sum`/`attention_count`.
+first kind of decoder layer `text_layer`'s self-attention on the target's text tokens (`attend_layer`:
+of the layer each names). The attention part of the last forward is kept in
+`attention_sum`/`attention_count`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class TrainStep(nn.Module):
         media_starts: list[list[int]],
         attend: list[list[VisualTarget]] | None = None,
         attend_text: list[list[tuple[int, list[int]]]] | None = None,
+        attend_layer: list[list[tuple[int, int, list[int]]]] | None = None,
     ) -> Tensor:
         """input_ids, labels (B, T), right-padded; pixel_values (N, 3, S, S) -> summed loss (scalar)."""
         m = self.model
@@ -83,11 +85,11 @@ class TrainStep(nn.Module):
         visual = self.visual(pixel_values, n_media, media_starts, b, input_ids.device)
         on = self.attention_weight > 0 and visual is not None
         supervise = on and attend is not None and any(attend)
-        supervise_text = on and attend_text is not None and any(attend_text)
+        by_layer = self.text_targets(attend_text, attend_layer, b) if on else {}
         if supervise:
             visual.record = []
-        if supervise_text:
-            visual.record_self = {self.text_layer: None}
+        if by_layer:
+            visual.record_self = dict.fromkeys(by_layer)
         positions = torch.arange(t, device=input_ids.device).expand(b, t)
         h = m.language_model.model(m.embed(input_ids), positions, None, None, visual)  # (B, T, D)
         target = labels[:, 1:]  # token t+1 is predicted at t
@@ -100,13 +102,33 @@ class TrainStep(nn.Module):
             att = attention_loss(q, k, visual.key_starts, attend)
             self.attention_sum, self.attention_count = float(att.detach()), sum(len(a) for a in attend)
             loss = loss + self.attention_weight * att
-        if supervise_text:
-            q, k = visual.record_self[self.text_layer]
-            att = text_attention_loss(q, k, attend_text)
+        for layer, targets in by_layer.items():
+            q, k = visual.record_self[layer]
+            att = text_attention_loss(q, k, targets)
             self.attention_sum += float(att.detach())
-            self.attention_count += sum(len(a) for a in attend_text)
+            self.attention_count += sum(len(a) for a in targets)
             loss = loss + self.attention_weight * att
         return loss
+
+    def text_targets(
+        self,
+        attend_text: list[list[tuple[int, list[int]]]] | None,
+        attend_layer: list[list[tuple[int, int, list[int]]]] | None,
+        b: int,
+    ) -> dict[int, list[list[tuple[int, list[int]]]]]:
+        """The text targets by decoder layer, each as per row (query position, tokens); `attend_text`'s
+        in `text_layer`. Only layers with a target."""
+        out: dict[int, list[list[tuple[int, list[int]]]]] = {}
+        for row, targets in enumerate(attend_text or []):
+            for target in targets:
+                out.setdefault(self.text_layer, [[] for _ in range(b)])[row].append(target)
+        n_layers = len(self.model.language_model.model.layers)
+        for row, targets in enumerate(attend_layer or []):
+            for layer, pos, tokens in targets:
+                if not 0 <= layer < n_layers:
+                    raise Owl3Error(f"a text target names layer {layer}; the model has 0..{n_layers - 1}")
+                out.setdefault(layer, [[] for _ in range(b)])[row].append((pos, tokens))
+        return out
 
     def visual(
         self,

@@ -1,0 +1,63 @@
+"""Does the answer know which image it was asked about? A read-out of X from the answer's residual.
+
+    python benchmarks/demo_probe/knows_x.py MODEL [--n 800] [--images 8] [--layout official]
+
+"In Image X, what colour is the <shape>?" among `--images` images (stream `knows-x`, half the distractors
+showing the shape), in `--layout` (the model's own: `official` or `label_after`), the answer
+teacher-forced up to its last word. After each decoder layer, the residual at that position; a linear
+classifier of X (1..N) is fitted on 3/4 of the questions and scored on the rest (chance 1/N). To find
+image X's tokens by its label, the answer must hold X (docs/demo.md, "The answer does not know X").
+"""
+
+import argparse
+import random
+
+import torch
+import torch.nn.functional as F
+
+import owl3
+from owl3.demo.questions import multi_question
+
+ap = argparse.ArgumentParser()
+ap.add_argument("model")
+ap.add_argument("--n", type=int, default=800)
+ap.add_argument("--images", type=int, default=8)
+ap.add_argument("--layout", default="official", choices=("official", "label_after"))
+args = ap.parse_args()
+torch.set_num_threads(1)
+pipe = owl3.load(args.model)
+m, tok = pipe.model, pipe.processor.tokenizer
+layers = m.language_model.model.layers
+rng = random.Random("knows-x")
+feats: list[list[torch.Tensor]] = [[] for _ in layers]
+asked = []
+for _ in range(args.n):
+    qn = multi_question(rng, args.images, "colour", hard=0.5, style=args.layout)
+    asked.append(qn.target - 1)
+    words = qn.answer.rstrip(".").split(" ")
+    enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
+    ids = torch.cat([enc.input_ids, torch.tensor(tok.encode(" ".join(words[:-1])).ids)])[None]
+    with torch.no_grad():
+        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
+        x = m.embed(ids)
+        pos = torch.arange(ids.shape[1])[None]
+        cos_sin = m.language_model.model.rope(pos, x.dtype)
+        for i, layer in enumerate(layers):
+            x = layer(x, pos, m.language_model.model.rope, None, None, ctx, cos_sin)
+            feats[i].append(x[0, -1].clone())
+y = torch.tensor(asked)
+n_train = args.n * 3 // 4
+print(f"{args.model} ({args.layout}): read-out of X (1..{args.images}) from the answer's residual, "
+      f"fitted on {n_train}, scored on {args.n - n_train}; chance {1 / args.images:.2f}")  # fmt: skip
+for i, vs in enumerate(feats):
+    a = torch.stack(vs)
+    a = (a - a[:n_train].mean(0)) / (a[:n_train].std(0) + 1e-6)
+    w = torch.zeros(a.shape[1], args.images, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.02)
+    for _ in range(300):
+        loss = F.cross_entropy(a[:n_train] @ w, y[:n_train]) + 1e-3 * w.pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    acc = ((a[n_train:] @ w).argmax(-1) == y[n_train:]).float().mean().item()
+    print(f"  after layer {i}: {acc:.2f}")
