@@ -11,7 +11,7 @@ import torch
 
 from owl3.checkpoint import load_model
 from owl3.demo.data import Mix, write_dataset
-from owl3.demo.train import CELLS_COPY_PHASES, CELLS_TWO_PHASES, Phase
+from owl3.demo.train import CELLS_COPY_HEAD_PHASES, CELLS_COPY_PHASES, CELLS_TWO_PHASES, Phase
 from owl3.errors import Owl3Error
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
@@ -53,7 +53,10 @@ def test_phrase_and_layer_targets_are_read_checked_and_placed(tmp_path):
             {"image": 1, "text": "Image 12", "query": "after_image", "layer": 1},
             {"image": 0, "next_tokens": 2, "after": "The left one is", "layer": 2},
             {"image": 0, "next_tokens": 2, "after": "The left one is"},
+            {"text": "Image 1", "after": "The left one is", "heads": [3, 1]},
         ]),
+        _record([{"text": "Image 1", "after": "", "heads": [1, 1]}]),
+        _record([{"image": 0, "box": [0, 0, 1, 1], "after": "", "heads": [0]}]),
         _record([{"text": "", "after": ""}]),
         _record([{"text": "Image 1", "after": "", "layer": -1}]),
         _record([{"image": 0, "box": [0, 0, 1, 1], "after": "", "layer": 0}]),
@@ -61,8 +64,11 @@ def test_phrase_and_layer_targets_are_read_checked_and_placed(tmp_path):
         _record([{"text": "Image 7", "after": ""}]),  # not in the prompt: skipped when encoded
     ]  # fmt: skip
     records, problems = read_data([write_rows(tmp_path / "t.jsonl", rows)], media_root=str(IMAGES))
-    assert [r.line for r in records] == [1, 6]
+    assert [r.line for r in records] == [1, 8]
     why = reasons_by_line(problems)
+    assert "heads names a head twice" in why[2]
+    assert 'heads needs a text target ("next_tokens" or "text")' in why[3]
+    why = {line - 2: reason for line, reason in why.items() if line > 3}  # the checks below as they were
     assert "text must be a non-empty phrase" in why[2]
     assert "layer must be a decoder layer index >= 0, got -1" in why[3]
     assert 'layer needs a text target ("next_tokens" or "text")' in why[4]
@@ -75,8 +81,8 @@ def test_phrase_and_layer_targets_are_read_checked_and_placed(tmp_path):
     ids = sample.input_ids.tolist()
     piece = lambda i: processor.tokenizer.decode([ids[i]])  # noqa: E731
     (plain,) = sample.attend_text  # no layer: the training's text layer, as before
-    (l0, q0, (t0,)), (l1, q1, (t1,)), (l2, q2, t2) = sample.attend_layer
-    assert (l0, l1, l2) == (0, 1, 2)
+    (l0, q0, (t0,), h0), (l1, q1, (t1,), _), (l2, q2, t2, _), (l3, q3, (t3,), h3) = sample.attend_layer
+    assert (l0, l1, l2, l3) == (0, 1, 2, None) and h0 == () and h3 == (3, 1) and (q3, t3) == (q0, t0)
     assert q0 == q2 == plain[0] and t2 == plain[1]  # the answer's query; the tokens after image 0
     around = lambda t: processor.tokenizer.decode(ids[t - 4 : t + 2])  # noqa: E731
     assert piece(t0) == " 1" and around(t0).endswith("In Image 1,")  # the question's
@@ -88,10 +94,13 @@ def test_phrase_and_layer_targets_are_read_checked_and_placed(tmp_path):
 def test_each_layer_gets_its_own_targets_loss(tmp_path):
     model = load_model(FIXTURE)
     step = TrainStep(model, attention_weight=1.0)  # the tiny fixture: text layer 1
-    by_layer = step.text_targets([[(5, [1])], []], [[(0, 5, [2]), (1, 6, [3])], [(3, 4, [0])]], 2)
-    assert by_layer == {1: [[(5, [1]), (6, [3])], []], 0: [[(5, [2])], []], 3: [[], [(4, [0])]]}
+    layered = [[(0, 5, [2], ()), (1, 6, [3], ())], [(3, 4, [0], (1,)), (None, 7, [1], ())]]
+    by_layer = step.text_targets([[(5, [1])], []], layered, 2)
+    assert by_layer == {1: [[(5, [1]), (6, [3])], [(7, [1])]], 0: [[(5, [2])], []], 3: [[], [(4, [0], (1,))]]}
     with pytest.raises(Owl3Error, match="names layer 4; the model has 0..3"):
-        step.text_targets([], [[(4, 1, [0])]], 1)
+        step.text_targets([], [[(4, 1, [0], ())]], 1)
+    with pytest.raises(Owl3Error, match=r"names heads \[9\]; the model has 0..3"):
+        step.text_targets([], [[(0, 1, [0], (9,))]], 1)
     # the loss of a forward is the answer loss plus each layer's text_attention_loss on its own q and k
     processor = Processor.from_dir(FIXTURE, 56)
     enc = SampleEncoder(processor, seq_len=4096, frames=5, crop_prob=0.0, seed=0, grid=4)
@@ -123,6 +132,18 @@ def test_each_layer_gets_its_own_targets_loss(tmp_path):
     assert step.attention_count == 2
 
 
+def test_a_head_target_averages_over_its_heads_only():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 4, 7, 8), torch.randn(1, 2, 7, 8)
+    per_head = torch.stack(
+        [text_attention_loss(q[:, h : h + 1], k[:, h // 2 : h // 2 + 1], [[(6, [1, 2])]]) for h in range(4)]
+    )  # one head at a time: head h reads kv head h // 2
+    assert torch.allclose(text_attention_loss(q, k, [[(6, [1, 2])]]), per_head.mean())
+    assert torch.allclose(text_attention_loss(q, k, [[(6, [1, 2], (3,))]]), per_head[3])
+    both = text_attention_loss(q, k, [[(6, [1, 2], (0, 2)), (5, [0])]])
+    assert torch.allclose(both, (per_head[0] + per_head[2]) / 2 + text_attention_loss(q, k, [[(5, [0])]]))
+
+
 def test_training_with_layer_targets_moves_that_layers_attention(tmp_path):
     attend = [{"text": "Image 1", "after": "The left one is", "layer": 0}]
     f = tmp_path / "a.jsonl"
@@ -138,7 +159,7 @@ def test_training_with_layer_targets_moves_that_layers_attention(tmp_path):
 def test_demo_label_targets_name_image_x_and_leave_the_rows_alone(tmp_path):
     plain = Mix(single=0.0, multi=0.7, which=0.3, video=0.0, n_min=2, n_max=6, window=0.5, bind=True,
                 label_after=0.3, turns=2)  # fmt: skip
-    copy = replace(plain, copy_label=True, copy_layers=(0, 2))
+    copy = replace(plain, copy_label=True, copy_layers=(0, 2), copy_heads=(3,))
     a = write_dataset(tmp_path / "plain", 40, mix=plain, pool=100, name="rows")
     b = write_dataset(tmp_path / "copy", 40, mix=copy, pool=100, name="rows")
     rows_a = [json.loads(line) for line in a.read_text().splitlines()]
@@ -161,6 +182,7 @@ def test_demo_label_targets_name_image_x_and_leave_the_rows_alone(tmp_path):
             assert not labels
         else:
             assert len(labels) == 1
+        assert all(t.heads == (3,) for t in texts)
         for t in labels:
             assert t.layer == 0 and prompt.split(IMAGE)[t.image].rstrip().endswith(t.text + ":")
             n_label += 1
@@ -171,7 +193,7 @@ def test_demo_label_targets_name_image_x_and_leave_the_rows_alone(tmp_path):
                 assert f"In {t.text}," in asked
                 n_question += 1
         # every label target and question target points at a number token
-        for *_, (token,) in sample.attend_layer:
+        for _, _, (token,), _ in sample.attend_layer:
             assert processor.tokenizer.decode([ids[token]]).strip().isdigit()
     assert n_label > 10 and n_question > 10
 
@@ -184,6 +206,11 @@ def test_cells_copy_is_cells_two_with_label_targets_where_it_binds():
         else:
             assert copy == two
     assert sum(isinstance(p, Phase) and p.mix.copy_label for p in CELLS_COPY_PHASES) == 6
+    for head, copy in zip(CELLS_COPY_HEAD_PHASES, CELLS_COPY_PHASES, strict=True):
+        if isinstance(copy, Phase) and copy.mix.copy_label:
+            assert head == replace(copy, mix=replace(copy.mix, copy_heads=(3,)))
+        else:
+            assert head == copy
 
 
 def test_a_layer_the_model_lacks_is_refused_before_training(tmp_path, capsys):
@@ -198,3 +225,9 @@ def test_a_layer_the_model_lacks_is_refused_before_training(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("a.jsonl:1: attend layer 4, but the model has decoder layers 0..3"), err[-1]
     assert not (tmp_path / "x" / "checkpoints").exists()
+    f = write_rows(tmp_path / "b.jsonl", [_record([{"text": "Image 1", "after": "", "heads": [4]}])] * 8)
+    code = main(["train", "--model", str(FIXTURE), "--data", str(f), "--output", out, "--media-root",
+                 str(IMAGES), "--attention-loss-weight", "1", "--max-steps", "1"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("b.jsonl:1: attend head 4, but the model has attention heads 0..3"), err[-1]

@@ -130,6 +130,9 @@ class Mix:
     # "The answer does not know X")
     copy_label: bool = False
     copy_layers: tuple[int, int] = (0, 1)
+    # the query heads those targets ask to look (empty: all of the layer's): with all, the answer's every
+    # head of layer copy_layers[1] learns to look for a number, and one-image counts suffered (docs/demo.md)
+    copy_heads: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.video_kinds or ()) - set(ALL_VIDEO_KINDS))
@@ -304,7 +307,8 @@ def _bind_targets(qa: QA, x: int, mix: Mix, label: int) -> list[dict]:
             targets.append({"image": x, **look})
         targets.append({"image": x, "next_tokens": mix.bind_tokens, "after": after})
         if mix.copy_label:
-            targets.append({"text": f"Image {label}", "after": after, "layer": mix.copy_layers[1]})
+            heads = {"heads": list(mix.copy_heads)} if mix.copy_heads else {}
+            targets.append({"text": f"Image {label}", "after": after, "layer": mix.copy_layers[1], **heads})
     return targets
 
 
@@ -313,7 +317,9 @@ def _label_target(x: int, start: int, style: str, mix: Mix) -> tuple[dict, ...]:
     `x` (0-based) looks at that image's label number (`Mix.copy_label`)."""
     if not mix.copy_label or style == "label_after":
         return ()
-    return ({"image": x, "text": f"Image {start + x}", "query": "after_image", "layer": mix.copy_layers[0]},)
+    heads = {"heads": list(mix.copy_heads)} if mix.copy_heads else {}
+    return ({"image": x, "text": f"Image {start + x}", "query": "after_image", "layer": mix.copy_layers[0],
+             **heads},)  # fmt: skip
 
 
 def _after_image_targets(qa: QA, x: int, mix: Mix) -> list[dict]:

@@ -65,7 +65,8 @@ class Attend:
     carry to find that image's tokens), and `{"image": 2, "text": "Image 3", "query": "after_image"}` asks
     the token right after image 2 to attend to it (the label before the image: that token then knows which
     image it follows). Any text target may add `"layer": L`, the decoder layer (0-based) whose
-    self-attention it supervises (default: the training's `text_attention_layer`).
+    self-attention it supervises (default: the training's `text_attention_layer`), and `"heads": [h, ...]`,
+    the query heads whose look it asks for (default: all, the loss averaged over them).
 
     A box target may add `"odds": w` (> 0): instead of all of the look on the box, a share spread over the
     whole picture (or frame), each patch in the box taking w times the share of any patch outside it (the
@@ -87,6 +88,7 @@ class Attend:
     odds: float = 0.0  # > 0: a share spread over the picture, w times as much per patch in the box (above)
     text: str = ""  # a text target on this phrase's last token (its last occurrence before the query)
     layer: int | None = None  # text targets: the decoder layer whose self-attention (None: the training's)
+    heads: tuple[int, ...] = ()  # text targets: the query heads whose look is supervised (empty: all)
 
 
 @dataclass(frozen=True)
@@ -220,11 +222,12 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     out = []
     for i, a in enumerate(value):
-        keys = set(a) - {"turn", "odds", "layer"} if isinstance(a, dict) else set()
+        keys = set(a) - {"turn", "odds", "layer", "heads"} if isinstance(a, dict) else set()
         odds = _odds(a, keys, i) if isinstance(a, dict) and "odds" in a else 0.0
         layer = _layer(a, keys, i) if isinstance(a, dict) and "layer" in a else None
+        heads = _heads(a, keys, i) if isinstance(a, dict) and "heads" in a else ()
         if keys in ({"image", "box", "query"}, {"image", "boxes", "query"}, {"image", "text", "query"}):
-            out.append(replace(_after_image(a, i, n_images), odds=odds, layer=layer))
+            out.append(replace(_after_image(a, i, n_images), odds=odds, layer=layer, heads=heads))
             continue
         if keys not in _ATTEND_KEYS:
             raise BadRecord(f"attend[{i}] must be one of {_ATTEND_FORMS}")
@@ -236,7 +239,9 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
         if not isinstance(after, str) or not answer.startswith(after):
             raise BadRecord(f"attend[{i}].after must be the start of answer {turn}, got {after!r}")
         if keys == {"text", "after"}:
-            out.append(Attend(None, None, after, text=_phrase(a["text"], i), turn=turn, layer=layer))
+            out.append(
+                Attend(None, None, after, text=_phrase(a["text"], i), turn=turn, layer=layer, heads=heads)
+            )
             continue
         medium, count = ("image", n_images) if "image" in keys else ("video", n_videos)
         index = a[medium]
@@ -249,7 +254,7 @@ def _attend(value: Any, messages: list[dict[str, str]], n_images: int, n_videos:
             n = a["next_tokens"]
             if not _index(n, 1 << 30) or n == 0:
                 raise BadRecord(f"attend[{i}].next_tokens must be a token count >= 1, got {n!r}")
-            out.append(Attend(image, None, after, video, next_tokens=n, turn=turn, layer=layer))
+            out.append(Attend(image, None, after, video, next_tokens=n, turn=turn, layer=layer, heads=heads))
             continue
         if "boxes" in keys:
             union = _union(a["boxes"], i)
@@ -279,6 +284,18 @@ def _layer(a: dict, keys: set[str], i: int) -> int:
     if not keys & {"next_tokens", "text"}:
         raise BadRecord(f'attend[{i}].layer needs a text target ("next_tokens" or "text")')
     return layer
+
+
+def _heads(a: dict, keys: set[str], i: int) -> tuple[int, ...]:
+    """The checked "heads" of target i: distinct query head indices >= 0, on a text target only."""
+    heads = a["heads"]
+    if not isinstance(heads, list) or not heads or not all(_index(h, 1 << 30) for h in heads):
+        raise BadRecord(f"attend[{i}].heads must be a non-empty list of head indices >= 0, got {heads!r}")
+    if len(set(heads)) != len(heads):
+        raise BadRecord(f"attend[{i}].heads names a head twice: {heads!r}")
+    if not keys & {"next_tokens", "text"}:
+        raise BadRecord(f'attend[{i}].heads needs a text target ("next_tokens" or "text")')
+    return tuple(heads)
 
 
 def _phrase(text: Any, i: int) -> str:
@@ -333,7 +350,8 @@ _ATTEND_FORMS = (
     'target may add "odds": number > 0 (a share spread over the picture, that many times as much per patch '
     'in the box); or {"text": str, "after": str} or {"image": int, "text": str, "query": "after_image"}: '
     'the answer (or the token right after the image) looks at the phrase\'s last token; a text target '
-    '("next_tokens" or "text") may add "layer": int, the decoder layer whose self-attention it supervises'
+    '("next_tokens" or "text") may add "layer": int, the decoder layer whose self-attention it supervises, '
+    'and "heads": [int, ...], the query heads that should look (default all)'
 )
 
 

@@ -18,8 +18,9 @@ indices of the row's visual tokens whose patch centres lie in the box (image k's
 token order, one view per image; `Sample.attend`), or the positions of the `next_tokens` text tokens after
 the image's `<|image|>` token (`Sample.attend_text`), or with `text` the last token of that phrase's last
 occurrence before the query (its last character ending a token, so "Image 1" is not found in "Image 12").
-A text target with its own `layer` goes to `Sample.attend_layer` as (layer, position, tokens). A target
-with `odds` names every patch of its picture and adds their target shares: (position, patches, shares).
+A text target with its own `layer` or `heads` goes to `Sample.attend_layer` as (layer or None for the
+training's text layer, position, tokens, heads). A target with `odds` names every patch of its picture
+and adds their target shares: (position, patches, shares).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class Sample:
     attend: list[VisualTarget] = field(default_factory=list)
     # text targets: (position of the query, positions of the text tokens it should attend to)
     attend_text: list[tuple[int, list[int]]] = field(default_factory=list)
-    # text targets of a named decoder layer (`Attend.layer`): (layer, query position, text token positions)
-    attend_layer: list[tuple[int, int, list[int]]] = field(default_factory=list)
+    # text targets of a named decoder layer or heads (`Attend.layer`, `Attend.heads`): (layer or None,
+    # query position, text token positions, heads: () for all)
+    attend_layer: list[tuple[int | None, int, list[int], tuple[int, ...]]] = field(default_factory=list)
 
 
 @dataclass
@@ -124,10 +126,10 @@ class SampleEncoder:
                 for a in record.attend:
                     if a.next_tokens or a.text:
                         pos, tokens = self.text_target(a, ids, labels, first, enc.media_starts, pieces)
-                        if a.layer is None:
+                        if a.layer is None and not a.heads:
                             attend_text.append((pos, tokens))
                         else:
-                            attend_layer.append((a.layer, pos, tokens))
+                            attend_layer.append((a.layer, pos, tokens, a.heads))
                     else:
                         attend.append(self.attention_target(a, ids, labels, first, enc.media_starts))
             except ValueError as e:
@@ -316,7 +318,9 @@ class Batch:
     skipped: list[Skipped] = field(default_factory=list)
     attend: list[list[VisualTarget]] = field(default_factory=list)  # per row, see Sample
     attend_text: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per row, see Sample
-    attend_layer: list[list[tuple[int, int, list[int]]]] = field(default_factory=list)  # per row, see Sample
+    attend_layer: list[list[tuple[int | None, int, list[int], tuple[int, ...]]]] = field(
+        default_factory=list
+    )  # per row, see Sample
 
     @property
     def n_targets(self) -> int:

@@ -148,6 +148,10 @@ class Trainer:
             if bad:
                 has = f"decoder layers 0..{n_layers - 1}"
                 raise Owl3Error(f"{r.where}: attend layer {bad[0]}, but the model has {has}")
+            bad = [h for a in r.attend for h in a.heads if h >= model.cfg.text.n_heads]
+            if bad:
+                has = f"attention heads 0..{model.cfg.text.n_heads - 1}"
+                raise Owl3Error(f"{r.where}: attend head {bad[0]}, but the model has {has}")
         n_params = sum(p.numel() for p in model.parameters())
         self.strategy = D.pick_strategy(cfg.strategy, env, n_params)
         self.step_module = TrainStep(

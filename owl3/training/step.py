@@ -77,7 +77,7 @@ class TrainStep(nn.Module):
         media_starts: list[list[int]],
         attend: list[list[VisualTarget]] | None = None,
         attend_text: list[list[tuple[int, list[int]]]] | None = None,
-        attend_layer: list[list[tuple[int, int, list[int]]]] | None = None,
+        attend_layer: list[list[tuple[int | None, int, list[int], tuple[int, ...]]]] | None = None,
     ) -> Tensor:
         """input_ids, labels (B, T), right-padded; pixel_values (N, 3, S, S) -> summed loss (scalar)."""
         m = self.model
@@ -113,21 +113,27 @@ class TrainStep(nn.Module):
     def text_targets(
         self,
         attend_text: list[list[tuple[int, list[int]]]] | None,
-        attend_layer: list[list[tuple[int, int, list[int]]]] | None,
+        attend_layer: list[list[tuple[int | None, int, list[int], tuple[int, ...]]]] | None,
         b: int,
-    ) -> dict[int, list[list[tuple[int, list[int]]]]]:
-        """The text targets by decoder layer, each as per row (query position, tokens); `attend_text`'s
-        in `text_layer`. Only layers with a target."""
-        out: dict[int, list[list[tuple[int, list[int]]]]] = {}
+    ) -> dict[int, list[list[tuple]]]:
+        """The text targets by decoder layer, each as per row (query position, tokens[, heads]);
+        `attend_text`'s and those of layer None in `text_layer`. Only layers with a target."""
+        out: dict[int, list[list[tuple]]] = {}
         for row, targets in enumerate(attend_text or []):
             for target in targets:
                 out.setdefault(self.text_layer, [[] for _ in range(b)])[row].append(target)
         n_layers = len(self.model.language_model.model.layers)
+        n_heads = self.model.language_model.model.layers[0].self_attn.n_heads
         for row, targets in enumerate(attend_layer or []):
-            for layer, pos, tokens in targets:
+            for layer, pos, tokens, heads in targets:
+                layer = self.text_layer if layer is None else layer
                 if not 0 <= layer < n_layers:
                     raise Owl3Error(f"a text target names layer {layer}; the model has 0..{n_layers - 1}")
-                out.setdefault(layer, [[] for _ in range(b)])[row].append((pos, tokens))
+                if any(h >= n_heads for h in heads):
+                    has = f"0..{n_heads - 1}"
+                    raise Owl3Error(f"a text target names heads {list(heads)}; the model has {has}")
+                target = (pos, tokens, heads) if heads else (pos, tokens)
+                out.setdefault(layer, [[] for _ in range(b)])[row].append(target)
         return out
 
     def visual(
@@ -181,12 +187,14 @@ def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[V
     return _target_nll(log_w, [t[1:] for _, t in targets])
 
 
-def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple[int, list[int]]]]) -> Tensor:
+def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple]]) -> Tensor:
     """Sum over targets of the mean over heads of -log(causal self-attention share on the target tokens).
 
     q (B, H, T, d), k (B, kv, T, d) rotated, as one decoder layer saw them; attend_text: per row, (query
-    position, text token positions before it). All targets at once, as `attention_loss`."""
-    targets = [(row, pos, tokens) for row, ts in enumerate(attend_text) for pos, tokens in ts]
+    position, text token positions before it[, the heads to average over: default all]). All targets at
+    once, as `attention_loss`."""
+    targets = [(row, t[0], t[1]) for row, ts in enumerate(attend_text) for t in ts]
+    heads = [t[2] if len(t) > 2 else () for ts in attend_text for t in ts]
     if not targets:
         return q.new_zeros(())
     rows, slots, positions, qs = _row_queries(q, [(row, pos) for row, pos, _ in targets])
@@ -195,7 +203,7 @@ def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple[int, 
     pos = positions[rows, slots]
     later = torch.arange(k.shape[2], device=q.device)[None, :] > pos[:, None]  # (n, T): not yet seen
     log_w = torch.log_softmax(s.masked_fill(later[:, None], float("-inf")).float(), -1)
-    return _target_nll(log_w, [(tokens,) for _, _, tokens in targets])
+    return _target_nll(log_w, [(tokens,) for _, _, tokens in targets], heads)
 
 
 def _row_queries(q: Tensor, targets: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -217,10 +225,10 @@ def _row_queries(q: Tensor, targets: list[tuple[int, int]]) -> tuple[Tensor, Ten
     return rows, slot, positions, qs
 
 
-def _target_nll(log_w: Tensor, targets: list[tuple]) -> Tensor:
+def _target_nll(log_w: Tensor, targets: list[tuple], heads: list[tuple[int, ...]] | None = None) -> Tensor:
     """log_w (n, H, M) log attention weights of n target queries; targets[i] = (tokens,) or (tokens,
-    shares) -> the sum over targets of the mean over heads of -log(the weight on the tokens) (a token
-    named twice counts twice), or of -sum(share x log weight)."""
+    shares) -> the sum over targets of the mean over heads (over `heads[i]` where given and not empty) of
+    -log(the weight on the tokens) (a token named twice counts twice), or of -sum(share x log weight)."""
     n, _, m = log_w.shape
     counts = np.zeros((n, m), dtype=np.float32)  # how often each target names each token
     shares = np.zeros((n, m), dtype=np.float32)
@@ -236,7 +244,16 @@ def _target_nll(log_w: Tensor, targets: list[tuple]) -> Tensor:
     hit = torch.logsumexp(log_w + counts.log()[:, None], -1)  # (n, H): log of the weight on the tokens
     # share x log weight only where a share is given (0 x -inf, an unseen token, would be nan)
     xent = torch.where(shares[:, None] > 0, shares[:, None] * log_w, 0.0).sum(-1)  # (n, H)
-    return -torch.where(has_shares[:, None], xent, hit).mean(-1).sum()
+    per_head = torch.where(has_shares[:, None], xent, hit)  # (n, H)
+    if not heads or not any(heads):
+        return -per_head.mean(-1).sum()
+    mask = np.ones((n, log_w.shape[1]), dtype=np.float32)
+    for i, hs in enumerate(heads):
+        if hs:
+            mask[i] = 0.0
+            mask[i, list(hs)] = 1.0
+    mask = torch.from_numpy(mask).to(log_w.device)
+    return -((per_head * mask).sum(-1) / mask.sum(-1)).sum()
 
 
 def self_log_weights(q: Tensor, k: Tensor, row: int, pos: int) -> Tensor:
