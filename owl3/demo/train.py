@@ -13,7 +13,8 @@ seed 0, 48.4 min on a 2-core Zen 5 with AVX-512, those of the seventeenth to nin
 recipe trained in two pieces), `cells-labels` (`cells-two` with every list label after its image; not
 better), `cells-all-recency` (`cells-two` with both key/value heads of the first hyper layer as recency
 heads; binding unchanged, one image and video worse), `cells-copy` (`cells-two` with label targets: the
-tokens after image X and the answer both made to carry X; docs/demo.md "The answer does not know X"),
+tokens after image X and the answer both made to carry X; 8 images far better, one-image counts worse;
+docs/demo.md "The answer does not know X"), `cells-copy-head` (the same targets on one head per layer),
 `cells-more-video` (the shipped weights of the fifteenth and sixteenth sessions: `cells-count` with a video
 phase twice as long, trained with two threads; `CELLS_MORE_VIDEO_PHASES` below),
 `cells-count` (the shipped weights of the fourteenth session with `--threads 1`: `cells-video`, then a

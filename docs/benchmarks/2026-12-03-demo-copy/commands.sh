@@ -59,3 +59,14 @@ cp /tmp/c/demo_train.json $D/recipe-C-demo_train.json
 score C /tmp/c/model $S/ev-R
 probes C /tmp/c/model official
 python $P/after_readout.py /tmp/c/model > $D/readout-C.log
+# 4. where C gains and loses, per question kind (kinds-R-vs-C.txt)
+(cd $D && for row in 1 8; do python kinds.py $row R-s2=../2026-12-02-demo-scratch/ev-R-s2-300.jsonl \
+  C-s2=ev-C-s2-300.jsonl R-s3=../2026-12-02-demo-scratch/ev-R-s3-300.jsonl C-s3=ev-C-s3-300.jsonl; done) \
+  > $D/kinds-R-vs-C.txt
+# 5. C2: cells-copy-head from R's first three phases (RULE.md, written before C2 started), alone on the CPU
+mkdir -p /tmp/c2 /tmp/c2log
+cp -r /tmp/r/init /tmp/r/phase-1-tower /tmp/r/phase-2-recency /tmp/r/phase-3-single /tmp/r/demo_train.json /tmp/c2/
+/usr/bin/time -v owl3 demo-train /tmp/c2 --recipe cells-copy-head > /tmp/c2log/out.txt 2> /tmp/c2log/err.txt
+tr '\r' '\n' < /tmp/c2log/err.txt | grep -v "^train sft: .*step/s" | sed '/^\s*$/d' > $D/recipe-C2.log
+cp /tmp/c2/demo_train.json $D/recipe-C2-demo_train.json
+score C2 /tmp/c2/model $S/ev-R $D/ev-C
