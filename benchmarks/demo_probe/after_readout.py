@@ -18,6 +18,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+from common import adam_readout, layer_states  # this folder (the script's) is on sys.path
 
 import owl3
 from owl3.demo.questions import list_prompt
@@ -46,12 +47,7 @@ for q in range(args.n):
     ids = enc.input_ids[None]
     starts = (ids[0] == image_id).nonzero().flatten().tolist()
     with torch.no_grad():
-        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-        x = m.embed(ids)
-        pos = torch.arange(ids.shape[1])[None]
-        cos_sin = m.language_model.model.rope(pos, x.dtype)
-        for i, layer in enumerate(layers):
-            x = layer(x, pos, m.language_model.model.rope, None, None, ctx, cos_sin)
+        for i, x in layer_states(m, ids, enc, layers):
             for s in starts[:-1]:
                 for d in range(4):
                     feats.setdefault((i, d), []).append(x[0, s + 1 + d].clone())
@@ -66,27 +62,17 @@ for j, s in enumerate(scenes):
         pairs[j, SHAPES.index(o.shape) * len(colours) + colours.index(o.colour)] = 1.0
 
 
-def fit(a: torch.Tensor, loss_fn, out: int) -> torch.Tensor:
-    w = torch.zeros(a.shape[1], out, requires_grad=True)
-    opt = torch.optim.Adam([w], lr=0.02)
-    for _ in range(300):
-        loss = loss_fn(a[train] @ w) + 1e-3 * w.pow(2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (a[~train] @ w).detach()
-
-
 held = [s for s, t in zip(scenes, train.tolist(), strict=True) if not t]
 print(f"{args.model} ({args.layout}): {len(scenes)} pictures (a list of {args.images} minus the last), "
       f"read-outs scored on {len(held)}; chance: word 0.08, count ~0.25, colour 0.12")  # fmt: skip
 print("after layer | token after the image | word | objects | colour of each shape")
 for (i, d), vs in feats.items():
     a = torch.stack(vs)
-    a = (a - a[train].mean(0)) / (a[train].std(0) + 1e-6)
-    w_acc = (fit(a, lambda z: F.cross_entropy(z, word[train]), len(WORDS)).argmax(-1) == word[~train])
-    c_acc = (fit(a, lambda z: F.cross_entropy(z, count[train]), 4).argmax(-1) == count[~train])
-    logits = fit(a, lambda z: F.binary_cross_entropy_with_logits(z, pairs[train]), pairs.shape[1])
+    said = adam_readout(a, train, lambda z: F.cross_entropy(z, word[train]), len(WORDS)).argmax(-1)
+    w_acc = said == word[~train]
+    c_acc = adam_readout(a, train, lambda z: F.cross_entropy(z, count[train]), 4).argmax(-1) == count[~train]
+    bce = lambda z: F.binary_cross_entropy_with_logits(z, pairs[train])  # noqa: E731
+    logits = adam_readout(a, train, bce, pairs.shape[1])
     by_shape = logits.view(-1, len(SHAPES), len(colours))
     hits = [
         int(by_shape[j, SHAPES.index(o.shape)].argmax()) == colours.index(o.colour)

@@ -95,6 +95,36 @@ def held_out_readout(features: list, labels, n_classes: int, train_share: float 
     return ((x[cut:] @ w + b).argmax(-1) == labels[cut:]).float().mean().item()
 
 
+def adam_readout(x: torch.Tensor, train: torch.Tensor, loss_fn, n_out: int) -> torch.Tensor:
+    """A linear read-out (Adam, lr 0.02, 300 steps, small L2) of `x` (rows, standardised by the training
+    rows' mean and spread), fitted where `train` (a row mask) by `loss_fn(logits)`; returns the logits of
+    the other rows."""
+    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
+    w = torch.zeros(x.shape[1], n_out, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.02)
+    for _ in range(300):
+        loss = loss_fn(x[train] @ w) + 1e-3 * w.pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (x[~train] @ w).detach()
+
+
+def layer_states(m, ids: torch.Tensor, enc, layers=None):
+    """Run the LLM of model `m` layer by layer on `ids` (1, T) with the pictures of encoding `enc`,
+    yielding (layer index, the residual (1, T, D) after it), for `layers` (default all)."""
+    import owl3.model
+
+    ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
+    x = m.embed(ids)
+    pos = torch.arange(ids.shape[1])[None]
+    rope = m.language_model.model.rope
+    cos_sin = rope(pos, x.dtype)
+    for i, layer in enumerate(layers if layers is not None else m.language_model.model.layers):
+        x = layer(x, pos, rope, None, None, ctx, cos_sin)
+        yield i, x
+
+
 def colour_questions(pipe, style: str, n: int, record_self: int | None = None):
     """n "In Image X, what colour is the <shape>?" questions among 2-8 images (half the distractors
     showing the shape; stream `copy-probe:0`) in layout `style`, each run through the LLM teacher-forced up

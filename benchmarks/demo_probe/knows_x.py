@@ -14,6 +14,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+from common import adam_readout, layer_states  # this folder (the script's) is on sys.path
 
 import owl3
 from owl3.demo.questions import multi_question
@@ -27,9 +28,9 @@ args = ap.parse_args()
 torch.set_num_threads(1)
 pipe = owl3.load(args.model)
 m, tok = pipe.model, pipe.processor.tokenizer
-layers = m.language_model.model.layers
+n_layers = len(m.language_model.model.layers)
 rng = random.Random("knows-x")
-feats: list[list[torch.Tensor]] = [[] for _ in layers]
+feats: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
 asked = []
 for _ in range(args.n):
     qn = multi_question(rng, args.images, "colour", hard=0.5, style=args.layout)
@@ -38,26 +39,13 @@ for _ in range(args.n):
     enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
     ids = torch.cat([enc.input_ids, torch.tensor(tok.encode(" ".join(words[:-1])).ids)])[None]
     with torch.no_grad():
-        ctx = owl3.model.VisualContext.build([m.encode_media(enc.pixel_values)], [enc.media_starts])
-        x = m.embed(ids)
-        pos = torch.arange(ids.shape[1])[None]
-        cos_sin = m.language_model.model.rope(pos, x.dtype)
-        for i, layer in enumerate(layers):
-            x = layer(x, pos, m.language_model.model.rope, None, None, ctx, cos_sin)
+        for i, x in layer_states(m, ids, enc):
             feats[i].append(x[0, -1].clone())
 y = torch.tensor(asked)
 n_train = args.n * 3 // 4
+train = torch.arange(args.n) < n_train
 print(f"{args.model} ({args.layout}): read-out of X (1..{args.images}) from the answer's residual, "
       f"fitted on {n_train}, scored on {args.n - n_train}; chance {1 / args.images:.2f}")  # fmt: skip
 for i, vs in enumerate(feats):
-    a = torch.stack(vs)
-    a = (a - a[:n_train].mean(0)) / (a[:n_train].std(0) + 1e-6)
-    w = torch.zeros(a.shape[1], args.images, requires_grad=True)
-    opt = torch.optim.Adam([w], lr=0.02)
-    for _ in range(300):
-        loss = F.cross_entropy(a[:n_train] @ w, y[:n_train]) + 1e-3 * w.pow(2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    acc = ((a[n_train:] @ w).argmax(-1) == y[n_train:]).float().mean().item()
-    print(f"  after layer {i}: {acc:.2f}")
+    logits = adam_readout(torch.stack(vs), train, lambda z: F.cross_entropy(z, y[train]), args.images)
+    print(f"  after layer {i}: {(logits.argmax(-1) == y[~train]).float().mean().item():.2f}")
