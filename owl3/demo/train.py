@@ -14,7 +14,8 @@ recipe trained in two pieces), `cells-labels` (`cells-two` with every list label
 better), `cells-all-recency` (`cells-two` with both key/value heads of the first hyper layer as recency
 heads; binding unchanged, one image and video worse), `cells-copy` (`cells-two` with label targets: the
 tokens after image X and the answer both made to carry X; 8 images far better, one-image counts worse;
-docs/demo.md "The answer does not know X"), `cells-copy-head` (the same targets on one head per layer),
+docs/demo.md "The answer does not know X"), `cells-copy-head` (the same targets on one head per layer:
+8 images 76-85%, one-image counts still worse),
 `cells-more-video` (the shipped weights of the fifteenth and sixteenth sessions: `cells-count` with a video
 phase twice as long, trained with two threads; `CELLS_MORE_VIDEO_PHASES` below),
 `cells-count` (the shipped weights of the fourteenth session with `--threads 1`: `cells-video`, then a
@@ -368,11 +369,10 @@ CELLS_COPY_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tup
     replace(ph, mix=replace(ph.mix, copy_label=True)) if isinstance(ph, Phase) and ph.mix.bind else ph
     for ph in CELLS_TWO_PHASES
 )
-# `cells-copy-head` (written after C, the twenty-first session's `cells-copy` run, not yet measured): the
-# label targets on one query head of each layer (head 3: of the second key/value head, not the first hyper
-# layer's recency heads) instead of all four. C (all heads) answered 8 images at 77.3% / 72.7% against R's
-# 64.0% / 62.3%, but one-image counts fell (97% -> 91% at one image): every head of the answer's second
-# layer had learned to look for the asked image's number.
+# `cells-copy-head` (the twenty-first session's C2): the label targets on one query head of each layer
+# (head 3: of the second key/value head, not the first hyper layer's recency heads) instead of all four.
+# 8 images 84.7% / 75.7% at seeds 2 / 3 (C, all heads: 77.3% / 72.7%; R 64.0% / 62.3%), but one-image
+# counts still lower than R's (one image 90.3% / 93.3% against 97.0% / 97.7%), so not the default.
 CELLS_COPY_HEAD_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tuple(
     replace(ph, mix=replace(ph.mix, copy_heads=(3,))) if isinstance(ph, Phase) and ph.mix.copy_label else ph
     for ph in CELLS_COPY_PHASES

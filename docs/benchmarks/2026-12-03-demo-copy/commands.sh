@@ -70,3 +70,9 @@ cp -r /tmp/r/init /tmp/r/phase-1-tower /tmp/r/phase-2-recency /tmp/r/phase-3-sin
 tr '\r' '\n' < /tmp/c2log/err.txt | grep -v "^train sft: .*step/s" | sed '/^\s*$/d' > $D/recipe-C2.log
 cp /tmp/c2/demo_train.json $D/recipe-C2-demo_train.json
 score C2 /tmp/c2/model $S/ev-R $D/ev-C
+(cd $D && for row in 1 8; do python kinds.py $row R-s2=../2026-12-02-demo-scratch/ev-R-s2-300.jsonl \
+  C2-s2=ev-C2-s2-300.jsonl R-s3=../2026-12-02-demo-scratch/ev-R-s3-300.jsonl C2-s3=ev-C2-s3-300.jsonl; done) \
+  > $D/kinds-R-vs-C2.txt
+# 6. C2's curve at seed 0, 100 questions a row (README's R figures are the same command on R)
+owl3 eval synthetic --model /tmp/c2/model --seed 0 --images 1,5,8,20,50,100 --limit 100 \
+  --output $D/ev-C2-seed0-limit100.jsonl --plot $D/ev-C2-seed0-limit100.png > $D/ev-C2-seed0-limit100.txt
