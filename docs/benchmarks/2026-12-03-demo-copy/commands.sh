@@ -76,3 +76,8 @@ score C2 /tmp/c2/model $S/ev-R $D/ev-C
 # 6. C2's curve at seed 0, 100 questions a row (README's R figures are the same command on R)
 owl3 eval synthetic --model /tmp/c2/model --seed 0 --images 1,5,8,20,50,100 --limit 100 \
   --output $D/ev-C2-seed0-limit100.jsonl --plot $D/ev-C2-seed0-limit100.png > $D/ev-C2-seed0-limit100.txt
+# 7. where C2's one-image counts are lost: its ninth phase's model at seed 2, per kind beside C2 and R
+owl3 eval synthetic --model /tmp/c2/phase-9-count --seed 2 --images 1,8 --limit 300 \
+  --output $D/ev-C2phase9-s2-300.jsonl > /dev/null
+(cd $D && for row in 1 8; do python kinds.py $row C2-phase9=ev-C2phase9-s2-300.jsonl C2=ev-C2-s2-300.jsonl \
+  R=../2026-12-02-demo-scratch/ev-R-s2-300.jsonl; done) > $D/kinds-C2-phase9-vs-10.txt
