@@ -7,7 +7,8 @@ trained as VARIANT's last phase (the same rows, seed and lr as SRC's, the target
 torch threads, default 2). VARIANT: `copy` (`cells-copy`), `copy-one` (`cells-copy` with the answer's
 layer-2 look on the one token right after image X, `Mix.bind_tokens` 1), `labels-copy` (`cells-labels`
 with the label targets, of which only the question's apply: its labels stand after the images),
-`all-copy` (`cells-all-recency` with the label targets). A quick look at a change of the targets at the
+`all-copy` (`cells-all-recency` with the label targets), `copy-head-plain-counts` (`cells-copy-head`
+whose last phase draws one-image counts as the world does). A quick look at a change of the targets at the
 cost of one phase (about 5 min with two threads), against SRC's own model on the same questions.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from owl3.demo.train import (
     CELLS_ALL_RECENCY_PHASES,
+    CELLS_COPY_HEAD_PHASES,
     CELLS_COPY_PHASES,
     CELLS_LABELS_PHASES,
     Phase,
@@ -41,6 +43,11 @@ VARIANTS = {
     ),
     "labels-copy": with_copy(CELLS_LABELS_PHASES),
     "all-copy": with_copy(CELLS_ALL_RECENCY_PHASES),
+    # `cells-copy-head` whose last phase draws one-image counts as the world does (no `count_balance`)
+    "copy-head-plain-counts": (
+        *CELLS_COPY_HEAD_PHASES[:-1],
+        replace(CELLS_COPY_HEAD_PHASES[-1], mix=replace(CELLS_COPY_HEAD_PHASES[-1].mix, count_balance=False)),
+    ),
 }
 src, out, variant = sys.argv[1], sys.argv[2], sys.argv[3]
 threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2

@@ -81,3 +81,8 @@ owl3 eval synthetic --model /tmp/c2/phase-9-count --seed 2 --images 1,8 --limit 
   --output $D/ev-C2phase9-s2-300.jsonl > /dev/null
 (cd $D && for row in 1 8; do python kinds.py $row C2-phase9=ev-C2phase9-s2-300.jsonl C2=ev-C2-s2-300.jsonl \
   R=../2026-12-02-demo-scratch/ev-R-s2-300.jsonl; done) > $D/kinds-C2-phase9-vs-10.txt
+# 8. C2P: C2's last phase again from its ninth model, one-image counts drawn as the world does (no
+#    balanced counts), against C2 and R on the same questions
+python $P/phase_again.py /tmp/c2 /tmp/c2p copy-head-plain-counts
+cp /tmp/c2p/demo_train.json $D/phase-again-C2P-demo_train.json
+score C2P /tmp/c2p/model $S/ev-R $D/ev-C2
