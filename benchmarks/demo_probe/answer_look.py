@@ -16,6 +16,7 @@ import argparse
 import random
 
 import torch
+from common import teacher_forced  # this folder (the script's) is on sys.path
 
 import owl3
 from owl3.demo.questions import multi_question
@@ -39,9 +40,7 @@ shares = torch.zeros(n_layers, 4)
 right = 0
 for _ in range(args.n):
     qn = multi_question(rng, args.images, args.kind, hard=0.5, style=args.layout)
-    words = qn.answer.rstrip(".").split(" ")
-    enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
-    ids = torch.cat([enc.input_ids, torch.tensor(tok.encode(" ".join(words[:-1])).ids)])[None]
+    words, enc, ids = teacher_forced(pipe, qn)
     images = (ids[0] == image_id).nonzero().flatten().tolist()
     listed = ids[0].tolist()
     close = listed.index(dot, images[-1])  # the list's closing "."

@@ -110,6 +110,15 @@ def adam_readout(x: torch.Tensor, train: torch.Tensor, loss_fn, n_out: int) -> t
     return (x[~train] @ w).detach()
 
 
+def teacher_forced(pipe, qn):
+    """Question `qn` encoded with its answer teacher-forced up to its last word: (the answer's words, the
+    encoding of the prompt and pictures, input ids (1, T) ending where the last word is predicted)."""
+    words = qn.answer.rstrip(".").split(" ")
+    enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
+    prefix = torch.tensor(pipe.processor.tokenizer.encode(" ".join(words[:-1])).ids)
+    return words, enc, torch.cat([enc.input_ids, prefix])[None]
+
+
 def layer_states(m, ids: torch.Tensor, enc, layers=None):
     """Run the LLM of model `m` layer by layer on `ids` (1, T) with the pictures of encoding `enc`,
     yielding (layer index, the residual (1, T, D) after it), for `layers` (default all)."""

@@ -14,7 +14,7 @@ import random
 
 import torch
 import torch.nn.functional as F
-from common import adam_readout, layer_states  # this folder (the script's) is on sys.path
+from common import adam_readout, layer_states, teacher_forced  # this folder (the script's) is on sys.path
 
 import owl3
 from owl3.demo.questions import multi_question
@@ -35,9 +35,7 @@ asked = []
 for _ in range(args.n):
     qn = multi_question(rng, args.images, "colour", hard=0.5, style=args.layout)
     asked.append(qn.target - 1)
-    words = qn.answer.rstrip(".").split(" ")
-    enc = pipe.encode(qn.prompt, qn.render_images(), [], cut=False)
-    ids = torch.cat([enc.input_ids, torch.tensor(tok.encode(" ".join(words[:-1])).ids)])[None]
+    words, enc, ids = teacher_forced(pipe, qn)
     with torch.no_grad():
         for i, x in layer_states(m, ids, enc):
             feats[i].append(x[0, -1].clone())
