@@ -27,7 +27,7 @@ ap.add_argument("--layout", default="official", choices=("official", "label_afte
 args = ap.parse_args()
 torch.set_num_threads(1)
 pipe = owl3.load(args.model)
-m, tok = pipe.model, pipe.processor.tokenizer
+m = pipe.model
 n_layers = len(m.language_model.model.layers)
 rng = random.Random("knows-x")
 feats: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
