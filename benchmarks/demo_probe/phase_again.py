@@ -8,7 +8,9 @@ torch threads, default 2). VARIANT: `copy` (`cells-copy`), `copy-one` (`cells-co
 layer-2 look on the one token right after image X, `Mix.bind_tokens` 1), `labels-copy` (`cells-labels`
 with the label targets, of which only the question's apply: its labels stand after the images),
 `all-copy` (`cells-all-recency` with the label targets), `copy-head-plain-counts` (`cells-copy-head`
-whose last phase draws one-image counts as the world does). A quick look at a change of the targets at the
+whose last phase draws one-image counts as the world does), `copy-head-long` (`cells-copy-head` with its last
+phase twice as long), `copy-head-counts` (`cells-copy-head` whose last phase asks twice as many counts of a
+colour or a shape). A quick look at a change of the targets at the
 cost of one phase (about 5 min with two threads), against SRC's own model on the same questions.
 """
 
@@ -47,6 +49,14 @@ VARIANTS = {
     "copy-head-plain-counts": (
         *CELLS_COPY_HEAD_PHASES[:-1],
         replace(CELLS_COPY_HEAD_PHASES[-1], mix=replace(CELLS_COPY_HEAD_PHASES[-1].mix, count_balance=False)),
+    ),
+    # `cells-copy-head` whose last phase is twice as long (1,200 steps): more count-of-two signal
+    "copy-head-long": (*CELLS_COPY_HEAD_PHASES[:-1], replace(CELLS_COPY_HEAD_PHASES[-1], steps=1200)),
+    # `cells-copy-head` whose last phase asks about twice as many counts of a colour or a shape
+    "copy-head-counts": (
+        *CELLS_COPY_HEAD_PHASES[:-1],
+        replace(CELLS_COPY_HEAD_PHASES[-1], mix=replace(CELLS_COPY_HEAD_PHASES[-1].mix, kinds=(
+            *CELLS_COPY_HEAD_PHASES[-1].mix.kinds, *("count_colour",) * 6, *("count_shape",) * 4))),
     ),
 }
 src, out, variant = sys.argv[1], sys.argv[2], sys.argv[3]
