@@ -11,7 +11,15 @@ import torch
 
 from owl3.checkpoint import load_model
 from owl3.demo.data import Mix, write_dataset
-from owl3.demo.train import CELLS_COPY_HEAD_PHASES, CELLS_COPY_PHASES, CELLS_TWO_PHASES, Phase
+from owl3.demo.train import (
+    CELLS_COPY_HEAD_PHASES,
+    CELLS_COPY_LONG_PHASES,
+    CELLS_COPY_PHASES,
+    CELLS_TWO_PHASES,
+    RECIPES,
+    Phase,
+    recipe_preset,
+)
 from owl3.errors import Owl3Error
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
@@ -211,6 +219,18 @@ def test_cells_copy_is_cells_two_with_label_targets_where_it_binds():
             assert head == replace(copy, mix=replace(copy.mix, copy_heads=(3,)))
         else:
             assert head == copy
+
+
+def test_cells_copy_long_is_cells_copy_head_with_its_last_phase_twice_as_long():
+    *first, last = CELLS_COPY_LONG_PHASES
+    assert tuple(first) == CELLS_COPY_HEAD_PHASES[:-1]
+    head_last = CELLS_COPY_HEAD_PHASES[-1]
+    assert last.steps == 2 * head_last.steps == 1200 and last == replace(head_last, steps=1200)
+    # the last phase is the one with balanced one-image counts, and it keeps the label targets on head 3
+    assert last.name == "two" and last.mix.count_balance and not last.mix.count_balance_lists
+    assert last.mix.copy_label and last.mix.copy_heads == (3,)
+    assert RECIPES["cells-copy-long"] is CELLS_COPY_LONG_PHASES
+    assert recipe_preset("cells-copy-long") == "demo-cells"
 
 
 def test_a_layer_the_model_lacks_is_refused_before_training(tmp_path, capsys):

@@ -4,14 +4,14 @@
 
 `SRC` is a finished `owl3 demo-train` run; `OUT` becomes a copy of it without its last phase, which is then
 trained as VARIANT's last phase (the same rows, seed and lr as SRC's, the targets as VARIANT says; THREADS
-torch threads, default 2). VARIANT: `copy` (`cells-copy`), `copy-one` (`cells-copy` with the answer's
-layer-2 look on the one token right after image X, `Mix.bind_tokens` 1), `labels-copy` (`cells-labels`
-with the label targets, of which only the question's apply: its labels stand after the images),
-`all-copy` (`cells-all-recency` with the label targets), `copy-head-plain-counts` (`cells-copy-head`
-whose last phase draws one-image counts as the world does), `copy-head-long` (`cells-copy-head` with its last
-phase twice as long), `copy-head-counts` (`cells-copy-head` whose last phase asks twice as many counts of a
-colour or a shape). A quick look at a change of the targets at the
-cost of one phase (about 5 min with two threads), against SRC's own model on the same questions.
+torch threads, default 2). VARIANT: `copy` (`cells-copy`), `copy-one` (`cells-copy` with the answer's layer-2
+look on the one token right after image X, `Mix.bind_tokens` 1), `labels-copy` (`cells-labels` with the label
+targets, of which only the question's apply: its labels stand after the images), `all-copy`
+(`cells-all-recency` with the label targets), `copy-head-plain-counts` (`cells-copy-head` whose last phase
+draws one-image counts as the world does), `copy-head-long` (`cells-copy-long`: `cells-copy-head` with its
+last phase twice as long), `copy-head-counts` (`cells-copy-head` whose last phase asks twice as many counts of
+a colour or a shape). A quick look at a change of the targets at the cost of one phase (about 5 min with two
+threads), against SRC's own model on the same questions.
 """
 
 import shutil
@@ -22,6 +22,7 @@ from pathlib import Path
 from owl3.demo.train import (
     CELLS_ALL_RECENCY_PHASES,
     CELLS_COPY_HEAD_PHASES,
+    CELLS_COPY_LONG_PHASES,
     CELLS_COPY_PHASES,
     CELLS_LABELS_PHASES,
     Phase,
@@ -37,6 +38,8 @@ def with_copy(phases):
     )
 
 
+# the last phase's kinds with counts of a colour or a shape drawn twice as often (10 of 30 -> 20 of 40)
+_MORE_COUNTS = (*CELLS_COPY_HEAD_PHASES[-1].mix.kinds, *("count_colour",) * 6, *("count_shape",) * 4)
 VARIANTS = {
     "copy": CELLS_COPY_PHASES,
     "copy-one": tuple(
@@ -50,13 +53,12 @@ VARIANTS = {
         *CELLS_COPY_HEAD_PHASES[:-1],
         replace(CELLS_COPY_HEAD_PHASES[-1], mix=replace(CELLS_COPY_HEAD_PHASES[-1].mix, count_balance=False)),
     ),
-    # `cells-copy-head` whose last phase is twice as long (1,200 steps): more count-of-two signal
-    "copy-head-long": (*CELLS_COPY_HEAD_PHASES[:-1], replace(CELLS_COPY_HEAD_PHASES[-1], steps=1200)),
+    # `cells-copy-head` whose last phase is twice as long (1,200 steps): the recipe `cells-copy-long`
+    "copy-head-long": CELLS_COPY_LONG_PHASES,
     # `cells-copy-head` whose last phase asks about twice as many counts of a colour or a shape
     "copy-head-counts": (
         *CELLS_COPY_HEAD_PHASES[:-1],
-        replace(CELLS_COPY_HEAD_PHASES[-1], mix=replace(CELLS_COPY_HEAD_PHASES[-1].mix, kinds=(
-            *CELLS_COPY_HEAD_PHASES[-1].mix.kinds, *("count_colour",) * 6, *("count_shape",) * 4))),
+        replace(CELLS_COPY_HEAD_PHASES[-1], mix=replace(CELLS_COPY_HEAD_PHASES[-1].mix, kinds=_MORE_COUNTS)),
     ),
 }
 src, out, variant = sys.argv[1], sys.argv[2], sys.argv[3]
