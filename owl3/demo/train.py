@@ -7,15 +7,17 @@ writes its training set (`OUT/data/PHASE/`) and runs owl3's own training code (`
 stage `sft`, the vision tower trained too at the phase's `vision_lr_scale`). The last phase's model is
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
-Recipes (`--recipe`): `cells-two` (default: `cells-more-video`, then a phase that teaches a count of two;
-`CELLS_TWO_PHASES` below; the shipped weights since the twentieth session are this command's output at
-seed 0, 48.4 min on a 2-core Zen 5 with AVX-512, those of the seventeenth to nineteenth session the same
-recipe trained in two pieces), `cells-labels` (`cells-two` with every list label after its image; not
-better), `cells-all-recency` (`cells-two` with both key/value heads of the first hyper layer as recency
-heads; binding unchanged, one image and video worse), `cells-copy` (`cells-two` with label targets: the
-tokens after image X and the answer both made to carry X; 8 images far better, one-image counts worse;
-docs/demo.md "The answer does not know X"), `cells-copy-head` (the same targets on one head per layer:
-8 images 76-85%, one-image counts still worse),
+Recipes (`--recipe`): `cells-copy-long` (default: `cells-copy-head`, below, with its last phase twice as long;
+`CELLS_COPY_LONG_PHASES`; the shipped weights since the twenty-second session, 51.7 min for the whole recipe
+on a 2-core Zen 5 with AVX-512; docs/demo.md "A longer last phase"), `cells-two` (the shipped weights of the
+twentieth and twenty-first sessions: `cells-more-video`, then a phase that teaches a count of two;
+`CELLS_TWO_PHASES` below; this command's output at seed 0, 48.4 min on the same CPU; those of the seventeenth
+to nineteenth session the same recipe trained in two pieces), `cells-labels` (`cells-two` with every list
+label after its image; not better), `cells-all-recency` (`cells-two` with both key/value heads of the first
+hyper layer as recency heads; binding unchanged, one image and video worse), `cells-copy` (`cells-two` with
+label targets: the tokens after image X and the answer both made to carry X; 8 images far better, one-image
+counts worse; docs/demo.md "The answer does not know X"), `cells-copy-head` (the same targets on one head per
+layer: 8 images 76-85%, one-image counts still worse; with a longer last phase it is `cells-copy-long`),
 `cells-more-video` (the shipped weights of the fifteenth and sixteenth sessions: `cells-count` with a video
 phase twice as long, trained with two threads; `CELLS_MORE_VIDEO_PHASES` below),
 `cells-count` (the shipped weights of the fourteenth session with `--threads 1`: `cells-video`, then a
@@ -331,7 +333,7 @@ CELLS_COUNT_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
 CELLS_MORE_VIDEO_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = tuple(
     replace(ph, steps=1200) if ph.name == "video" else ph for ph in CELLS_COUNT_PHASES
 )
-# `cells-two` (the default since the seventeenth session; docs/demo.md "A count of two"): `cells-more-video`,
+# `cells-two` (the default of the 17th-21st sessions; docs/demo.md "A count of two"): `cells-more-video`,
 # then one more phase of the `count` phase's mix, lr and steps (list rows of 2-8 images) with the counts of
 # a colour or a shape on one-image rows drawn as none, one and two equally often (`Mix.count_balance`, not
 # on the "In Image X" rows, where it cost the lists: `count_balance_lists`) and the count looks spread over
@@ -377,12 +379,12 @@ CELLS_COPY_HEAD_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] 
     replace(ph, mix=replace(ph.mix, copy_heads=(3,))) if isinstance(ph, Phase) and ph.mix.copy_label else ph
     for ph in CELLS_COPY_PHASES
 )
-# `cells-copy-long` (the twenty-second session's C4; docs/demo.md "A longer last phase"): `cells-copy-head`
-# with its last phase (`two`: balanced one-image counts, lists of 2-8 images) twice as long, 1,200 steps at
-# the same lr. The label targets cost one-image counts in a 600-step last phase ("two" for one: the balanced
-# counts moved the prior before the model learnt to tell one from two); with twice the steps it learns it.
-# 8 images 89.7% / 88.3% at seeds 2 / 3 (R, `cells-two`: 64.0% / 62.3%), one image 95.7% / 96.0%, video
-# 83.3% / 80.7%.
+# `cells-copy-long` (the default since the twenty-second session, its C4; docs/demo.md "A longer last phase"):
+# `cells-copy-head` with its last phase (`two`: balanced one-image counts, lists of 2-8 images) twice as long,
+# 1,200 steps at the same lr. The label targets cost one-image counts in a 600-step last phase ("two" for one:
+# the balanced counts moved the prior before the model learnt to tell one from two); with twice the steps it
+# learns it. 8 images 89.3% / 90.0% at seeds 2 / 3 (R, `cells-two`: 64.0% / 62.3%), one image 95.3% / 96.7%,
+# video 83.7% / 83.0%; 51.7 min for the whole recipe on a 2-core Zen 5.
 CELLS_COPY_LONG_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *CELLS_COPY_HEAD_PHASES[:-1],
     replace(CELLS_COPY_HEAD_PHASES[-1], steps=1200),
