@@ -9,9 +9,10 @@ look on the one token right after image X, `Mix.bind_tokens` 1), `labels-copy` (
 targets, of which only the question's apply: its labels stand after the images), `all-copy`
 (`cells-all-recency` with the label targets), `copy-head-plain-counts` (`cells-copy-head` whose last phase
 draws one-image counts as the world does), `copy-head-long` (`cells-copy-long`: `cells-copy-head` with its
-last phase twice as long), `copy-head-counts` (`cells-copy-head` whose last phase asks twice as many counts of
-a colour or a shape). A quick look at a change of the targets at the cost of one phase (about 5 min with two
-threads), against SRC's own model on the same questions.
+last phase twice as long), `copy-long-which` (`cells-copy-long` with "which image?" targets in its last
+phase), `copy-head-counts` (`cells-copy-head` whose last phase asks twice as many counts of a colour or a
+shape). A quick look at a change of the targets at the cost of one phase (about 5 min with two threads),
+against SRC's own model on the same questions.
 """
 
 import shutil
@@ -59,6 +60,12 @@ VARIANTS = {
     "copy-head-counts": (
         *CELLS_COPY_HEAD_PHASES[:-1],
         replace(CELLS_COPY_HEAD_PHASES[-1], mix=replace(CELLS_COPY_HEAD_PHASES[-1].mix, kinds=_MORE_COUNTS)),
+    ),
+    # `cells-copy-long` whose last phase points the answer of "which image?" rows at the tokens after the
+    # image that has the thing (`Mix.bind_which`), now that those tokens carry their image's number
+    "copy-long-which": (
+        *CELLS_COPY_LONG_PHASES[:-1],
+        replace(CELLS_COPY_LONG_PHASES[-1], mix=replace(CELLS_COPY_LONG_PHASES[-1].mix, bind_which=True)),
     ),
 }
 src, out, variant = sys.argv[1], sys.argv[2], sys.argv[3]
