@@ -10,9 +10,10 @@ targets, of which only the question's apply: its labels stand after the images),
 (`cells-all-recency` with the label targets), `copy-head-plain-counts` (`cells-copy-head` whose last phase
 draws one-image counts as the world does), `copy-head-long` (`cells-copy-long`: `cells-copy-head` with its
 last phase twice as long), `copy-long-which` (`cells-copy-long` with "which image?" targets in its last
-phase), `copy-head-counts` (`cells-copy-head` whose last phase asks twice as many counts of a colour or a
-shape). A quick look at a change of the targets at the cost of one phase (about 5 min with two threads),
-against SRC's own model on the same questions.
+phase), `copy-long-lists` (`cells-copy-long` whose last phase's lists hold 2-24 images), `copy-head-counts`
+(`cells-copy-head` whose last phase asks twice as many counts of a colour or a shape). A quick look at a
+change of the targets at the cost of one phase (about 5 min with two threads), against SRC's own model on the
+same questions.
 """
 
 import shutil
@@ -41,6 +42,7 @@ def with_copy(phases):
 
 # the last phase's kinds with counts of a colour or a shape drawn twice as often (10 of 30 -> 20 of 40)
 _MORE_COUNTS = (*CELLS_COPY_HEAD_PHASES[-1].mix.kinds, *("count_colour",) * 6, *("count_shape",) * 4)
+_LONG_LAST = CELLS_COPY_LONG_PHASES[-1]
 VARIANTS = {
     "copy": CELLS_COPY_PHASES,
     "copy-one": tuple(
@@ -66,6 +68,11 @@ VARIANTS = {
     "copy-long-which": (
         *CELLS_COPY_LONG_PHASES[:-1],
         replace(CELLS_COPY_LONG_PHASES[-1], mix=replace(CELLS_COPY_LONG_PHASES[-1].mix, bind_which=True)),
+    ),
+    # `cells-copy-long` whose last phase draws its list rows from 2-24 images (log-uniform) instead of 2-8
+    "copy-long-lists": (
+        *CELLS_COPY_LONG_PHASES[:-1],
+        replace(CELLS_COPY_LONG_PHASES[-1], mix=replace(_LONG_LAST.mix, n_max=24, log_uniform=True)),
     ),
 }
 src, out, variant = sys.argv[1], sys.argv[2], sys.argv[3]
