@@ -8,16 +8,17 @@ stage `sft`, the vision tower trained too at the phase's `vision_lr_scale`). The
 copied to `OUT/model`: a checkpoint in the official layout, the one shipped in `owl3/assets/demo`.
 
 Recipes (`--recipe`): `cells-copy-long` (default: `cells-copy-head`, below, with its last phase twice as long;
-`CELLS_COPY_LONG_PHASES`; the shipped weights since the twenty-second session, 51.7 min for the whole recipe
-on a 2-core Zen 5 with AVX-512; docs/demo.md "A longer last phase"), `cells-two` (the shipped weights of the
-twentieth and twenty-first sessions: `cells-more-video`, then a phase that teaches a count of two;
-`CELLS_TWO_PHASES` below; this command's output at seed 0, 48.4 min on the same CPU; those of the seventeenth
-to nineteenth session the same recipe trained in two pieces), `cells-labels` (`cells-two` with every list
-label after its image; not better), `cells-all-recency` (`cells-two` with both key/value heads of the first
-hyper layer as recency heads; binding unchanged, one image and video worse), `cells-copy` (`cells-two` with
-label targets: the tokens after image X and the answer both made to carry X; 8 images far better, one-image
-counts worse; docs/demo.md "The answer does not know X"), `cells-copy-head` (the same targets on one head per
-layer: 8 images 76-85%, one-image counts still worse; with a longer last phase it is `cells-copy-long`),
+`CELLS_COPY_LONG_PHASES`; the shipped weights since the twenty-second session, this command's output at seed 0
+in 52.1 min on a 2-core Zen 5 with AVX-512; docs/demo.md "A longer last phase"), `cells-two` (the shipped
+weights of the twentieth and twenty-first sessions: `cells-more-video`, then a phase that teaches a count of
+two; `CELLS_TWO_PHASES` below; this command's output at seed 0, 48.4 min on the same CPU; those of the
+seventeenth to nineteenth session the same recipe trained in two pieces), `cells-labels` (`cells-two` with
+every list label after its image; not better), `cells-all-recency` (`cells-two` with both key/value heads of
+the first hyper layer as recency heads; binding unchanged, one image and video worse), `cells-copy`
+(`cells-two` with label targets: the tokens after image X and the answer both made to carry X; 8 images far
+better, one-image counts worse; docs/demo.md "The answer does not know X"), `cells-copy-head` (the same
+targets on one head per layer: 8 images 76-85%, one-image counts still worse; with a longer last phase it is
+`cells-copy-long`),
 `cells-more-video` (the shipped weights of the fifteenth and sixteenth sessions: `cells-count` with a video
 phase twice as long, trained with two threads; `CELLS_MORE_VIDEO_PHASES` below),
 `cells-count` (the shipped weights of the fourteenth session with `--threads 1`: `cells-video`, then a
@@ -384,7 +385,7 @@ CELLS_COPY_HEAD_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] 
 # 1,200 steps at the same lr. The label targets cost one-image counts in a 600-step last phase ("two" for one:
 # the balanced counts moved the prior before the model learnt to tell one from two); with twice the steps it
 # learns it. 8 images 89.3% / 90.0% at seeds 2 / 3 (R, `cells-two`: 64.0% / 62.3%), one image 95.3% / 96.7%,
-# video 83.7% / 83.0%; 51.7 min for the whole recipe on a 2-core Zen 5.
+# video 83.7% / 83.0%; 52.1 min from scratch on a 2-core Zen 5 (this command's output is the shipped model).
 CELLS_COPY_LONG_PHASES: tuple[Phase | TowerPhase | RecencyInit | GateInit, ...] = (
     *CELLS_COPY_HEAD_PHASES[:-1],
     replace(CELLS_COPY_HEAD_PHASES[-1], steps=1200),
