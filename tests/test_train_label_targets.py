@@ -13,6 +13,7 @@ from owl3.checkpoint import load_model
 from owl3.demo.data import Mix, write_dataset
 from owl3.demo.train import (
     CELLS_COPY_HEAD_PHASES,
+    CELLS_COPY_LISTS_PHASES,
     CELLS_COPY_LONG_PHASES,
     CELLS_COPY_PHASES,
     CELLS_TWO_PHASES,
@@ -231,6 +232,16 @@ def test_cells_copy_long_is_cells_copy_head_with_its_last_phase_twice_as_long():
     assert last.mix.copy_label and last.mix.copy_heads == (3,)
     assert RECIPES["cells-copy-long"] is CELLS_COPY_LONG_PHASES
     assert recipe_preset("cells-copy-long") == "demo-cells"
+
+
+def test_cells_copy_lists_is_cells_copy_long_with_longer_lists_in_its_last_phase():
+    *first, last = CELLS_COPY_LISTS_PHASES
+    assert tuple(first) == CELLS_COPY_LONG_PHASES[:-1]
+    long_last = CELLS_COPY_LONG_PHASES[-1]
+    assert last == replace(long_last, mix=replace(long_last.mix, n_max=24, log_uniform=True))
+    assert long_last.mix.n_max == 8 and not long_last.mix.log_uniform and last.steps == 1200
+    assert RECIPES["cells-copy-lists"] is CELLS_COPY_LISTS_PHASES
+    assert recipe_preset("cells-copy-lists") == "demo-cells"
 
 
 def test_a_layer_the_model_lacks_is_refused_before_training(tmp_path, capsys):

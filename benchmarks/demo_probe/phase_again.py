@@ -24,6 +24,7 @@ from pathlib import Path
 from owl3.demo.train import (
     CELLS_ALL_RECENCY_PHASES,
     CELLS_COPY_HEAD_PHASES,
+    CELLS_COPY_LISTS_PHASES,
     CELLS_COPY_LONG_PHASES,
     CELLS_COPY_PHASES,
     CELLS_LABELS_PHASES,
@@ -42,7 +43,6 @@ def with_copy(phases):
 
 # the last phase's kinds with counts of a colour or a shape drawn twice as often (10 of 30 -> 20 of 40)
 _MORE_COUNTS = (*CELLS_COPY_HEAD_PHASES[-1].mix.kinds, *("count_colour",) * 6, *("count_shape",) * 4)
-_LONG_LAST = CELLS_COPY_LONG_PHASES[-1]
 VARIANTS = {
     "copy": CELLS_COPY_PHASES,
     "copy-one": tuple(
@@ -69,11 +69,9 @@ VARIANTS = {
         *CELLS_COPY_LONG_PHASES[:-1],
         replace(CELLS_COPY_LONG_PHASES[-1], mix=replace(CELLS_COPY_LONG_PHASES[-1].mix, bind_which=True)),
     ),
-    # `cells-copy-long` whose last phase draws its list rows from 2-24 images (log-uniform) instead of 2-8
-    "copy-long-lists": (
-        *CELLS_COPY_LONG_PHASES[:-1],
-        replace(CELLS_COPY_LONG_PHASES[-1], mix=replace(_LONG_LAST.mix, n_max=24, log_uniform=True)),
-    ),
+    # `cells-copy-long` whose last phase draws its list rows from 2-24 images (log-uniform) instead of 2-8:
+    # the recipe `cells-copy-lists`
+    "copy-long-lists": CELLS_COPY_LISTS_PHASES,
 }
 src, out, variant = sys.argv[1], sys.argv[2], sys.argv[3]
 threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2

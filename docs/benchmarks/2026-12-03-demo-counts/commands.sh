@@ -57,3 +57,44 @@ for s in 1 2 3; do owl3 demo --seed $s --output /tmp/demo$s > $D/owl3-demo-shipp
 tr '\r' '\n' < /tmp/slog/err.txt | grep -v "^train sft: .*step/s" | sed '/^\s*$/d' > $D/recipe-scratch.log
 cp /tmp/s/demo_train.json $D/recipe-scratch-demo_train.json
 sha256sum /tmp/s/model/model.safetensors owl3/assets/demo/model.safetensors > $D/scratch-sha256.txt
+# 7. (RULE.md, second rule, committed before these were trained) CW and CL: C4's last phase again from its
+#    ninth model, with "which image?" targets (CW) and lists of 2-24 images (CL), the two at once with one
+#    torch thread each; C4 and R scored with the 20-image row too (rows 1 and 8 are the same questions and
+#    answers as step 3's, checked)
+python benchmarks/demo_probe/phase_again.py /tmp/c4 /tmp/cw copy-long-which 1 &
+python benchmarks/demo_probe/phase_again.py /tmp/c4 /tmp/cl copy-long-lists 1
+wait
+for s in 2 3; do
+  owl3 eval synthetic --seed $s --images 1,8,20 --limit 300 --output $D/ev-C4-s$s-1-8-20.jsonl > $D/ev-C4-s$s-1-8-20.txt
+  owl3 eval synthetic --model /tmp/r/model --seed $s --images 20 --limit 300 --video-frames 0 --which-images 0 \
+    --output $D/ev-R-s$s-20.jsonl > $D/ev-R-s$s-20.txt
+  (echo "\$ owl3 eval compare $D/ev-R-s$s-20.jsonl $D/ev-C4-s$s-1-8-20.jsonl"
+   owl3 eval compare $D/ev-R-s$s-20.jsonl $D/ev-C4-s$s-1-8-20.jsonl) > $D/compare-R-vs-C4-20images-seed$s.txt
+  for t in CW CL; do
+    owl3 eval synthetic --model /tmp/${t,,}/model --seed $s --images 1,8,20 --limit 300 \
+      --output $D/ev-$t-s$s-1-8-20.jsonl > $D/ev-$t-s$s-1-8-20.txt
+    (echo "\$ owl3 eval compare $D/ev-C4-s$s-1-8-20.jsonl $D/ev-$t-s$s-1-8-20.jsonl"
+     owl3 eval compare $D/ev-C4-s$s-1-8-20.jsonl $D/ev-$t-s$s-1-8-20.jsonl) > $D/compare-C4-vs-$t-seed$s.txt
+  done
+done
+cp /tmp/cw/demo_train.json $D/phase-again-CW-demo_train.json
+cp /tmp/cl/demo_train.json $D/phase-again-CL-demo_train.json
+# 8. rule 4 for CL: its last phase again alone with two threads (CL2), scored against C4, shipped
+/usr/bin/time -v python benchmarks/demo_probe/phase_again.py /tmp/c4 /tmp/cl2 copy-long-lists > /tmp/cl2.out 2> /tmp/cl2.err
+grep -v "^train sft: .*step/s" /tmp/cl2.err | tr '\r' '\n' | sed '/^\s*$/d' > $D/recipe-CL2-phase10.log  # (time -v's zero lines dropped)
+cp /tmp/cl2/demo_train.json $D/recipe-CL2-demo_train.json
+for s in 2 3; do
+  owl3 eval synthetic --model /tmp/cl2/model --seed $s --images 1,8,20 --limit 300 \
+    --output $D/ev-CL2-s$s-1-8-20.jsonl > $D/ev-CL2-s$s-1-8-20.txt
+  (echo "\$ owl3 eval compare $D/ev-C4-s$s-1-8-20.jsonl $D/ev-CL2-s$s-1-8-20.jsonl"
+   owl3 eval compare $D/ev-C4-s$s-1-8-20.jsonl $D/ev-CL2-s$s-1-8-20.jsonl) > $D/compare-C4-vs-CL2-seed$s.txt
+done
+sha256sum /tmp/cl2/model/model.safetensors /tmp/cl/model/model.safetensors /tmp/cw/model/model.safetensors > $D/sha256-CL.txt
+cp /tmp/cl2/model/model.safetensors owl3/assets/demo/model.safetensors
+# 9. the shipped model's curve at seed 0 (README, docs/demo-eval.png) and `owl3 demo` at seeds 0-3
+owl3 eval synthetic --seed 0 --images 1,5,8,20,50,100 --limit 100 --output $D/eval-shipped-CL2-seed0-limit100.jsonl \
+  --plot $D/eval-shipped-CL2-seed0-limit100.png --json > $D/eval-shipped-CL2-seed0-limit100.txt
+cp $D/eval-shipped-CL2-seed0-limit100.png docs/demo-eval.png
+(echo "\$ owl3 eval compare $D/eval-shipped-seed0-limit100.jsonl $D/eval-shipped-CL2-seed0-limit100.jsonl"
+ owl3 eval compare $D/eval-shipped-seed0-limit100.jsonl $D/eval-shipped-CL2-seed0-limit100.jsonl) > $D/compare-C4-vs-CL2-seed0.txt
+for s in 0 1 2 3; do owl3 demo --seed $s --output /tmp/dd$s > $D/owl3-demo-CL2-seed$s.txt; done
