@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--rows", default="8000,16000,16000", help="rows of perception,binding,long")
     w.add_argument("--seed", type=int, default=0)
     r = sub.add_parser(
-        "train", help="train the demo model from scratch into DIR (DIR/model; 48 min on 2 AVX-512 cores)"
+        "train", help="train the demo model from scratch into DIR (DIR/model; 57 min on 2 AVX-512 cores)"
     )
     r.add_argument("out", type=Path)
     r.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")

@@ -153,7 +153,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "demo-train",
-        help="train the built-in demo model from scratch (48 min on 2 AVX-512 CPU cores; AVX2 about 2x)",
+        help="train the built-in demo model from scratch (57 min on 2 AVX-512 CPU cores; AVX2 about 2x)",
         description="Train the demo model from scratch into OUT/model: tokenizer, initial checkpoint, "
         "curriculum data and owl3's training code, phase by phase (python -m owl3.demo train).",
     )
