@@ -13,26 +13,24 @@ picture's shape-colour pairs, for each object the colour that read-out ranks fir
 these tokens what they hold (docs/demo.md, "The answer does not know X").
 """
 
-import argparse
 import random
 
 import torch
 import torch.nn.functional as F
-from common import adam_readout, layer_states  # this folder (the script's) is on sys.path
+from common import (  # this folder is on sys.path
+    adam_readout,
+    layer_states,
+    list_probe_parser,
+    load_one_thread,
+)
 
-import owl3
 from owl3.demo.questions import list_prompt
 from owl3.demo.world import COLOURS, SHAPES, WORDS, random_scene, render
 
-ap = argparse.ArgumentParser()
-ap.add_argument("model")
-ap.add_argument("--n", type=int, default=600)
-ap.add_argument("--images", type=int, default=8)
-ap.add_argument("--layout", default="official", choices=("official", "label_after"))
+ap = list_probe_parser(600)
 ap.add_argument("--layers", type=int, default=3, help="read after layers 0..LAYERS-1")
 args = ap.parse_args()
-torch.set_num_threads(1)
-pipe = owl3.load(args.model)
+pipe = load_one_thread(args.model)
 m, tok = pipe.model, pipe.processor.tokenizer
 layers = m.language_model.model.layers[: args.layers]
 image_id = tok.token_to_id("<|image|>")

@@ -12,25 +12,19 @@ word right (argmax). After-tokens stop at the list's end: after the last image o
 only its `.` is one.
 """
 
-import argparse
 import random
 
 import torch
-from common import teacher_forced  # this folder (the script's) is on sys.path
+from common import list_probe_parser, load_one_thread, teacher_forced  # this folder is on sys.path
 
 import owl3
 from owl3.demo.questions import multi_question
 from owl3.model.layers import repeat_kv
 
-ap = argparse.ArgumentParser()
-ap.add_argument("model")
+ap = list_probe_parser(200)
 ap.add_argument("--kind", default="colour")
-ap.add_argument("--n", type=int, default=200)
-ap.add_argument("--images", type=int, default=8)
-ap.add_argument("--layout", default="official", choices=("official", "label_after"))
 args = ap.parse_args()
-torch.set_num_threads(1)
-pipe = owl3.load(args.model)
+pipe = load_one_thread(args.model)
 m, tok = pipe.model, pipe.processor.tokenizer
 n_layers = len(m.language_model.model.layers)
 image_id = tok.token_to_id("<|image|>")

@@ -7,6 +7,7 @@ and teacher-forced exact-answer accuracy (every answer token the argmax).
 
 from __future__ import annotations
 
+import argparse
 import random
 
 import torch
@@ -170,6 +171,25 @@ def load_for_training(model_dir):
     m.train().requires_grad_(True)
     m.vision_model.requires_grad_(False)
     return pipe, m, pipe.processor.tokenizer, [p for p in m.parameters() if p.requires_grad]
+
+
+def list_probe_parser(n: int) -> argparse.ArgumentParser:
+    """The command line of the probes that ask about a list of pictures: MODEL, `--n` questions (default
+    `n`), `--images` per list (8) and `--layout`; a probe adds its own options."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--layout", default="official", choices=("official", "label_after"))
+    return ap
+
+
+def load_one_thread(model_dir):
+    """A checkpoint's pipeline with one torch thread (a probe that runs beside others)."""
+    import owl3
+
+    torch.set_num_threads(1)
+    return owl3.load(model_dir)
 
 
 def load_for_probe(model_dir):

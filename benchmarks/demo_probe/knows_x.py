@@ -9,24 +9,22 @@ classifier of X (1..N) is fitted on 3/4 of the questions and scored on the rest 
 image X's tokens by its label, the answer must hold X (docs/demo.md, "The answer does not know X").
 """
 
-import argparse
 import random
 
 import torch
 import torch.nn.functional as F
-from common import adam_readout, layer_states, teacher_forced  # this folder (the script's) is on sys.path
+from common import (  # this folder (the script's) is on sys.path
+    adam_readout,
+    layer_states,
+    list_probe_parser,
+    load_one_thread,
+    teacher_forced,
+)
 
-import owl3
 from owl3.demo.questions import multi_question
 
-ap = argparse.ArgumentParser()
-ap.add_argument("model")
-ap.add_argument("--n", type=int, default=800)
-ap.add_argument("--images", type=int, default=8)
-ap.add_argument("--layout", default="official", choices=("official", "label_after"))
-args = ap.parse_args()
-torch.set_num_threads(1)
-pipe = owl3.load(args.model)
+args = list_probe_parser(800).parse_args()
+pipe = load_one_thread(args.model)
 m = pipe.model
 n_layers = len(m.language_model.model.layers)
 rng = random.Random("knows-x")

@@ -210,7 +210,7 @@ class SampleEncoder:
         """(query position, text token positions) of one text target: the `a.next_tokens` tokens after the
         `<|image|>` token of the image (of a video: of its last frame), or the last token of phrase `a.text`
         before the query (the answer's, or with `a.query` "after_image" the token right after the image);
-        `pieces`: each token's text (`pieces`), needed for the latter."""
+        `pieces`: each token's text (`SampleEncoder.pieces`), needed for the latter."""
         if a.text:
             if a.query == "after_image":
                 pos = media_starts[first[("image", a.image)][0]] + 1
