@@ -21,12 +21,12 @@ from owl3.checkpoint import load_model
 from owl3.errors import Owl3Error
 from owl3.inference.detokenizer import StreamDetokenizer
 from owl3.inference.engine import Engine
-from owl3.inference.pixels import presize
+from owl3.inference.memory import VisualMemory, remember
 from owl3.inference.sampling import SamplingParams
-from owl3.memory import VisualMemory, watch
 from owl3.model import Owl3Model
 from owl3.processing import Encoding, Processor, load_image
 from owl3.processing.chat import chat_segments
+from owl3.processing.pixels import presize
 from owl3.processing.video import read_video
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "demo"  # the demo model trained by owl3 (docs/demo.md)
@@ -262,18 +262,28 @@ class Owl3Pipeline:
         max_frames: int | None = None,
         progress: bool = False,
     ) -> VisualMemory:
-        """Encode media once into a `VisualMemory` (save it with `.save(path)`); ask it with `ask`."""
-        return watch(
-            self,
-            images,
-            videos,
-            system=system,
-            cut=cut,
-            frames=frames,
-            fps=fps,
-            max_frames=max_frames,
-            progress=progress,
+        """Encode media once into a `VisualMemory` (save it with `.save(path)`); ask it with `ask`.
+
+        The media are laid out as `generate(question, images, videos)` lays them out without placeholders
+        (images, then videos, at the start of the user turn); cropping as there (`cut=None` crops a lone
+        image)."""
+        if isinstance(images, (str, Path)) or hasattr(images, "size"):
+            images = [images]
+        if isinstance(videos, (str, Path)):
+            videos = [videos]
+        images, videos = list(images), list(videos)
+        if not images and not videos:
+            raise Owl3Error("nothing to encode: give at least one image or video")
+        proc = self.processor
+        # the same processing as generate(question, images, videos): placeholders first, then the question
+        placeholders = proc.image_token * len(images) + proc.video_token * len(videos)
+        msgs = [{"role": "system", "content": system}] if system else []
+        msgs.append({"role": "user", "content": placeholders + "\n"})
+        enc = self.encode(
+            msgs, images, videos, cut=cut, frames=frames, fps=fps, max_frames=max_frames, progress=progress
         )
+        sources = [str(x) for x in [*images, *videos] if isinstance(x, (str, Path))]
+        return remember(self.engine, enc, system=system, sources=sources)
 
     def load_memory(self, path: str | Path) -> VisualMemory:
         """Read a memory file made by `watch(...).save(path)` or `owl3 encode`, for this model only."""

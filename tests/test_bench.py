@@ -8,16 +8,16 @@ import torch
 from PIL import Image
 
 from owl3.bench.common import free_token_id, random_images, random_model, synthetic_prompt
+from owl3.bench.concat import ConcatModel, expand_image_tokens
 from owl3.cli import main
 from owl3.config import preset
 from owl3.inference.engine import Engine
 from owl3.inference.kv_cache import KVCache
-from owl3.inference.pixels import images_to_pixels, presize
 from owl3.inference.sampling import SamplingParams
 from owl3.model import VisualContext, hyper
-from owl3.model.concat import ConcatModel, expand_image_tokens
 from owl3.processing import Encoding
 from owl3.processing.image import global_view
+from owl3.processing.pixels import images_to_pixels, presize
 
 
 def _last_json(text: str) -> dict:
@@ -230,12 +230,12 @@ def test_split_prefill_equals_the_masked_cross_attention(monkeypatch, budget):
     positions = torch.stack(
         [torch.arange(40), torch.cat([torch.zeros(20, dtype=torch.long), torch.arange(20)])]
     )
-    monkeypatch.setattr(hyper, "SPLIT_PREFILL", True)  # the CUDA default, forced on this CPU
     monkeypatch.setattr(hyper, "SPLIT_BUDGET", budget)
     monkeypatch.setattr(hyper, "QUERY_BLOCK", 16)
     with torch.no_grad():
+        ctx.split_prefill = True  # the CUDA default, forced on this CPU
         split, seen = hyper.cross_attention(q, k, v, ctx, positions)
-        monkeypatch.setattr(hyper, "SPLIT_PREFILL", False)
+        ctx.split_prefill = False
         masked, seen_ref = hyper.cross_attention(q, k, v, ctx, positions)
     assert torch.equal(seen, seen_ref) and seen[0].sum() == 40 - 4 and seen[1].sum() == 20 - 11
     torch.testing.assert_close(
@@ -252,14 +252,17 @@ def test_split_prefill_is_used_in_inference_and_not_in_training(tiny_model, monk
     cfg = tiny_model.cfg
     ids, starts = synthetic_prompt(4, free_token_id(cfg), cfg.text.vocab_size)
     feats = tiny_model.encode_media(images_to_pixels(random_images(4, 64, 48), cfg.image_size))
-    monkeypatch.setattr(hyper, "SPLIT_PREFILL", True)
     calls = []
     real = hyper._split_prefill
     monkeypatch.setattr(hyper, "_split_prefill", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
-        split = tiny_model(ids[None], visual=VisualContext.build([feats], [starts]))
+        ctx = VisualContext.build([feats], [starts])
+        ctx.split_prefill = True
+        split = tiny_model(ids[None], visual=ctx)
     assert len(calls) == len(cfg.text.hyper_layers)
-    masked = tiny_model(ids[None], visual=VisualContext.build([feats.detach()], [starts]))  # autograd on
+    ctx = VisualContext.build([feats.detach()], [starts])
+    ctx.split_prefill = True
+    masked = tiny_model(ids[None], visual=ctx)  # autograd on
     assert len(calls) == len(cfg.text.hyper_layers)  # the log-sum-exp kernels have no gradient for it
     torch.testing.assert_close(split, masked.detach(), atol=1e-5, rtol=1e-5)
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from owl3.bench.latency import StageTimedEngine
 from owl3.errors import Owl3Error
-from owl3.inference.engine import Engine
+from owl3.inference.engine import Engine, attention_kernels
 from owl3.inference.sampling import SamplingParams
 
 
@@ -94,8 +95,8 @@ def test_visual_kv_computed_once_per_request(pipe, tiny_dir):
         assert len(calls) == len(hyper)  # once per hyper layer, not once per step
         # the official behaviour (recompute every step) gives the same tokens at len(ids) times the work
         calls.clear()
-        official = Engine(
-            pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, reuse_visual_kv=False
+        official = StageTimedEngine(
+            pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, recompute_visual_kv=True
         )
         assert _run(official, [enc], SamplingParams(max_new_tokens=8))[0] == ids
         assert len(calls) == len(hyper) * 8
@@ -142,17 +143,19 @@ def test_generation_stops_at_max_positions(pipe, tiny_dir):
         list(eng.generate([long], SamplingParams(max_new_tokens=5)))
 
 
-def test_cuda_engines_take_cudnn_out_of_sdpa(monkeypatch):
+def test_cuda_forwards_take_cudnn_out_of_sdpa_for_their_length_only(pipe, tiny_dir):
     # cuDNN's per-shape plans made every decode step of the 7B pay a plan build on the H100
-    from owl3.model.layers import avoid_per_shape_attention_plans
-
     was = torch.backends.cuda.cudnn_sdp_enabled()
     try:
         torch.backends.cuda.enable_cudnn_sdp(True)
-        avoid_per_shape_attention_plans("cpu")
-        assert torch.backends.cuda.cudnn_sdp_enabled()  # CPU runs leave the setting alone
-        avoid_per_shape_attention_plans(torch.device("cuda", 0))
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        with attention_kernels("cpu"):
+            assert torch.backends.cuda.cudnn_sdp_enabled()  # CPU runs leave the setting alone
+        with attention_kernels(torch.device("cuda", 0)):
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # restored: nothing process-wide stays changed
+        Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id)
+        _run(pipe.engine, [_requests(pipe, tiny_dir)[1]], SamplingParams(max_new_tokens=2))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was)
 
@@ -165,8 +168,8 @@ def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
     from owl3.bench.common import free_token_id, random_images, random_model, synthetic_prompt
     from owl3.config import preset
     from owl3.inference import engine as engine_mod
-    from owl3.inference.pixels import images_to_pixels
     from owl3.processing import Encoding
+    from owl3.processing.pixels import images_to_pixels
 
     cfg = preset("tiny")
     model = random_model(cfg, seed=3)

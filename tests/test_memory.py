@@ -7,7 +7,7 @@ from PIL import Image
 import owl3
 from owl3.cli import main
 from owl3.errors import Owl3Error
-from owl3.memory import VisualMemory, model_identity
+from owl3.inference.memory import VisualMemory, model_identity
 
 
 def _img(tiny_dir, name):
@@ -107,7 +107,7 @@ def test_cli_encode_then_generate_from_memory(tiny_dir, tmp_path, capsys):
 def test_identity_samples_inside_tensors_past_float32_precision(tiny_pipe):
     # a 7B embedding has ~5.4e8 elements: float32 index arithmetic rounded past its end (a CUDA
     # device-side assert on the H100); the sample must stay in bounds and see the last element
-    from owl3.memory import _identity
+    from owl3.inference.memory import _identity
 
     n = 2**29 + 2**26 + 3
     big = torch.zeros(n, dtype=torch.uint8)

@@ -19,13 +19,14 @@ from owl3.demo.data import Mix, ScenePool, draw_row, write_dataset
 from owl3.demo.questions import SINGLE_KINDS, scene_and_qa, video_grounding, video_question
 from owl3.demo.world import CELL_NAMES, COLOURS, random_scene
 from owl3.errors import Owl3Error
-from owl3.model.hyper import NEVER, cross_scores
+from owl3.model.hyper import NEVER
 from owl3.model.layers import repeat_kv
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
+from owl3.training.attention import attention_loss, cross_scores, text_attention_loss
 from owl3.training.encode import Sample, Skipped
 from owl3.training.metrics import read_metrics
-from owl3.training.step import TrainStep, attention_loss, text_attention_loss
+from owl3.training.step import TrainStep
 from tests.train_helpers import FIXTURE, IMAGES, base_options, reasons_by_line, write_rows
 
 ANSWER = "The left one is bigger."

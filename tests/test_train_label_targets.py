@@ -24,10 +24,11 @@ from owl3.demo.train import (
 from owl3.errors import Owl3Error
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
+from owl3.training.attention import Projections, text_attention_loss
 from owl3.training.data import IMAGE
 from owl3.training.encode import Sample, Skipped, phrase_end
 from owl3.training.metrics import read_metrics
-from owl3.training.step import TrainStep, text_attention_loss
+from owl3.training.step import TrainStep
 from tests.train_helpers import FIXTURE, IMAGES, base_options, reasons_by_line, write_rows
 
 LIST = {"role": "user", "content": "Image 1: <image> Image 12: <image>. In Image 1, which is bigger?"}
@@ -119,24 +120,20 @@ def test_each_layer_gets_its_own_targets_loss(tmp_path):
     ])])], media_root=str(IMAGES))  # fmt: skip
     b = collate([enc(records[0])], processor.pad_token_id)
     args = (b.input_ids, b.labels, b.pixel_values, b.n_media, b.media_starts, b.attend, b.attend_text)
-    seen = {}
-    real = text_attention_loss
-
-    def spy(q, k, targets):
-        seen[len(seen)] = (q.detach(), k.detach(), targets)
-        return real(q, k, targets)
-
-    import owl3.training.step as step_module
-
     with torch.no_grad():
         plain = float(step(*args))
-        step_module.text_attention_loss = spy
-        try:
-            total = float(step(*args, b.attend_layer))
-        finally:
-            step_module.text_attention_loss = real
-    parts = [float(real(*v)) for v in seen.values()]
-    assert len(parts) == 2 and all(p > 0 for p in parts)
+        total = float(step(*args, b.attend_layer))
+        # each layer's own rotated q and k, read by hooks around a plain forward of the same batch
+        layers = step.text_targets(b.attend_text, b.attend_layer, 1)
+        decoder = model.language_model.model
+        taps = Projections(decoder, {layer: {"q_proj", "k_proj"} for layer in layers})
+        x = model.embed(b.input_ids)
+        positions = torch.arange(b.input_ids.shape[1])[None]
+        visual = step.visual(b.pixel_values, b.n_media, b.media_starts, 1, x.device)
+        with taps.capture(positions, x.dtype):
+            decoder(x, positions, None, None, visual)
+        parts = [float(text_attention_loss(taps.queries(i), taps.keys(i), t)) for i, t in layers.items()]
+    assert sorted(layers) == [0, 2] and all(p > 0 for p in parts)
     assert total == pytest.approx(plain + sum(parts), rel=1e-5)
     assert step.attention_count == 2
 

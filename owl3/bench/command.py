@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def _latency(args: argparse.Namespace) -> int:
@@ -24,18 +23,20 @@ def _memory(args: argparse.Namespace) -> int:
     return followup.run(args)
 
 
-def _threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
+def _with_threads(fn):
+    """`fn(args)` with torch's CPU threads at `--threads` for its length (restored afterwards)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if not getattr(args, "threads", None):
+            return fn(args)
         import torch
 
+        was = torch.get_num_threads()
         torch.set_num_threads(args.threads)
-        os.environ["OWL3_BENCH_THREADS"] = str(args.threads)  # for per-point worker processes
-
-
-def _with_threads(fn):
-    def run(args: argparse.Namespace) -> int:
-        _threads(args)
-        return fn(args)
+        try:
+            return fn(args)
+        finally:
+            torch.set_num_threads(was)
 
     return run
 

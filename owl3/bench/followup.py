@@ -1,8 +1,8 @@
 """`owl3 bench memory`: first-token latency of a follow-up question asked of a saved memory.
 
 Watch once, ask many: the first question about a video pays for decoding frames, the vision tower and the
-prefill of every frame's placeholder; a saved `VisualMemory` (owl3/memory.py) lets a later question skip all
-three. This measures, on one video and one model:
+prefill of every frame's placeholder; a saved `VisualMemory` (owl3/inference/memory.py) lets a later
+question skip all three. This measures, on one video and one model:
 - the first question's FTL from the video file, and from frames already decoded in memory;
 - the time to encode the memory and save it;
 - a follow-up question's FTL from the memory file on disk (loading it included).

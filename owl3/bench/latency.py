@@ -3,9 +3,9 @@
 Three methods run on the same weights, the same prompt and the same engine code:
 - `owl3`: the engine as shipped (visual K/V computed once per request, grouped-query decode attention);
 - `official`: the same model recomputing every hyper layer's visual K/V at every decode step, as the
-  official code does (`Engine(reuse_visual_kv=False)`);
+  official code does (`StageTimedEngine(recompute_visual_kv=True)`);
 - `concat`: a LLaVA-Interleave-style baseline from the same vision tower and LLM, whose visual tokens go
-  through every layer (owl3.model.concat).
+  through every layer (owl3.bench.concat).
 
 First-token latency (FTL) runs from decoded RGB images in memory to the first sampled token: the image
 transform, vision encoding, visual K/V and prefill are all inside it. Decode time is the mean gap between
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -38,15 +37,15 @@ from owl3.bench.common import (
     sync,
     synthetic_prompt,
 )
+from owl3.bench.concat import ConcatModel, expand_image_tokens
 from owl3.checkpoint.load import load_model, parse_device, parse_dtype
 from owl3.config import preset
 from owl3.errors import Owl3Error
 from owl3.inference.engine import Engine
-from owl3.inference.pixels import images_to_pixels
 from owl3.inference.sampling import SamplingParams
 from owl3.model import Owl3Model
-from owl3.model.concat import ConcatModel, expand_image_tokens
 from owl3.processing import Encoding
+from owl3.processing.pixels import images_to_pixels
 
 METHODS = ("owl3", "official", "concat")
 CPU_MEMORY = "process resident-set high-water mark (VmHWM), a process of its own per point"
@@ -97,19 +96,53 @@ def make_prompt(subject: Subject, n: int, spec: LatencySpec) -> tuple[torch.Tens
     return subject.processor._tokenize(segments)
 
 
-def _engine(subject: Subject, method: str, prompt_len: int, spec: LatencySpec) -> Engine:
+class StageTimedEngine(Engine):
+    """The engine, timing where the first token's time goes: `stage_seconds` holds the wall seconds of the
+    vision side (`vision_s`: tower, projector, visual K/V) and of the prefill (`prefill_s`) of the last
+    request, each ended by a device synchronization. `recompute_visual_kv` recomputes every hyper layer's
+    visual K/V at every forward, as the official code does at every decode step."""
+
+    def __init__(self, *args, recompute_visual_kv: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.recompute_visual_kv = recompute_visual_kv
+        self.stage_seconds: dict[str, float] = {}
+
+    def _clock(self) -> float:
+        sync(self.model.device)
+        return time.perf_counter()
+
+    def encode_visual(self, encodings):
+        if not self.recompute_visual_kv or all(e.pixel_values is None for e in encodings):
+            return super().encode_visual(encodings)
+        ctx = self.encode_features(encodings)
+        ctx.recompute = True
+        return ctx
+
+    def prepare(self, encodings, max_new_tokens):
+        t0 = self._clock()
+        batch = super().prepare(encodings, max_new_tokens)
+        self.stage_seconds = {"vision_s": self._clock() - t0}
+        return batch
+
+    def _prefill(self, batch):
+        t0 = self._clock()
+        out = super()._prefill(batch)
+        self.stage_seconds["prefill_s"] = self._clock() - t0
+        return out
+
+
+def _engine(subject: Subject, method: str, prompt_len: int, spec: LatencySpec) -> StageTimedEngine:
     model: Any = subject.model
     if method == "concat":
         model = ConcatModel(subject.model, subject.image_token_id)
-    return Engine(
+    return StageTimedEngine(
         model,
         stop_token_ids=(),  # random weights: never stop early, always time new_tokens tokens
         pad_token_id=0,
         vision_chunk_size=spec.vision_chunk,
-        reuse_visual_kv=method != "official",
         max_positions=prompt_len + spec.new_tokens + 1,  # the baseline may pass the LLM's context
         compile_decode=spec.compile,
-        time_stages=True,
+        recompute_visual_kv=method == "official",
     )
 
 
@@ -215,7 +248,8 @@ def _fork_server():
 
 
 def _run_isolated(spec: LatencySpec, method: str, n: int, timeout: float | None) -> dict[str, Any]:
-    threads = os.environ.get("OWL3_BENCH_THREADS")
+    # the point runs with this process's torch threads (`owl3 bench --threads N` sets them for the run)
+    threads = torch.get_num_threads()
     payload = json.dumps({"spec": asdict(spec), "method": method, "images": n, "threads": threads})
     base = {"method": method, "images": n, "ftl_s": None, "decode_ms_per_token": None, "peak_mem_mb": None}
     ctx = _fork_server()

@@ -4,28 +4,29 @@ A batch of encoded requests is left-padded into one (B, L) prompt; each row keep
 (0..len-1), so RoPE, MI-RoPE and the `s_k < p` image mask are exactly those of the row run alone. The
 visual features of all images of the batch are encoded in one chunked pass, and every hyper layer turns
 them into keys/values once, at prefill; each decode step then costs one token through the LLM.
-A request may start from a saved `PromptMemory` (owl3/memory.py): its prefix's text KV and visual K/V are
-copied in and only the rest of the prompt is prefilled.
+A request may start from a saved `PromptMemory` (owl3/inference/memory.py): its prefix's text KV and
+visual K/V are copied in and only the rest of the prompt is prefilled.
 
 The engine knows tensors and token ids only: templates and text are the processor's and the API's job.
 """
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from owl3.errors import Owl3Error
 from owl3.inference.kv_cache import KVCache
 from owl3.inference.sampling import SamplingParams, make_generator, sample
 from owl3.model import Owl3Model, VisualContext
-from owl3.model.layers import avoid_per_shape_attention_plans, causal_mask
+from owl3.model.layers import causal_mask
 from owl3.processing import Encoding
 
 
@@ -60,8 +61,24 @@ def compiled(model: torch.nn.Module):
     return _COMPILED[model]
 
 
+def attention_kernels(device: torch.device | str) -> AbstractContextManager:
+    """The attention kernels of the engine's forwards: on CUDA, scaled_dot_product_attention without
+    cuDNN's attention for the `with` block (the previous choice is restored on exit); elsewhere nothing.
+
+    Recent PyTorch tries cuDNN's attention first on Hopper, and cuDNN builds an execution plan for every
+    new shape (tenths of a second each). Generation makes a new shape at every decode step (the key
+    length grows) and in every block of a long prefill, so those plans cost more than the attention:
+    measured on an H100 (docs/performance.md), the 7B decode step ran at 62 ms/token the first time a
+    length was seen and 21 ms/token once it had been. FlashAttention and the memory-efficient kernel have
+    no per-shape cost.
+    """
+    if torch.device(device).type != "cuda":
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class PromptMemory(Protocol):
-    """A prompt prefix already run through the model (owl3.memory.VisualMemory)."""
+    """A prompt prefix already run through the model (owl3.inference.memory.VisualMemory)."""
 
     prefix_ids: Tensor  # (P,) the prefix's token ids
 
@@ -89,38 +106,39 @@ class Engine:
         stop_token_ids: Sequence[int],
         pad_token_id: int,
         vision_chunk_size: int = 64,
-        reuse_visual_kv: bool = True,
         max_positions: int | None = None,
         compile_decode: bool = False,
-        time_stages: bool = False,
+        split_prefill: bool | None = None,
     ) -> None:
         self.model = model
-        avoid_per_shape_attention_plans(model.device)
         self.stop_token_ids = tuple(stop_token_ids)
         self.pad_token_id = pad_token_id
         self.vision_chunk_size = vision_chunk_size
-        # False recomputes the visual K/V at every step, as the official code does (benchmarks only)
-        self.reuse_visual_kv = reuse_visual_kv
         # prompt + answer never exceed this many tokens (default: the model's max_position_embeddings)
         self.max_positions = max_positions or model.cfg.text.max_position_embeddings
         # the decode step (one token per row) may run through torch.compile; prefill never does
         self._decode_model = compiled(model) if compile_decode else model
-        # benchmarks: wall seconds of the vision tower and of the prefill of the last generate() call,
-        # each ended by a device synchronization (costs nothing on CPU, one sync each on CUDA)
-        self.time_stages = time_stages
-        self.stage_seconds: dict[str, float] = {}
+        # the prefill's split cross-attention (VisualContext.split_prefill): None = on CUDA only
+        self.split_prefill = split_prefill
 
     def encode_visual(self, encodings: Sequence[Encoding]) -> VisualContext | None:
         """Encode every image of the batch in one chunked pass; None if the batch has no image."""
-        pixels = [e.pixel_values for e in encodings if e.pixel_values is not None]
-        if not pixels:
+        if all(e.pixel_values is None for e in encodings):
             return None
-        if len(encodings) == 1 and self.reuse_visual_kv and isinstance(self.model, Owl3Model):
+        if len(encodings) == 1 and isinstance(self.model, Owl3Model):
             # one request (a long video, hundreds of images): straight to the hyper layers' K/V, chunk by
             # chunk, without holding the projected features of every image
             e = encodings[0]
             kv = self.model.encode_visual_kv(e.pixel_values, e.media_starts, self.vision_chunk_size)
-            return VisualContext.from_kv(kv, e.media_starts, self.model.cfg.vision.n_tokens)
+            ctx = VisualContext.from_kv(kv, e.media_starts, self.model.cfg.vision.n_tokens)
+        else:
+            ctx = self.encode_features(encodings)
+        ctx.split_prefill = self.split_prefill
+        return ctx
+
+    def encode_features(self, encodings: Sequence[Encoding]) -> VisualContext:
+        """The batch's projected visual features, padded per row; each hyper layer's K/V follow lazily."""
+        pixels = [e.pixel_values for e in encodings if e.pixel_values is not None]
         feats = self.model.encode_media(torch.cat(pixels), self.vision_chunk_size)  # (N, T, D)
         per_sample: list[Tensor | None] = []
         start = 0
@@ -129,7 +147,7 @@ class Engine:
             per_sample.append(feats[start : start + n] if n else None)
             start += n
         ctx = VisualContext.build(per_sample, [e.media_starts for e in encodings])
-        ctx.recompute = not self.reuse_visual_kv
+        ctx.split_prefill = self.split_prefill
         return ctx
 
     def check_length(self, n: int, index: int = 0, reserve: int = 1) -> None:
@@ -172,12 +190,8 @@ class Engine:
         """
         params.validate()
         if memory is None:
-            t0 = self._clock()
             batch = self.prepare(encodings, params.max_new_tokens)
-            t1 = self._clock()
             cache, logits = self._prefill(batch)
-            if self.time_stages:
-                self.stage_seconds = {"vision_s": t1 - t0, "prefill_s": self._clock() - t1}
         else:
             batch, cache, logits = self._prefill_from_memory(encodings, memory, params.max_new_tokens)
         if batch.visual is not None:
@@ -216,16 +230,12 @@ class Engine:
             batch.key_valid[:, slot] = True
             # (B, 1, 1, S); none when no row is padded: every cached slot is then a real token
             mask = batch.key_valid[:, None, None, : slot + 1] if padded else None
-            logits = self._decode_model(
-                next_ids[:, None], pos[:, None], mask, cache, batch.visual, last_only=True
-            )[:, -1]
+            with attention_kernels(model.device):
+                logits = self._decode_model(
+                    next_ids[:, None], pos[:, None], mask, cache, batch.visual, last_only=True
+                )[:, -1]
             cache.advance(1)
             pos += 1
-
-    def _clock(self) -> float:
-        if self.time_stages and self.model.device.type == "cuda":
-            torch.cuda.synchronize(self.model.device)
-        return time.perf_counter()
 
     def _prefill(self, batch: Prefill) -> tuple[KVCache, Tensor]:
         model = self.model
@@ -233,14 +243,8 @@ class Engine:
         cache = KVCache(model.cfg.text, b, batch.key_valid.shape[1], model.dtype, model.device)
         # no padding: plain causal attention (fused kernels skip the masked half; no (L, L) mask is built)
         mask = None if min(batch.lengths) == width else causal_mask(batch.key_valid[:, :width], width)
-        logits = model(
-            batch.input_ids,
-            batch.positions,
-            mask,
-            cache,
-            batch.visual,
-            last_only=True,
-        )[:, -1]  # (B, V)
+        with attention_kernels(model.device):
+            logits = model(batch.input_ids, batch.positions, mask, cache, batch.visual, last_only=True)[:, -1]
         cache.advance(width)
         return cache, logits
 
@@ -263,11 +267,12 @@ class Engine:
         key_valid = torch.zeros((1, n + max_new_tokens), dtype=torch.bool, device=dev)
         key_valid[:, :n] = True
         visual = memory.visual_context()
+        visual.split_prefill = self.split_prefill
         ids = enc.input_ids[p:].to(dev)[None]  # (1, n - p): only the new part of the prompt runs
         positions = torch.arange(p, n, device=dev)[None]
-        logits = model(ids, positions, causal_mask(key_valid[:, :n], n - p), cache, visual, last_only=True)[
-            :, -1
-        ]
+        mask = causal_mask(key_valid[:, :n], n - p)
+        with attention_kernels(dev):
+            logits = model(ids, positions, mask, cache, visual, last_only=True)[:, -1]
         cache.advance(n - p)
         batch = Prefill(ids, positions, key_valid, visual, [n])
         return batch, cache, logits

@@ -11,7 +11,6 @@ This file holds the math of the cross branch only; the decoder layer wires it in
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -30,11 +29,6 @@ MASK_BUDGET = 1 << 30
 QUERY_BLOCK = 512
 # most bytes of visual K/V repeated per query head in a prefill (beyond it heads are grouped, not copied)
 REPEAT_KV_BUDGET = 8 << 30
-# inference prefill: split each query block's keys into the prefix every query of the block sees (fused
-# kernel, no mask) and the few images inside the block (masked, explicit); see `_split_prefill`.
-# None: on CUDA only (on CPU the masked kernel is as fast per operation, and the explicit part is slower);
-# the environment variable OWL3_SPLIT_PREFILL=0/1 turns it off/on everywhere (A/B benchmarks)
-SPLIT_PREFILL: bool | None = {"0": False, "1": True}.get(os.environ.get("OWL3_SPLIT_PREFILL", ""))
 # most elements of the explicit part of one split block (query rows x visual tokens in the block)
 SPLIT_BUDGET = 1 << 24
 
@@ -52,6 +46,10 @@ class VisualContext:
     padded:     some row has padding visual tokens (rows with different image counts)
     after_prompt: set by the engine once the prompts are in the cache: every later query lies after every
                 image of its row, so the s_k < p mask is all-true on real visual tokens and is skipped
+    split_prefill: an inference prefill splits each query block's keys into the prefix every query of the
+                block sees (fused kernel, no mask) and the few images inside the block (masked, explicit);
+                see `_split_prefill`. None: on CUDA only (on CPU the masked kernel is as fast per operation,
+                and the explicit part is slower); True/False forces it (the engine's `split_prefill`)
     """
 
     features: Tensor
@@ -61,16 +59,11 @@ class VisualContext:
     recompute: bool = False
     padded: bool = False
     after_prompt: bool = False
+    split_prefill: bool | None = None
     decode_mask: tuple[Tensor, Tensor | None] | None = None  # (seen, mask) of decode steps, made once
     # the split prefill's (positions, visible counts (B, L), blocks per row) of the current forward, made
     # by its first hyper layer and reused by the others (they see the same positions tensor)
     split_plan: tuple[Tensor, Tensor, list[list[tuple[int, int, int, int]]]] | None = None
-    # when a list: every hyper layer of a forward appends its rotated queries (B, H, L, d) and visual keys
-    # (B, kv, M, d), autograd graph kept, for `cross_scores` (training's attention loss, probes)
-    record: list[tuple[Tensor, Tensor]] | None = None
-    # when a dict: each decoder layer whose index is a key puts its rotated self-attention queries
-    # (B, H, T, d) and keys (B, kv, T, d) there, autograd graph kept (training's text attention targets)
-    record_self: dict[int, tuple[Tensor, Tensor] | None] | None = None
 
     @staticmethod
     def layout(
@@ -188,25 +181,19 @@ def project_kv(
     n_kv_heads: int,
     head_dim: int,
 ) -> tuple[Tensor, Tensor]:
-    b, m, _ = features.shape
-    kv = v_kv_proj(norm(features))  # (B, M, kv * 2 * d), channel (h * 2 + j) * d + e
+    return split_visual_kv(v_kv_proj(norm(features)), positions, rope, n_kv_heads, head_dim)
+
+
+def split_visual_kv(
+    kv: Tensor, positions: Tensor, rope: RotaryEmbedding, n_kv_heads: int, head_dim: int
+) -> tuple[Tensor, Tensor]:
+    """v_kv_proj's output (B, M, kv * 2 * d), channel (h * 2 + j) * d + e -> the rotated keys and the
+    values (B, kv, M, d). MI-RoPE: every token of image k rotated by one position, in float32."""
+    b, m, _ = kv.shape
     kv = kv.view(b, m, n_kv_heads, 2, head_dim).permute(3, 0, 2, 1, 4)  # (2, B, kv, M, d)
     k, v = kv[0], kv[1]
-    # MI-RoPE: every token of image k rotated by one position; computed and applied in float32
     cos, sin = rope(positions, torch.float32)
     return apply_rope(k.float(), cos, sin).to(v.dtype), v
-
-
-def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor) -> Tensor:
-    """The attention logits of text queries over visual keys, -inf where a query may not see the token.
-
-    q (B, H, L, d) rotated; k (B, kv, M, d); key_starts (B, M); positions (B, L) -> (B, H, L, M). What
-    `cross_attention` softmaxes, written out for the few queries someone wants to look at (it is not how
-    the model runs: that never builds the whole (L, M) matrix)."""
-    kk = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, M, d)
-    s = q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5
-    visible = key_starts[:, None, None, :] < positions[:, None, :, None]
-    return s.masked_fill(~visible, float("-inf"))
 
 
 def cross_attention(
@@ -233,7 +220,7 @@ def cross_attention(
             k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), seen
         return attend_grouped(q, k, v, mask), seen
-    split = q.device.type == "cuda" if SPLIT_PREFILL is None else SPLIT_PREFILL
+    split = q.device.type == "cuda" if ctx.split_prefill is None else ctx.split_prefill
     if split and not torch.is_grad_enabled() and _lse_kernel_ok(q.device, q.dtype):
         if ctx.split_plan is None or ctx.split_plan[0] is not positions:
             counts = torch.searchsorted(key_starts, positions)  # (B, L) visual tokens each query sees

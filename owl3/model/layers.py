@@ -98,17 +98,3 @@ def causal_mask(key_valid: Tensor, q_len: int) -> Tensor:
     k_slot = torch.arange(s, device=key_valid.device)[None, :]  # (1, S)
     mask = (k_slot <= q_slot)[None] & key_valid[:, None, :]
     return (mask | (k_slot == q_slot)[None])[:, None]
-
-
-def avoid_per_shape_attention_plans(device: torch.device | str) -> None:
-    """On CUDA, take cuDNN out of scaled_dot_product_attention's backend order (process-wide).
-
-    Recent PyTorch tries cuDNN's attention first on Hopper, and cuDNN builds an execution plan for every
-    new shape (tenths of a second each). Generation makes a new shape at every decode step (the key
-    length grows) and in every block of a long prefill, so those plans cost more than the attention:
-    measured on an H100 (docs/performance.md), the 7B decode step ran at 62 ms/token the first time a
-    length was seen and 21 ms/token once it had been. FlashAttention and the memory-efficient kernel have
-    no per-shape cost, and SDPA still falls back to cuDNN where neither applies.
-    """
-    if torch.device(device).type == "cuda":
-        torch.backends.cuda.enable_cudnn_sdp(False)

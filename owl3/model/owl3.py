@@ -7,11 +7,9 @@ tokenizer, no PIL, no cache policy (that is owl3.inference).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from owl3.config import Owl3Config
 from owl3.model.hyper import VisualContext, project_kv_chunked
@@ -118,30 +116,31 @@ class Owl3Model(nn.Module):
 
 
 # the torch.nn.init functions that module constructors call to fill their fresh parameters
-_INIT_FUNCTIONS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "constant_",
-    "ones_",
-    "zeros_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-    "xavier_uniform_",
-    "xavier_normal_",
+_INIT_FUNCTIONS = frozenset(
+    getattr(nn.init, name)
+    for name in (
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "constant_",
+        "ones_",
+        "zeros_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "xavier_uniform_",
+        "xavier_normal_",
+    )
 )
 
 
-@contextmanager
-def _skip_init() -> Iterator[None]:
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    try:
-        for name in _INIT_FUNCTIONS:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+class _SkipInit(TorchFunctionMode):
+    """Inside it, torch.nn.init's fill functions return their tensor untouched. A torch function mode is
+    local to this thread and to the `with` block: nothing of torch.nn.init is replaced."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INIT_FUNCTIONS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def meta_model(cfg: Owl3Config) -> Owl3Model:
@@ -150,5 +149,5 @@ def meta_model(cfg: Owl3Config) -> Owl3Model:
     The modules' own random initialization is skipped: on the meta device it runs PyTorch's Python
     reference kernels, whose first use imports torch._dynamo, about 2 s of every model load.
     """
-    with torch.device("meta"), _skip_init():
+    with torch.device("meta"), _SkipInit():
         return Owl3Model(cfg)

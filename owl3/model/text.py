@@ -56,8 +56,6 @@ class Attention(nn.Module):
         v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos_sin if cos_sin is not None else rope(positions, h.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if visual is not None and visual.record_self is not None and self.layer_idx in visual.record_self:
-            visual.record_self[self.layer_idx] = (q, k)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, kv, S, d)
         if t == 1:
@@ -77,8 +75,6 @@ class Attention(nn.Module):
                 visual, self.layer_idx, norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim
             )
             a_cross, seen = cross_attention(q, vk, vv, visual, positions)
-            if visual.record is not None:
-                visual.record.append((q, vk))
             all_seen = t == 1 and visual.after_prompt and not visual.padded
             a = gate(a, a_cross, seen, self.gate_proj, all_seen)
         return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))

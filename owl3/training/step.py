@@ -18,21 +18,20 @@ hyper layers, that the target's query gives the target's visual tokens): weight 
 as one answer token. A target with shares (a box with odds, training/data.py `Attend.odds`) adds instead
 the cross-entropy of that look against them. Text targets (`Sample.attend_text`) add the same as the
 first kind of decoder layer `text_layer`'s self-attention on the target's text tokens (`attend_layer`:
-of the layer each names). The attention part of the last forward is kept in
-`attention_sum`/`attention_count`.
+of the layer each names). The queries and keys come from forward hooks (owl3/training/attention.py), not
+from the model. The attention part of the last forward is kept in `attention_sum`/`attention_count`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, VisualContext
-from owl3.model.hyper import NEVER, cross_scores
-from owl3.model.layers import repeat_kv
+from owl3.model.hyper import NEVER
+from owl3.training.attention import Projections, attention_loss, text_attention_loss
 from owl3.training.encode import IGNORE, VisualTarget
 
 
@@ -54,6 +53,7 @@ class TrainStep(nn.Module):
         # default: the decoder layer right before the supervised hyper layer (it can bring the text that
         # took in an image to the query that hyper layer then reads with)
         hyper = [i for i, layer in enumerate(model.language_model.model.layers) if layer.self_attn.is_hyper]
+        self.hyper_layers = hyper
         n_layers = len(model.language_model.model.layers)
         if hyper and not -len(hyper) <= attention_layer < len(hyper):
             raise Owl3Error(f"attention_layer {attention_layer}: the model has {len(hyper)} hyper layers")
@@ -83,28 +83,31 @@ class TrainStep(nn.Module):
         m = self.model
         b, t = input_ids.shape
         visual = self.visual(pixel_values, n_media, media_starts, b, input_ids.device)
-        on = self.attention_weight > 0 and visual is not None
-        supervise = on and attend is not None and any(attend)
+        on = self.attention_weight > 0
+        supervise = on and visual is not None and attend is not None and any(attend)
         by_layer = self.text_targets(attend_text, attend_layer, b) if on else {}
+        wanted: dict[int, set[str]] = {layer: {"q_proj", "k_proj"} for layer in by_layer}
         if supervise:
-            visual.record = []
-        if by_layer:
-            visual.record_self = dict.fromkeys(by_layer)
+            wanted.setdefault(self.hyper_layers[self.attention_layer], set()).update(("q_proj", "v_kv_proj"))
+        decoder = m.language_model.model
+        taps = Projections(decoder, wanted)
         positions = torch.arange(t, device=input_ids.device).expand(b, t)
-        h = m.language_model.model(m.embed(input_ids), positions, None, None, visual)  # (B, T, D)
+        x = m.embed(input_ids)
+        with taps.capture(positions, x.dtype):
+            h = decoder(x, positions, None, None, visual)  # (B, T, D)
         target = labels[:, 1:]  # token t+1 is predicted at t
         keep = target != IGNORE  # (B, T-1)
         logits = m.language_model.lm_head(h[:, :-1][keep]).float()  # (n_targets, V)
         loss = F.cross_entropy(logits, target[keep], reduction="sum")
         self.attention_sum, self.attention_count = 0.0, 0
         if supervise:
-            q, k = visual.record[self.attention_layer]
+            layer = self.hyper_layers[self.attention_layer]
+            q, k = taps.queries(layer), taps.visual_keys(layer, visual.positions)
             att = attention_loss(q, k, visual.key_starts, attend)
             self.attention_sum, self.attention_count = float(att.detach()), sum(len(a) for a in attend)
             loss = loss + self.attention_weight * att
         for layer, targets in by_layer.items():
-            q, k = visual.record_self[layer]
-            att = text_attention_loss(q, k, targets)
+            att = text_attention_loss(taps.queries(layer), taps.keys(layer), targets)
             self.attention_sum += float(att.detach())
             self.attention_count += sum(len(a) for a in targets)
             loss = loss + self.attention_weight * att
@@ -170,94 +173,3 @@ class TrainStep(nn.Module):
             ctx = VisualContext.build(per_sample, media_starts)
         ctx.recompute = True  # no K/V caching across calls: gradient checkpointing recomputes layers
         return ctx
-
-
-def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[VisualTarget]]) -> Tensor:
-    """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens), or
-    for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
-
-    q (B, H, L, d), k (B, kv, M, d) as one hyper layer saw them; attend: per row, (query position,
-    visual token indices[, the share each should get]). All targets at once (`_row_queries`)."""
-    targets = [(row, t) for row, ts in enumerate(attend) for t in ts]
-    if not targets:
-        return q.new_zeros(())
-    rows, slots, positions, qs = _row_queries(q, [(row, t[0]) for row, t in targets])
-    s = cross_scores(qs, k, key_starts, positions)  # (B, H, S, M)
-    log_w = torch.log_softmax(s[rows, :, slots].float(), -1)  # (n, H, M)
-    return _target_nll(log_w, [t[1:] for _, t in targets])
-
-
-def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple]]) -> Tensor:
-    """Sum over targets of the mean over heads of -log(causal self-attention share on the target tokens).
-
-    q (B, H, T, d), k (B, kv, T, d) rotated, as one decoder layer saw them; attend_text: per row, (query
-    position, text token positions before it[, the heads to average over: default all]). All targets at
-    once, as `attention_loss`."""
-    targets = [(row, t[0], t[1]) for row, ts in enumerate(attend_text) for t in ts]
-    heads = [t[2] if len(t) > 2 else () for ts in attend_text for t in ts]
-    if not targets:
-        return q.new_zeros(())
-    rows, slots, positions, qs = _row_queries(q, [(row, pos) for row, pos, _ in targets])
-    keys = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, T, d)
-    s = (qs @ keys.transpose(-1, -2))[rows, :, slots] / q.shape[-1] ** 0.5  # (n, H, T)
-    pos = positions[rows, slots]
-    later = torch.arange(k.shape[2], device=q.device)[None, :] > pos[:, None]  # (n, T): not yet seen
-    log_w = torch.log_softmax(s.masked_fill(later[:, None], float("-inf")).float(), -1)
-    return _target_nll(log_w, [(tokens,) for _, _, tokens in targets], heads)
-
-
-def _row_queries(q: Tensor, targets: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The query of each target (row, position), gathered per row: (rows (n,), slots (n,), positions
-    (B, S), queries (B, H, S, d)), target i being slot slots[i] of row rows[i] (S: the most targets of a
-    row; unused slots read position 0 and are never selected). One gather, so the backward writes one
-    gradient buffer for q, and the keys are scored per row as they are, never copied per target."""
-    used: dict[int, int] = {}
-    slots = []
-    for row, _ in targets:
-        slots.append(used.get(row, 0))
-        used[row] = slots[-1] + 1
-    b, h, _, d = q.shape
-    positions = torch.zeros(b, max(used.values()), dtype=torch.long, device=q.device)
-    rows = torch.tensor([row for row, _ in targets], device=q.device)
-    slot = torch.tensor(slots, device=q.device)
-    positions[rows, slot] = torch.tensor([pos for _, pos in targets], device=q.device)
-    qs = q.gather(2, positions[:, None, :, None].expand(b, h, -1, d))
-    return rows, slot, positions, qs
-
-
-def _target_nll(log_w: Tensor, targets: list[tuple], heads: list[tuple[int, ...]] | None = None) -> Tensor:
-    """log_w (n, H, M) log attention weights of n target queries; targets[i] = (tokens,) or (tokens,
-    shares) -> the sum over targets of the mean over heads (over `heads[i]` where given and not empty) of
-    -log(the weight on the tokens) (a token named twice counts twice), or of -sum(share x log weight)."""
-    n, _, m = log_w.shape
-    counts = np.zeros((n, m), dtype=np.float32)  # how often each target names each token
-    shares = np.zeros((n, m), dtype=np.float32)
-    has_shares = np.zeros(n, dtype=bool)
-    for i, (tokens, *share) in enumerate(targets):
-        if share:
-            np.add.at(shares[i], tokens, share[0])
-            has_shares[i] = True
-            counts[i] = 1.0  # unused (the where below); keeps that row's logsumexp and its gradient finite
-        else:
-            np.add.at(counts[i], tokens, 1.0)
-    counts, shares, has_shares = (torch.from_numpy(a).to(log_w.device) for a in (counts, shares, has_shares))
-    hit = torch.logsumexp(log_w + counts.log()[:, None], -1)  # (n, H): log of the weight on the tokens
-    # share x log weight only where a share is given (0 x -inf, an unseen token, would be nan)
-    xent = torch.where(shares[:, None] > 0, shares[:, None] * log_w, 0.0).sum(-1)  # (n, H)
-    per_head = torch.where(has_shares[:, None], xent, hit)  # (n, H)
-    if not heads or not any(heads):
-        return -per_head.mean(-1).sum()
-    mask = np.ones((n, log_w.shape[1]), dtype=np.float32)
-    for i, hs in enumerate(heads):
-        if hs:
-            mask[i] = 0.0
-            mask[i, list(hs)] = 1.0
-    mask = torch.from_numpy(mask).to(log_w.device)
-    return -((per_head * mask).sum(-1) / mask.sum(-1)).sum()
-
-
-def self_log_weights(q: Tensor, k: Tensor, row: int, pos: int) -> Tensor:
-    """Log causal self-attention weights (H, pos + 1) of query `pos` of row `row`; q, k as above."""
-    keys = k[row, :, : pos + 1].repeat_interleave(q.shape[1] // k.shape[1], 0)  # (H, pos + 1, d)
-    s = (keys @ q[row, :, pos, :, None])[..., 0] / q.shape[-1] ** 0.5
-    return torch.log_softmax(s.float(), -1)

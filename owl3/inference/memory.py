@@ -25,7 +25,6 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,14 +32,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from owl3.errors import Owl3Error
+from owl3.inference.engine import Engine, attention_kernels
 from owl3.inference.kv_cache import KVCache
 from owl3.model import Owl3Model, VisualContext
+from owl3.processing import Encoding
 from owl3.processing.chat import IM_END
 
 USER_HEADER = "<|im_start|>user\n"
-
-if TYPE_CHECKING:
-    from owl3.api import Owl3Pipeline
 
 FORMAT = "owl3-memory"
 VERSION = "1"
@@ -197,39 +195,16 @@ class VisualMemory:
 
 
 @torch.inference_mode()
-def watch(
-    pipe: Owl3Pipeline,
-    images: Sequence[Any] = (),
-    videos: Sequence[Any] = (),
-    *,
-    system: str | None = None,
-    cut: bool | None = None,
-    frames: int | None = None,
-    fps: float | None = None,
-    max_frames: int | None = None,
-    progress: bool = False,
+def remember(
+    engine: Engine, enc: Encoding, *, system: str | None = None, sources: Sequence[str] = ()
 ) -> VisualMemory:
-    """Encode images and videos once: the views, their visual K/V and the prompt prefix's KV cache.
-
-    The media are laid out as `pipe.generate(question, images, videos)` lays them out without
-    placeholders (images, then videos, at the start of the user turn); cropping as there (`cut=None`
-    crops a lone image).
-    """
-    if isinstance(images, (str, Path)) or hasattr(images, "size"):
-        images = [images]
-    if isinstance(videos, (str, Path)):
-        videos = [videos]
-    images, videos = list(images), list(videos)
-    if not images and not videos:
+    """Run the part of an encoded conversation that ends with its last image token through the engine's
+    model once: that prefix's visual K/V and text KV cache. `enc` is a user turn whose text is its media
+    placeholders and a newline (after an optional `system` prompt), as `Owl3Pipeline.watch` encodes it;
+    `sources` names the media files, for the record."""
+    model = engine.model
+    if not enc.media_starts:
         raise Owl3Error("nothing to encode: give at least one image or video")
-    model, proc = pipe.model, pipe.processor
-    # the same processing as pipe.generate(question, images, videos): placeholders first, then the question
-    placeholders = proc.image_token * len(images) + proc.video_token * len(videos)
-    msgs = [{"role": "system", "content": system}] if system else []
-    msgs.append({"role": "user", "content": placeholders + "\n"})
-    enc = pipe.encode(
-        msgs, images, videos, cut=cut, frames=frames, fps=fps, max_frames=max_frames, progress=progress
-    )
     starts = enc.media_starts
     p = starts[-1] + 1  # the prefix ends with the last image token: nothing before it depends on the question
     prefix = enc.input_ids[:p]
@@ -237,13 +212,11 @@ def watch(
     user = enc.prompt.rsplit(USER_HEADER, 1)[1]
     media_text = user[: user.rindex("\n" + IM_END)]
 
-    visual = pipe.engine.encode_visual([enc])  # straight to the hyper layers' K/V, as for any request
+    visual = engine.encode_visual([enc])  # straight to the hyper layers' K/V, as for any request
     cache = KVCache(model.cfg.text, 1, p, model.dtype, model.device)
-    model(prefix.to(model.device)[None], cache=cache, visual=visual, last_only=True)  # fills the text cache
+    with attention_kernels(model.device):  # fills the text cache
+        model(prefix.to(model.device)[None], cache=cache, visual=visual, last_only=True)
     text_kv = [(cache.k[i][:, :, :p].clone(), cache.v[i][:, :, :p].clone()) for i in range(len(cache.k))]
-    sources = [str(x) for x in images if isinstance(x, (str, Path))] + [
-        str(v) for v in videos if isinstance(v, (str, Path))
-    ]
     return VisualMemory(
         prefix_ids=prefix,
         media_starts=starts,
@@ -253,8 +226,8 @@ def watch(
         visual_kv=dict(visual.kv),
         text_kv_=text_kv,
         identity=model_identity(model),
-        meta={"source": json.dumps(sources)} if sources else {},
+        meta={"source": json.dumps(list(sources))} if sources else {},
     )
 
 
-__all__ = ["VisualMemory", "model_identity", "watch"]
+__all__ = ["VisualMemory", "model_identity", "remember"]

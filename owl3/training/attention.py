@@ -1,0 +1,187 @@
+"""Attention targets in training: read a layer's queries and keys through forward hooks, score them.
+
+A target asks one query of a sample to look at given tokens: visual tokens in a hyper layer's cross branch
+(`attention_loss`) or earlier text tokens in a decoder layer's self-attention (`text_attention_loss`). The
+model is not told: `Projections` registers forward hooks on the linear projections of the layers that
+have targets (q_proj and k_proj, or v_kv_proj for the visual keys) for the length of one forward, and
+rebuilds the rotated queries and keys from their outputs with the model's own RoPE. The captured outputs
+keep their autograd graph, so the loss trains the projections (also under gradient checkpointing: the
+hooks are gone before the backward recomputes the layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from owl3.model.hyper import split_visual_kv
+from owl3.model.layers import apply_rope, repeat_kv
+from owl3.training.encode import VisualTarget
+
+PROJECTIONS = ("q_proj", "k_proj", "v_kv_proj")
+
+
+class Projections:
+    """The outputs of chosen layers' projections during one forward of a Qwen2 decoder (`capture`).
+
+    `wanted`: decoder layer index -> names among PROJECTIONS. After the forward, `queries(i)` and
+    `keys(i)` are layer i's rotated self-attention queries (B, H, T, d) and keys (B, kv, T, d), and
+    `visual_keys(i, visual)` its rotated visual keys (B, kv, M, d), exactly as the layer computed them.
+    """
+
+    def __init__(self, decoder: nn.Module, wanted: dict[int, set[str]]) -> None:
+        self.decoder = decoder
+        self.wanted = wanted
+        self.outputs: dict[tuple[int, str], list[Tensor]] = {}
+        self.cos_sin: tuple[Tensor, Tensor] | None = None
+
+    @contextmanager
+    def capture(self, positions: Tensor, dtype: torch.dtype) -> Iterator[Projections]:
+        """Hooks on for one forward over `positions` (B, T) whose embeddings have `dtype`."""
+        self.outputs = {}
+        # the decoder's own cos/sin: it computes them once per forward in the embeddings' dtype
+        self.cos_sin = self.decoder.rope(positions, dtype) if self.wanted else None
+        handles = []
+        for i, names in self.wanted.items():
+            attn = self.decoder.layers[i].self_attn
+            for name in names:
+                handles.append(getattr(attn, name).register_forward_hook(self._keeper((i, name))))
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _keeper(self, key: tuple[int, str]):
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            # v_kv_proj runs in chunks of visual tokens for very long inputs: kept in order, joined later
+            self.outputs.setdefault(key, []).append(out)
+
+        return hook
+
+    def _output(self, layer: int, name: str) -> Tensor:
+        outs = self.outputs.get((layer, name))
+        if not outs:
+            raise RuntimeError(f"layer {layer}'s {name} did not run in the captured forward")
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def _rotated(self, layer: int, name: str, n_heads: int) -> Tensor:
+        x = self._output(layer, name)  # (B, T, heads * d)
+        b, t, _ = x.shape
+        x = x.view(b, t, n_heads, -1).transpose(1, 2)  # (B, heads, T, d)
+        cos, sin = self.cos_sin
+        return apply_rope(x, cos, sin)
+
+    def queries(self, layer: int) -> Tensor:
+        return self._rotated(layer, "q_proj", self.decoder.layers[layer].self_attn.n_heads)
+
+    def keys(self, layer: int) -> Tensor:
+        return self._rotated(layer, "k_proj", self.decoder.layers[layer].self_attn.n_kv_heads)
+
+    def visual_keys(self, layer: int, positions: Tensor) -> Tensor:
+        """Rotated visual keys of hyper layer `layer`; positions (B, M): the visual context's MI-RoPE ones."""
+        attn = self.decoder.layers[layer].self_attn
+        k, _ = split_visual_kv(
+            self._output(layer, "v_kv_proj"), positions, self.decoder.rope, attn.n_kv_heads, attn.head_dim
+        )
+        return k
+
+
+def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor) -> Tensor:
+    """The attention logits of text queries over visual keys, -inf where a query may not see the token.
+
+    q (B, H, L, d) rotated; k (B, kv, M, d); key_starts (B, M); positions (B, L) -> (B, H, L, M). What the
+    cross branch (owl3.model.hyper.cross_attention) softmaxes, written out for the few target queries (it
+    is not how the model runs: that never builds the whole (L, M) matrix)."""
+    kk = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, M, d)
+    s = q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5
+    visible = key_starts[:, None, None, :] < positions[:, None, :, None]
+    return s.masked_fill(~visible, float("-inf"))
+
+
+def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[VisualTarget]]) -> Tensor:
+    """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens), or
+    for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
+
+    q (B, H, L, d), k (B, kv, M, d) as one hyper layer saw them; attend: per row, (query position,
+    visual token indices[, the share each should get]). All targets at once (`_row_queries`)."""
+    targets = [(row, t) for row, ts in enumerate(attend) for t in ts]
+    if not targets:
+        return q.new_zeros(())
+    rows, slots, positions, qs = _row_queries(q, [(row, t[0]) for row, t in targets])
+    s = cross_scores(qs, k, key_starts, positions)  # (B, H, S, M)
+    log_w = torch.log_softmax(s[rows, :, slots].float(), -1)  # (n, H, M)
+    return _target_nll(log_w, [t[1:] for _, t in targets])
+
+
+def text_attention_loss(q: Tensor, k: Tensor, attend_text: list[list[tuple]]) -> Tensor:
+    """Sum over targets of the mean over heads of -log(causal self-attention share on the target tokens).
+
+    q (B, H, T, d), k (B, kv, T, d) rotated, as one decoder layer saw them; attend_text: per row, (query
+    position, text token positions before it[, the heads to average over: default all]). All targets at
+    once, as `attention_loss`."""
+    targets = [(row, t[0], t[1]) for row, ts in enumerate(attend_text) for t in ts]
+    heads = [t[2] if len(t) > 2 else () for ts in attend_text for t in ts]
+    if not targets:
+        return q.new_zeros(())
+    rows, slots, positions, qs = _row_queries(q, [(row, pos) for row, pos, _ in targets])
+    keys = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, T, d)
+    s = (qs @ keys.transpose(-1, -2))[rows, :, slots] / q.shape[-1] ** 0.5  # (n, H, T)
+    pos = positions[rows, slots]
+    later = torch.arange(k.shape[2], device=q.device)[None, :] > pos[:, None]  # (n, T): not yet seen
+    log_w = torch.log_softmax(s.masked_fill(later[:, None], float("-inf")).float(), -1)
+    return _target_nll(log_w, [(tokens,) for _, _, tokens in targets], heads)
+
+
+def _row_queries(q: Tensor, targets: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The query of each target (row, position), gathered per row: (rows (n,), slots (n,), positions
+    (B, S), queries (B, H, S, d)), target i being slot slots[i] of row rows[i] (S: the most targets of a
+    row; unused slots read position 0 and are never selected). One gather, so the backward writes one
+    gradient buffer for q, and the keys are scored per row as they are, never copied per target."""
+    used: dict[int, int] = {}
+    slots = []
+    for row, _ in targets:
+        slots.append(used.get(row, 0))
+        used[row] = slots[-1] + 1
+    b, h, _, d = q.shape
+    positions = torch.zeros(b, max(used.values()), dtype=torch.long, device=q.device)
+    rows = torch.tensor([row for row, _ in targets], device=q.device)
+    slot = torch.tensor(slots, device=q.device)
+    positions[rows, slot] = torch.tensor([pos for _, pos in targets], device=q.device)
+    qs = q.gather(2, positions[:, None, :, None].expand(b, h, -1, d))
+    return rows, slot, positions, qs
+
+
+def _target_nll(log_w: Tensor, targets: list[tuple], heads: list[tuple[int, ...]] | None = None) -> Tensor:
+    """log_w (n, H, M) log attention weights of n target queries; targets[i] = (tokens,) or (tokens,
+    shares) -> the sum over targets of the mean over heads (over `heads[i]` where given and not empty) of
+    -log(the weight on the tokens) (a token named twice counts twice), or of -sum(share x log weight)."""
+    n, _, m = log_w.shape
+    counts = np.zeros((n, m), dtype=np.float32)  # how often each target names each token
+    shares = np.zeros((n, m), dtype=np.float32)
+    has_shares = np.zeros(n, dtype=bool)
+    for i, (tokens, *share) in enumerate(targets):
+        if share:
+            np.add.at(shares[i], tokens, share[0])
+            has_shares[i] = True
+            counts[i] = 1.0  # unused (the where below); keeps that row's logsumexp and its gradient finite
+        else:
+            np.add.at(counts[i], tokens, 1.0)
+    counts, shares, has_shares = (torch.from_numpy(a).to(log_w.device) for a in (counts, shares, has_shares))
+    hit = torch.logsumexp(log_w + counts.log()[:, None], -1)  # (n, H): log of the weight on the tokens
+    # share x log weight only where a share is given (0 x -inf, an unseen token, would be nan)
+    xent = torch.where(shares[:, None] > 0, shares[:, None] * log_w, 0.0).sum(-1)  # (n, H)
+    per_head = torch.where(has_shares[:, None], xent, hit)  # (n, H)
+    if not heads or not any(heads):
+        return -per_head.mean(-1).sum()
+    mask = np.ones((n, log_w.shape[1]), dtype=np.float32)
+    for i, hs in enumerate(heads):
+        if hs:
+            mask[i] = 0.0
+            mask[i, list(hs)] = 1.0
+    mask = torch.from_numpy(mask).to(log_w.device)
+    return -((per_head * mask).sum(-1) / mask.sum(-1)).sum()
