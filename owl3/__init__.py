@@ -5,9 +5,16 @@ pipe = owl3.load("path/to/mPLUG-Owl3-7B-240728")   # or owl3.load() for the buil
 print(pipe.chat("What is in this picture?", images=["cat.jpg"]))
 """
 
-from owl3.api import Completion, Conversation, Owl3Pipeline, load
 from owl3.errors import Owl3Error
-from owl3.inference.sampling import SamplingParams
+from owl3.lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["Completion", "Conversation", "Owl3Error", "Owl3Pipeline", "SamplingParams", "load", "__version__"]
+_EXPORTS = {
+    "Completion": "owl3.api",
+    "Conversation": "owl3.api",
+    "Owl3Pipeline": "owl3.api",
+    "load": "owl3.api",
+    "SamplingParams": "owl3.inference.sampling",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["Owl3Error", "__version__", *_EXPORTS]

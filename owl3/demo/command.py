@@ -137,7 +137,9 @@ def format_results(results: list[tuple[DemoQuestion, str, bool]]) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from owl3.cli import _add_model_args
+    """`owl3 demo`, `owl3 demo-train` and `owl3 eval synthetic`."""
+    from owl3.demo.evaluate import add_eval_parser
+    from owl3.options import add_model_args
 
     d = sub.add_parser(
         "demo",
@@ -148,7 +150,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--seed", type=int, default=0, help="which pictures and questions (default 0)")
     d.add_argument("--output", metavar="DIR", default=None, help="keep the pictures and video here")
-    _add_model_args(d)
+    add_model_args(d)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser(
@@ -182,6 +184,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="phases (owl3/demo/train.py)",
     )
     t.set_defaults(func=cmd_demo_train)
+    add_eval_parser(sub)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from owl3.demo.world import COLOURS, SHAPES, SIZES, WORDS, Scene, random_scene, render
 from owl3.errors import Owl3Error
-from owl3.inference.pixels import images_to_pixels
+from owl3.processing.pixels import images_to_pixels
 
 # the label sets of the heads; index 0 is "nothing there"
 HEADS: dict[str, int] = {

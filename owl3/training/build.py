@@ -41,9 +41,9 @@ from owl3.config import Owl3Config, TextConfig, VisionConfig
 from owl3.errors import Owl3Error
 from owl3.model import meta_model
 from owl3.processing.chat import END_OF_TEXT, IM_END, IM_START
+from owl3.training.config import GATE_BIAS
 from owl3.training.state import StateView
 
-GATE_BIAS = -6.0
 IMAGE_TOKEN = "<|image|>"
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, IMAGE_TOKEN)
 LLM_TYPES = ("qwen2", "llama", "mistral")

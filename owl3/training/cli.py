@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from owl3.errors import Owl3Error
+from owl3.training.config import GATE_BIAS
 
 S = argparse.SUPPRESS
 
@@ -186,8 +187,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def add_build_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from owl3.training.build import GATE_BIAS
-
     p = sub.add_parser(
         "build",
         help="make a new Hyper-Attention model from a Qwen2/Llama LLM and a SigLIP tower",
@@ -203,6 +202,12 @@ def add_build_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=0, help="projector init seed (0)")
     p.set_defaults(func=cmd_build)
     return p
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`owl3 train` and `owl3 build`."""
+    add_train_parser(sub)
+    add_build_parser(sub)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

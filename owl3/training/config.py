@@ -15,6 +15,10 @@ from typing import Any
 
 from owl3.errors import Owl3Error
 
+# the gate bias of a newly built model's hyper layers (`owl3 build`): sigmoid(-6) = 0.0025, so a new model
+# starts as its LLM alone and learns to open the gates (owl3/training/build.py)
+GATE_BIAS = -6.0
+
 STAGES = ("pretrain", "multi-image", "sft", "lora")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 ON_BAD = ("skip", "error")

@@ -1,0 +1,205 @@
+"""`owl3 generate`, `owl3 encode`, `owl3 chat`: the pipeline's own commands (owl3/api.py does the work).
+
+A user's mistake (bad path, bad media, wrong placeholder count, ...) raises `Owl3Error`, which owl3/cli.py
+prints as one line with exit code 2; `owl3 chat` reports a bad attachment and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from owl3.errors import Owl3Error
+from owl3.options import (
+    add_media_args,
+    add_model_args,
+    add_sampling_args,
+    load_pipeline,
+    media_kwargs,
+    sampling_kwargs,
+)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.memory is not None:
+        return _generate_from_memory(args)
+    pipe = load_pipeline(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": args.prompt})
+    for piece in pipe.stream(
+        messages,
+        images=args.image,
+        videos=args.video,
+        progress=True,
+        **media_kwargs(args),
+        **sampling_kwargs(args),
+    ):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _generate_from_memory(args: argparse.Namespace) -> int:
+    if args.image or args.video:
+        raise Owl3Error("--memory already holds the media; drop --image/--video (or encode them anew)")
+    if args.system:
+        raise Owl3Error(
+            "--memory keeps the system prompt it was encoded with; pass --system to 'owl3 encode'"
+        )
+    pipe = load_pipeline(args)
+    for piece in pipe.ask_stream(args.memory, args.prompt, **sampling_kwargs(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import time
+
+    images, videos = list(args.image), list(args.video)
+    for m in args.media:  # positional media: videos by their suffix, the rest as images
+        (videos if Path(m).suffix.lower() in VIDEO_SUFFIXES else images).append(m)
+    if not images and not videos:
+        raise Owl3Error(
+            "nothing to encode: pass image or video files (e.g. owl3 encode movie.mp4 -o movie.owl3)"
+        )
+    pipe = load_pipeline(args)
+    t0 = time.perf_counter()
+    mem = pipe.watch(
+        images,
+        videos,
+        system=args.system,
+        progress=True,
+        **media_kwargs(args),
+    )
+    out = mem.save(args.output)
+    size = out.stat().st_size / 2**20
+    print(
+        f"encoded {mem.n_views} views ({mem.n_views * mem.tokens_per_image} visual tokens, "
+        f"{mem.prefix_ids.shape[0]} prompt tokens) in {time.perf_counter() - t0:.2f} s "
+        f"-> {out} ({size:.1f} MB)\n"
+        f'ask it: owl3 generate --memory {out} "your question"',
+        file=sys.stderr,
+    )
+    return 0
+
+
+CHAT_HELP = """commands: /image PATH  attach an image to your next message
+          /video PATH  attach a video to your next message
+          /reset       forget the conversation    /quit  leave (or Ctrl-D)"""
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args)
+    interactive = sys.stdin.isatty()
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    images: list[str] = []
+    videos: list = []
+    pending_images, pending_videos = list(args.image), list(args.video)
+    if interactive:
+        print(f"owl3 chat with {pipe.path}\n{CHAT_HELP}", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            history = history[:1] if args.system else []
+            images, videos, pending_images, pending_videos = [], [], [], []
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if line.startswith(("/image ", "/video ")):
+            kind, _, path = line.partition(" ")
+            path = path.strip()
+            if not Path(path).is_file():
+                print(f"owl3: error: no such file: {path}", file=sys.stderr)
+                continue
+            (pending_images if kind == "/image" else pending_videos).append(path)
+            print(f"(attached {path} to your next message)", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            print(f"owl3: unknown command {line.split()[0]}\n{CHAT_HELP}", file=sys.stderr)
+            continue
+        tags = pipe.processor.image_token * len(pending_images) + pipe.processor.video_token * len(
+            pending_videos
+        )
+        turn = {"role": "user", "content": (tags + "\n" if tags else "") + line}
+        try:
+            frames = [
+                pipe.load_video(
+                    v, frames=args.frames, fps=args.fps, max_frames=args.max_frames, progress=True
+                )
+                for v in pending_videos
+            ]
+            messages = history + [turn]
+            all_images, all_videos = images + pending_images, videos + frames
+            out = []
+            print("owl3> " if interactive else "", end="", flush=True)
+            for piece in pipe.stream(
+                messages, images=all_images, videos=all_videos, cut=args.cut, **sampling_kwargs(args)
+            ):
+                out.append(piece)
+                print(piece, end="", flush=True)
+            print()
+        except Owl3Error as e:  # a bad attachment must not end the session
+            print(f"owl3: error: {e}", file=sys.stderr)
+            pending_images, pending_videos = [], []
+            continue
+        history += [turn, {"role": "assistant", "content": "".join(out)}]
+        images, videos = all_images, all_videos
+        pending_images, pending_videos = [], []
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser(
+        "generate",
+        help="answer one prompt, streaming the answer to stdout",
+        description="Answer one prompt about images and videos, streaming the answer. "
+        "Without <|image|>/<|video|> placeholders, the media go before the prompt.",
+    )
+    g.add_argument("prompt", help="the question or instruction")
+    g.add_argument(
+        "--memory",
+        metavar="FILE",
+        default=None,
+        help="answer from media saved by 'owl3 encode' (no re-encoding); same --model as there",
+    )
+    add_model_args(g)
+    add_media_args(g)
+    add_sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser(
+        "encode",
+        help="watch once: encode a video or images to a memory file for later questions",
+        description="Encode a video or a set of images once and save the result (visual K/V and the "
+        "prompt prefix's KV cache, safetensors) for 'owl3 generate --memory FILE QUESTION'.",
+    )
+    e.add_argument("media", nargs="*", help="video or image files (videos recognized by their suffix)")
+    e.add_argument("-o", "--output", required=True, metavar="FILE", help="the memory file to write (.owl3)")
+    e.add_argument("--system", default=None, metavar="TEXT", help="a system prompt kept with the memory")
+    add_model_args(e)
+    add_media_args(e)
+    e.set_defaults(func=cmd_encode)
+
+    c = sub.add_parser(
+        "chat",
+        help="interactive multi-turn chat; attach images/videos per turn",
+        description="Interactive multi-turn chat. Type /image PATH or /video PATH to attach "
+        "media to your next message, /reset to start over, /quit to leave.",
+    )
+    add_model_args(c)
+    add_media_args(c)
+    add_sampling_args(c)
+    c.set_defaults(func=cmd_chat)
