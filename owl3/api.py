@@ -241,9 +241,9 @@ class Owl3Pipeline:
         ids: list[list[int]] = [[] for _ in encs]
         reasons = ["length"] * len(encs)
         for ev in self.engine.generate(encs, params, memory=memory):
-            ids[ev.index].append(ev.token_id)
+            ids[ev.request_id].append(ev.token_id)
             if ev.finish_reason:
-                reasons[ev.index] = ev.finish_reason
+                reasons[ev.request_id] = ev.finish_reason
         return [
             Completion(self.tokenizer.decode(t, skip_special_tokens=True), t, r, int(e.input_ids.shape[0]))
             for t, r, e in zip(ids, reasons, encs, strict=True)

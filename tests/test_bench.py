@@ -157,7 +157,7 @@ def test_concat_baseline_forward_is_sane(tiny_model):
     with torch.no_grad():
         other = concat(long_ids[None], visual=VisualContext.build([feats.flip(0)], [long_starts]))
     assert not torch.allclose(other, logits)
-    engine = Engine(concat, stop_token_ids=(), pad_token_id=0, max_positions=10_000)
+    engine = Engine(concat, stop_token_ids=(), pad_token_id=0, max_model_len=10_000, prefill_chunk=10_000)
     enc = Encoding(long_ids, pixels, long_starts, "")
     toks = [ev.token_id for ev in engine.generate([enc], SamplingParams(max_new_tokens=4))]
     full = torch.cat([long_ids, torch.tensor(toks)])[None]

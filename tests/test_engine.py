@@ -34,7 +34,7 @@ def _requests(pipe, tiny_dir):
 def _run(engine, encs, params):
     out = [[] for _ in encs]
     for ev in engine.generate(encs, params):
-        out[ev.index].append(ev.token_id)
+        out[ev.request_id].append(ev.token_id)
     return out
 
 
@@ -50,38 +50,47 @@ def test_cached_decode_equals_full_forward(pipe, tiny_dir):
     assert logits[n - 1 : n - 1 + len(ids)].argmax(-1).tolist() == ids
 
 
-def test_cached_decode_logits_match_full_forward(pipe, tiny_dir):
-    # step logits from the cache path vs the full forward, to float32 noise
-    enc = _requests(pipe, tiny_dir)[2]
-    model, eng = pipe.model, pipe.engine
-    from owl3.inference.kv_cache import KVCache
+def test_chunked_prefill_and_pool_decode_match_full_forward(pipe, tiny_dir):
+    # a prompt prefilled in three chunks into slot 2 of a pool that grows meanwhile, moved to slot 0, then
+    # decoded through the pool's decode view beside a text-only row: the full forward's logits, to float32
+    # noise
+    from owl3.inference.kv_cache import DecodeView, KVPool, SlotView
+    from owl3.model import RowVisuals
     from owl3.model.layers import causal_mask
 
-    batch = eng.prepare([enc], 4)
-    width = batch.input_ids.shape[1]
-    cache = KVCache(model.cfg.text, 1, batch.key_valid.shape[1], model.dtype, model.device)
-    step_logits = [
-        model(
-            batch.input_ids,
-            batch.positions,
-            causal_mask(batch.key_valid[:, :width], width),
-            cache,
-            batch.visual,
-            last_only=True,
-        )[0, -1]
-    ]
-    cache.advance(width)
-    toks = [3, 17, 42]
-    for j, t in enumerate(toks):
-        batch.key_valid[:, cache.length] = True
-        mask = batch.key_valid[:, None, None, : cache.length + 1]
-        pos = torch.tensor([[width + j]])
-        step_logits.append(model(torch.tensor([[t]]), pos, mask, cache, batch.visual)[0, -1])
-        cache.advance(1)
-    full = torch.cat([enc.input_ids, torch.tensor(toks)])[None]
+    enc = _requests(pipe, tiny_dir)[2]
+    model = pipe.model
+    n = enc.input_ids.shape[0]
+    pool = KVPool(model.cfg.text, 3, 256, model.dtype, model.device, capacity=8)
+    visual = pipe.engine.encode_visual([enc])
+    p, logits = 0, []
     with torch.no_grad():
-        ref = model(full, visual=eng.encode_visual([enc]))[0, width - 1 :]
-    torch.testing.assert_close(torch.stack(step_logits), ref, atol=1e-5, rtol=1e-5)
+        for c in (5, 11, n - 16):
+            pool.ensure(p + c)
+            mask = None if p == 0 else causal_mask(torch.ones(1, p + c, dtype=torch.bool), c)
+            pos = torch.arange(p, p + c)[None]
+            out = model(enc.input_ids[p : p + c][None], pos, mask, SlotView(pool, 2, p), visual, True)
+            p += c
+        logits.append(out[0, -1])
+        assert pool.capacity >= n and p == n
+        pool.move(2, 0, n)
+        visual.start_decoding()
+        other = pipe.encode("Hi")  # row 1: a text-only request, prefilled into slot 1
+        m = other.input_ids.shape[0]
+        model(other.input_ids[None], None, None, SlotView(pool, 1, 0), None)
+        toks = [3, 17, 42]
+        length = torch.tensor([n, m])
+        for t in toks:
+            window = int(length.max()) + 1
+            mask = (torch.arange(window)[None, :] <= length[:, None])[:, None, None, :]
+            ids = torch.tensor([[t], [5]])
+            view = DecodeView(pool, length, window)
+            out = model(ids, length[:, None], mask, view, RowVisuals([visual, None]))
+            logits.append(out[0, -1])
+            length = length + 1
+        full = torch.cat([enc.input_ids, torch.tensor(toks)])[None]
+        ref = model(full, visual=pipe.engine.encode_visual([enc]))[0, n - 1 :]
+    torch.testing.assert_close(torch.stack(logits), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_visual_kv_computed_once_per_request(pipe, tiny_dir):
@@ -135,7 +144,7 @@ def test_stop_and_length_reasons(pipe, tiny_dir):
 def test_generation_stops_at_max_positions(pipe, tiny_dir):
     enc = _requests(pipe, tiny_dir)[0]
     n = enc.input_ids.shape[0]
-    eng = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, max_positions=n + 3)
+    eng = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, max_model_len=n + 3)
     events = list(eng.generate([enc], SamplingParams(max_new_tokens=50)))
     assert len(events) == 3 and events[-1].finish_reason == "length"
     long = pipe.encode("word " * 40)
@@ -189,3 +198,133 @@ def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
         assert [e.token_id for e in fast.generate(request(n), params)] == want
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def _alone(pipe, encs, params_list):
+    return [_run(pipe.engine, [e], p)[0] for e, p in zip(encs, params_list, strict=True)]
+
+
+def _drive(engine, plan, steps_between=2):
+    """Add requests at different steps, run to the end; request i's tokens and finish reason."""
+    out, reasons, ids = {}, {}, {}
+    pending = list(enumerate(plan))
+    while pending or engine.has_unfinished:
+        if pending:
+            i, (enc, params) = pending.pop(0)
+            ids[engine.add_request(enc, params)] = i
+        for _ in range(steps_between if pending else 10**9):
+            if not engine.has_unfinished:
+                break
+            for ev in engine.step():
+                out.setdefault(ids[ev.request_id], []).append(ev.token_id)
+                if ev.finished:
+                    reasons[ids[ev.request_id]] = ev.finish_reason
+    return [out[i] for i in range(len(plan))], [reasons[i] for i in range(len(plan))]
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_join_and_leave_mid_batch_give_the_tokens_of_each_alone(pipe, tiny_dir, sampled):
+    # requests join a running batch between steps and leave it at different lengths (others move into
+    # their slots); each request's tokens are those it gets alone, greedy and with seeded sampling
+    encs = _requests(pipe, tiny_dir)
+    extra = {"temperature": 0.9, "top_p": 0.95} if sampled else {}
+    params = [SamplingParams(max_new_tokens=k, seed=10 + k, **extra) for k in (9, 4, 12, 6)]
+    want = _alone(pipe, encs, params)
+    engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, max_num_seqs=3,
+                    prefill_chunk=7, vision_chunk_size=2)  # fmt: skip
+    got, reasons = _drive(engine, list(zip(encs, params, strict=True)))
+    assert got == want
+    assert all(r in ("stop", "length") for r in reasons)
+    assert not engine.running and engine.prefilling is None and not engine.waiting
+
+
+def test_abort_frees_the_slot_and_the_others_go_on(pipe, tiny_dir):
+    encs = _requests(pipe, tiny_dir)
+    params = SamplingParams(max_new_tokens=10)
+    want = _alone(pipe, encs, [params] * 4)
+    engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, max_num_seqs=2)
+    rids = [engine.add_request(e, params) for e in encs]
+    out: dict[int, list[int]] = {r: [] for r in rids}
+    reasons = {}
+    steps = 0
+    while engine.has_unfinished:
+        if steps == 4:
+            assert engine.abort(rids[0]) and engine.abort(rids[3])  # one running, one still waiting
+            assert not engine.abort(12345)
+        for ev in engine.step():
+            if ev.token_id >= 0:
+                out[ev.request_id].append(ev.token_id)
+            if ev.finished:
+                reasons[ev.request_id] = ev.finish_reason
+        steps += 1
+    assert reasons[rids[0]] == reasons[rids[3]] == "abort"
+    assert out[rids[0]] == want[0][: len(out[rids[0]])] and out[rids[3]] == []
+    assert out[rids[1]] == want[1] and out[rids[2]] == want[2]
+    assert not engine.running and not engine.abort(rids[1])  # finished: nothing to abort
+
+
+def test_decode_step_shapes_do_not_change_from_step_to_step(pipe, tiny_dir):
+    encs = _requests(pipe, tiny_dir)[:3]
+    shapes = []
+
+    def record(module, args):
+        x, positions, mask = args[0], args[1], args[2]
+        if x.shape[1] == 1:  # decode steps only
+            shapes.append((tuple(x.shape), tuple(positions.shape), tuple(mask.shape)))
+
+    engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id)
+    for e in encs:
+        engine.add_request(e, SamplingParams(max_new_tokens=20, stop_token_ids=()))
+    while engine.prefilling is not None or engine.waiting:  # all three prompts in
+        engine.step()
+    handle = pipe.model.language_model.model.register_forward_pre_hook(record)
+    try:
+        for _ in range(8):
+            engine.step()
+    finally:
+        handle.remove()
+    assert len(shapes) == 8 and len(set(shapes)) == 1 and shapes[0][0][0] == 3
+
+
+def test_a_media_cache_hit_does_not_run_the_vision_tower(pipe, tiny_dir):
+    calls = []
+    handle = pipe.model.vision_model.register_forward_hook(lambda *_: calls.append(1))
+    images = [_img(tiny_dir, "m1.png"), _img(tiny_dir, "m2.png")]
+    first = pipe.encode("Image 1: <|image|> Image 2: <|image|>. Compare.", images)
+    second = pipe.encode(
+        [{"role": "user", "content": "Image 1: <|image|> Image 2: <|image|>. Compare."},
+         {"role": "assistant", "content": "They differ."},
+         {"role": "user", "content": "How?"}],
+        images,
+    )  # fmt: skip
+    params = SamplingParams(max_new_tokens=6)
+    try:
+        engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id)
+        _run(engine, [first], params)
+        assert calls and engine.media_cache_hits == 0
+        calls.clear()
+        answer = _run(engine, [second], params)[0]
+        assert calls == [] and engine.media_cache_hits == 2  # the second turn resends both pictures
+        stops, pad = pipe.processor.stop_token_ids, pipe.processor.pad_token_id
+        fresh = Engine(pipe.model, stops, pad, media_cache_mb=0)
+        assert _run(fresh, [second], params)[0] == answer and fresh.media_cache_hits == 0
+    finally:
+        handle.remove()
+
+
+def test_a_long_prefill_is_split_between_the_running_requests_decode_steps(pipe, tiny_dir):
+    encs = _requests(pipe, tiny_dir)
+    engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id,
+                    prefill_chunk=4, vision_chunk_size=1)  # fmt: skip
+    first = engine.add_request(encs[0], SamplingParams(max_new_tokens=200, stop_token_ids=()))
+    while not engine.running:
+        engine.step()
+    video = engine.add_request(encs[3], SamplingParams(max_new_tokens=3))  # five frames, a long prompt
+    steps = 0
+    while engine.prefilling is not None or engine.waiting:
+        events = engine.step()
+        steps += 1
+        assert [e.request_id for e in events if e.request_id == first] == [first]  # a token every step
+    n = encs[3].input_ids.shape[0]
+    assert steps >= 5 + n // 4  # one frame, then four prompt tokens, per step
+    assert any(r.id == video for r in engine.running) or engine.has_unfinished

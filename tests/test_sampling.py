@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from owl3.errors import Owl3Error
-from owl3.inference.sampling import SamplingParams, apply_repetition_penalty, make_generator, sample
+from owl3.inference.sampling import (
+    RowSampling,
+    SamplingParams,
+    apply_repetition_penalty,
+    sample,
+    uniform_noise,
+)
 
 
 def _logits(b: int = 4, v: int = 50, seed: int = 0) -> torch.Tensor:
@@ -36,7 +43,7 @@ def test_top_k_1_is_greedy(temperature: float) -> None:
     for x in (_logits(), _tied_logits()):
         params = SamplingParams(temperature=temperature, top_k=1)
         for seed in range(5):
-            ids = sample(x, params, generator=make_generator(seed))
+            ids = sample(x, replace(params, seed=seed))
             assert torch.equal(ids, torch.argmax(x, dim=-1))
 
 
@@ -45,18 +52,18 @@ def test_tiny_top_p_is_greedy(temperature: float) -> None:
     for x in (_logits(), _tied_logits()):
         params = SamplingParams(temperature=temperature, top_p=1e-6)
         for seed in range(5):
-            ids = sample(x, params, generator=make_generator(seed))
+            ids = sample(x, replace(params, seed=seed))
             assert torch.equal(ids, torch.argmax(x, dim=-1))
 
 
 @pytest.mark.parametrize("extra", [{}, {"top_k": 10}, {"top_p": 0.9}, {"top_k": 10, "top_p": 0.9}])
 def test_seeded_runs_reproducible_and_seeds_differ(extra: dict) -> None:
-    x = _logits(8, 50)
+    x = torch.randn(4, 50)
     params = SamplingParams(temperature=1.0, **extra)
 
     def run(seed: int) -> torch.Tensor:
-        g = make_generator(seed)
-        return torch.stack([sample(x, params, generator=g) for _ in range(50)])  # (50, B)
+        rows = RowSampling.same(replace(params, seed=seed), 4)
+        return torch.stack([sample(x, rows, steps=n) for n in range(50)])  # (50, B): 50 tokens a row
 
     a, b, c = run(123), run(123), run(456)
     assert torch.equal(a, b)
@@ -64,15 +71,25 @@ def test_seeded_runs_reproducible_and_seeds_differ(extra: dict) -> None:
     assert (a != c).float().mean() > 0.2  # not just one stray draw
 
 
-def test_make_generator() -> None:
-    assert make_generator(None) is None
-    g = make_generator(7)
-    assert isinstance(g, torch.Generator) and g.initial_seed() == 7
+def test_a_rows_draw_depends_on_its_seed_and_step_only() -> None:
+    # the continuous-batching guarantee: a request draws the same tokens alone or in any batch
+    x = torch.randn(5, 40)
+    settings = [SamplingParams(temperature=t, top_p=p, top_k=k) for t, p, k in
+                [(1.0, 1.0, 0), (0.7, 0.9, 0), (1.3, 1.0, 5), (0.0, 1.0, 0), (1.0, 0.5, 8)]]  # fmt: skip
+    seeds, steps = [11, 22, 33, 44, 55], torch.tensor([0, 3, 9, 1, 4])
+    together = sample(x, RowSampling.of(settings, seeds), steps=steps)
+    for i in range(5):
+        alone = sample(x[i : i + 1], RowSampling.of([settings[i]], [seeds[i]]), steps=steps[i : i + 1])
+        assert alone.item() == together[i].item()
+    assert together[3].item() == x[3].argmax().item()  # the greedy row
+    noise = uniform_noise(torch.tensor([1, 1, 2]), torch.tensor([0, 1, 0]), 1000)
+    assert 0 < noise.min() and noise.max() < 1 and abs(noise.mean().item() - 0.5) < 0.02
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], noise[2])
 
 
 def _frequencies(logits_row: torch.Tensor, params: SamplingParams, n: int = 200_000) -> torch.Tensor:
-    x = logits_row.expand(n, -1)  # (N, V): N independent rows = N draws
-    ids = sample(x, params, generator=make_generator(2024))
+    x = logits_row.expand(n, -1)  # (N, V): N rows with seeds 2024, 2025, ... = N independent draws
+    ids = sample(x, replace(params, seed=2024))
     return torch.bincount(ids, minlength=logits_row.numel()).double() / n  # (V,)
 
 

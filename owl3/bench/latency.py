@@ -98,37 +98,34 @@ def make_prompt(subject: Subject, n: int, spec: LatencySpec) -> tuple[torch.Tens
 
 class StageTimedEngine(Engine):
     """The engine, timing where the first token's time goes: `stage_seconds` holds the wall seconds of the
-    vision side (`vision_s`: tower, projector, visual K/V) and of the prefill (`prefill_s`) of the last
-    request, each ended by a device synchronization. `recompute_visual_kv` recomputes every hyper layer's
-    visual K/V at every forward, as the official code does at every decode step."""
+    vision side (`vision_s`: tower, projector, visual K/V) and of the text prefill with the first token
+    (`prefill_s`) of the requests since the last `reset_stages()`, each ended by a device synchronization.
+    `recompute_visual_kv` recomputes every hyper layer's visual K/V at every forward, as the official
+    code does at every decode step."""
 
     def __init__(self, *args, recompute_visual_kv: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.recompute_visual_kv = recompute_visual_kv
-        self.stage_seconds: dict[str, float] = {}
+        self.stage_seconds = {"vision_s": 0.0, "prefill_s": 0.0}
 
     def _clock(self) -> float:
         sync(self.model.device)
         return time.perf_counter()
 
-    def encode_visual(self, encodings):
-        if not self.recompute_visual_kv or all(e.pixel_values is None for e in encodings):
-            return super().encode_visual(encodings)
-        ctx = self.encode_features(encodings)
-        ctx.recompute = True
-        return ctx
-
-    def prepare(self, encodings, max_new_tokens):
+    def _encode_views(self, req) -> None:
         t0 = self._clock()
-        batch = super().prepare(encodings, max_new_tokens)
-        self.stage_seconds = {"vision_s": self._clock() - t0}
-        return batch
+        if self.recompute_visual_kv:
+            req.visual = self.encode_features([req.enc])
+            req.visual.recompute = True
+        else:
+            super()._encode_views(req)
+        self.stage_seconds["vision_s"] += self._clock() - t0
 
-    def _prefill(self, batch):
+    def _prefill_text(self, req):
         t0 = self._clock()
-        out = super()._prefill(batch)
-        self.stage_seconds["prefill_s"] = self._clock() - t0
-        return out
+        events = super()._prefill_text(req)
+        self.stage_seconds["prefill_s"] += self._clock() - t0
+        return events
 
 
 def _engine(subject: Subject, method: str, prompt_len: int, spec: LatencySpec) -> StageTimedEngine:
@@ -139,8 +136,11 @@ def _engine(subject: Subject, method: str, prompt_len: int, spec: LatencySpec) -
         model,
         stop_token_ids=(),  # random weights: never stop early, always time new_tokens tokens
         pad_token_id=0,
-        vision_chunk_size=spec.vision_chunk,
-        max_positions=prompt_len + spec.new_tokens + 1,  # the baseline may pass the LLM's context
+        max_model_len=prompt_len + spec.new_tokens + 1,  # the baseline may pass the LLM's context
+        max_num_seqs=1,
+        prefill_chunk=prompt_len,  # the whole prompt in one forward, as the official code and the baseline
+        vision_chunk_size=max(spec.vision_chunk, 1),
+        media_cache_mb=0,  # every point and repeat encodes its images anew
         compile_decode=spec.compile,
         recompute_visual_kv=method == "official",
     )

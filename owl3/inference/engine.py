@@ -1,21 +1,35 @@
-"""The generation engine: batched prefill, cached decode, events as a generator.
+"""The generation engine: continuous batching over a pool of KV slots.
 
-A batch of encoded requests is left-padded into one (B, L) prompt; each row keeps its own raw positions
-(0..len-1), so RoPE, MI-RoPE and the `s_k < p` image mask are exactly those of the row run alone. The
-visual features of all images of the batch are encoded in one chunked pass, and every hyper layer turns
-them into keys/values once, at prefill; each decode step then costs one token through the LLM.
-A request may start from a saved `PromptMemory` (owl3/inference/memory.py): its prefix's text KV and
-visual K/V are copied in and only the rest of the prompt is prefilled.
+Requests join a running batch between decode steps and leave when they finish (`add_request`, `abort`,
+`step`). Each `step()` does a bounded piece of one newcomer's prefill (its next `vision_chunk_size` views
+through the vision tower and into its hyper layers' K/V, or its next `prefill_chunk` prompt tokens), then
+one decode token for every running request, in one forward. So a 400-image prompt never stalls the other
+streams for its whole prefill, and a finished request's slot is free for the next one at once.
 
-The engine knows tensors and token ids only: templates and text are the processor's and the API's job.
+- Text KV: one `KVPool` (slots x capacity per layer). Decoding requests sit in slots 0..n-1 (a leaving
+  request's slot is filled by the last one), so the decode step reads views of the pool, with the same
+  shapes from step to step (its key window grows in buckets of `kv_bucket` tokens); the request being
+  prefilled has a slot of its own past them.
+- Visual K/V: each request keeps its own (no padding to the largest image count); rows without media
+  skip the cross branch (`RowVisuals`). The projected features of every view are kept in a byte-bounded
+  LRU keyed by its pixels (`MediaCache`): a conversation that resends its pictures runs no vision tower.
+- Sampling: every row has its own settings and its own seeded stream, in one batched operation
+  (`sampling.sample`): a request's tokens do not depend on who else is in the batch.
+- A request may start from a saved `PromptMemory` (owl3/inference/memory.py): its prefix's text KV and
+  visual K/V go into its slot, and only the rest of the prompt is prefilled.
+
+The engine knows tensors and token ids only: templates and text are the processor's and the API's job. It
+is not thread-safe: one thread owns it (the server's worker, or the caller of `generate`).
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -23,18 +37,20 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from owl3.errors import Owl3Error
-from owl3.inference.kv_cache import KVCache
-from owl3.inference.sampling import SamplingParams, make_generator, sample
-from owl3.model import Owl3Model, VisualContext
+from owl3.inference.kv_cache import DecodeView, KVPool, SlotView
+from owl3.inference.media_cache import MediaCache
+from owl3.inference.sampling import RowSampling, SamplingParams, request_seed, sample
+from owl3.model import Owl3Model, RowVisuals, VisualContext
 from owl3.model.layers import causal_mask
 from owl3.processing import Encoding
 
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token of request `index`; `finish_reason` is "stop" or "length" on its last token."""
+    """One generated token of a request; `finish_reason` ("stop", "length" or "abort") on its last event.
+    An abort event carries token_id -1."""
 
-    index: int
+    request_id: int
     token_id: int
     finish_reason: str | None = None
 
@@ -53,8 +69,7 @@ COMPILE_BACKEND = "inductor"
 def compiled(model: torch.nn.Module):
     """`torch.compile(model)` for the decode step, made once per model (its graphs survive engines).
 
-    Sizes are symbolic (`dynamic=True`): one graph serves every step (the cache grows by one slot per
-    step) and every request (tests/test_engine.py counts the graphs).
+    Sizes are symbolic (`dynamic=True`): one graph serves every batch size and key window.
     """
     if model not in _COMPILED:
         _COMPILED[model] = torch.compile(model, dynamic=True, backend=COMPILE_BACKEND)
@@ -88,15 +103,29 @@ class PromptMemory(Protocol):
     def visual_context(self) -> VisualContext: ...
 
 
-@dataclass
-class Prefill:
-    """A padded batch ready for the model."""
+@dataclass(eq=False)
+class Request:
+    """A request's state inside the engine."""
 
-    input_ids: Tensor  # (B, L) left-padded
-    positions: Tensor  # (B, L) raw positions per row (padding: 0)
-    key_valid: Tensor  # (B, max_len) bool: slot holds a real token
-    visual: VisualContext | None
-    lengths: list[int]
+    id: int
+    enc: Encoding
+    params: SamplingParams
+    seed: int
+    stop: frozenset[int]
+    memory: PromptMemory | None = None
+    visual: VisualContext | None = None
+    kv: dict[int, tuple[Tensor, Tensor]] | None = None  # visual K/V being written, view by view
+    views_done: int = 0
+    prefilled: int = 0  # prompt tokens in the KV cache
+    generated: list[int] = field(default_factory=list)
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.enc.input_ids.shape[0])
+
+    @property
+    def n_views(self) -> int:
+        return 0 if self.enc.pixel_values is None else int(self.enc.pixel_values.shape[0])
 
 
 class Engine:
@@ -105,36 +134,154 @@ class Engine:
         model: Owl3Model,
         stop_token_ids: Sequence[int],
         pad_token_id: int,
+        *,
+        max_num_seqs: int = 8,
+        max_model_len: int | None = None,
+        prefill_chunk: int = 2048,
         vision_chunk_size: int = 64,
-        max_positions: int | None = None,
+        media_cache_mb: float = 512,
+        kv_bucket: int = 256,
         compile_decode: bool = False,
         split_prefill: bool | None = None,
     ) -> None:
+        if max_num_seqs < 1 or prefill_chunk < 1 or vision_chunk_size < 1 or kv_bucket < 1:
+            raise Owl3Error("max_num_seqs, prefill_chunk, vision_chunk_size and kv_bucket must be >= 1")
         self.model = model
         self.stop_token_ids = tuple(stop_token_ids)
         self.pad_token_id = pad_token_id
-        self.vision_chunk_size = vision_chunk_size
+        self.max_num_seqs = max_num_seqs
         # prompt + answer never exceed this many tokens (default: the model's max_position_embeddings)
-        self.max_positions = max_positions or model.cfg.text.max_position_embeddings
-        # the decode step (one token per row) may run through torch.compile; prefill never does
-        self._decode_model = compiled(model) if compile_decode else model
+        self.max_model_len = max_model_len or model.cfg.text.max_position_embeddings
+        self.prefill_chunk = prefill_chunk
+        self.vision_chunk_size = vision_chunk_size
+        self.kv_bucket = kv_bucket
         # the prefill's split cross-attention (VisualContext.split_prefill): None = on CUDA only
         self.split_prefill = split_prefill
+        # the decode step (one token per row) may run through torch.compile; prefill never does
+        self._decode_model = compiled(model) if compile_decode else model
+        self.media_cache = MediaCache(int(media_cache_mb * 2**20))
+        self._ids = itertools.count()
+        self.waiting: deque[Request] = deque()
+        self.prefilling: Request | None = None
+        self.running: list[Request] = []  # running[i] decodes in slot i
+        self._events: list[TokenEvent] = []  # abort events for the next step
+        self._pool: KVPool | None = None
+        self._batch: tuple[RowSampling, RowVisuals | None] | None = None  # of `running`, made on change
+        self._slot_state: dict[str, Tensor] = {}
+        self._seen_pool: Tensor | None = None  # (slots, V) bool, made when a request first needs it
 
+    # ------------------------------------------------------------------ requests
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.running or self._events)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running) + (self.prefilling is not None)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def media_cache_hits(self) -> int:
+        return self.media_cache.hits
+
+    def check_length(self, n: int, index: int = 0, reserve: int = 1) -> None:
+        """Refuse a prompt that leaves fewer than `reserve` positions for the answer."""
+        if n + reserve > self.max_model_len:
+            raise Owl3Error(
+                f"prompt {index} is {n} tokens long, but the model handles at most "
+                f"{self.max_model_len - reserve} prompt tokens (max_position_embeddings); "
+                "shorten the text or use fewer images/frames"
+            )
+
+    def add_request(
+        self, encoding: Encoding, params: SamplingParams, memory: PromptMemory | None = None
+    ) -> int:
+        """Queue a request; returns its id. Raises `Owl3Error` for bad sampling values, a prompt over the
+        context, or a prompt that does not continue `memory`'s."""
+        params.validate()
+        self.check_length(int(encoding.input_ids.shape[0]))
+        if memory is not None:
+            n, p = int(encoding.input_ids.shape[0]), int(memory.prefix_ids.shape[0])
+            if n <= p or not torch.equal(encoding.input_ids[:p].cpu(), memory.prefix_ids.cpu()):
+                raise Owl3Error(
+                    "the prompt does not continue the memory's prompt; ask through the memory's own API "
+                    '(owl3 generate --memory FILE "question") so the prompt starts the same way'
+                )
+        stop = frozenset(self.stop_token_ids) | frozenset(params.stop_token_ids)
+        req = Request(next(self._ids), encoding, params, request_seed(params), stop, memory)
+        self.waiting.append(req)
+        return req.id
+
+    def abort(self, request_id: int) -> bool:
+        """Drop a request wherever it is; its slot is free at once and the next `step()` reports
+        TokenEvent(request_id, -1, "abort"). False if the engine does not hold it (finished or unknown)."""
+        for i, r in enumerate(self.running):
+            if r.id == request_id:
+                with torch.inference_mode():  # the pool's tensors are inference tensors
+                    self._release(i)
+                break
+        else:
+            if self.prefilling is not None and self.prefilling.id == request_id:
+                self.prefilling = None
+            elif any(r.id == request_id for r in self.waiting):
+                self.waiting = deque(r for r in self.waiting if r.id != request_id)
+            else:
+                return False
+        self._events.append(TokenEvent(request_id, -1, "abort"))
+        return True
+
+    def step(self) -> list[TokenEvent]:
+        """One scheduler step: a piece of the next newcomer's prefill, then one token for every running
+        request. Returns the events of this step, in order."""
+        events, self._events = self._events, []
+        if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
+            self._admit(self.waiting.popleft())
+        with torch.inference_mode(), attention_kernels(self.model.device):
+            if self.prefilling is not None:
+                events += self._prefill_step(self.prefilling)
+            if self.running:
+                events += self._decode_step()
+        return events
+
+    def generate(
+        self, encodings: Sequence[Encoding], params: SamplingParams, memory: PromptMemory | None = None
+    ) -> Iterator[TokenEvent]:
+        """Run requests to their end: a TokenEvent per generated token, `request_id` being the request's
+        index in `encodings`. Closing the iterator early aborts what is left."""
+        if not encodings:
+            raise Owl3Error("nothing to generate: the batch is empty")
+        for i, e in enumerate(encodings):  # refuse the batch before queueing any of it
+            self.check_length(int(e.input_ids.shape[0]), i)
+        index = {self.add_request(e, params, memory): i for i, e in enumerate(encodings)}
+        left = set(index)
+        try:
+            while left:
+                for ev in self.step():
+                    if ev.request_id in index:
+                        if ev.finished:
+                            left.discard(ev.request_id)
+                        yield replace(ev, request_id=index[ev.request_id])
+        finally:
+            for rid in left:
+                self.abort(rid)
+            self._events = [ev for ev in self._events if ev.request_id not in index]
+
+    # ------------------------------------------------------------------ visual side
     def encode_visual(self, encodings: Sequence[Encoding]) -> VisualContext | None:
-        """Encode every image of the batch in one chunked pass; None if the batch has no image."""
+        """Every image of a batch at once (a forward outside the step loop: `logits`, `watch`); None if
+        the batch has no image. One request goes straight to the hyper layers' K/V, through the media
+        cache; several get padded features."""
         if all(e.pixel_values is None for e in encodings):
             return None
         if len(encodings) == 1 and isinstance(self.model, Owl3Model):
-            # one request (a long video, hundreds of images): straight to the hyper layers' K/V, chunk by
-            # chunk, without holding the projected features of every image
-            e = encodings[0]
-            kv = self.model.encode_visual_kv(e.pixel_values, e.media_starts, self.vision_chunk_size)
-            ctx = VisualContext.from_kv(kv, e.media_starts, self.model.cfg.vision.n_tokens)
-        else:
-            ctx = self.encode_features(encodings)
-        ctx.split_prefill = self.split_prefill
-        return ctx
+            req = Request(-1, encodings[0], SamplingParams(), 0, frozenset())
+            while req.visual is None:
+                self._encode_views(req)
+            return req.visual
+        return self.encode_features(encodings)
 
     def encode_features(self, encodings: Sequence[Encoding]) -> VisualContext:
         """The batch's projected visual features, padded per row; each hyper layer's K/V follow lazily."""
@@ -150,141 +297,168 @@ class Engine:
         ctx.split_prefill = self.split_prefill
         return ctx
 
-    def check_length(self, n: int, index: int = 0, reserve: int = 1) -> None:
-        """Refuse a prompt that leaves fewer than `reserve` positions for the answer."""
-        if n + reserve > self.max_positions:
-            raise Owl3Error(
-                f"prompt {index} is {n} tokens long, but the model handles at most "
-                f"{self.max_positions - reserve} prompt tokens (max_position_embeddings); "
-                "shorten the text or use fewer images/frames"
-            )
-
-    def prepare(self, encodings: Sequence[Encoding], max_new_tokens: int) -> Prefill:
-        if not encodings:
-            raise Owl3Error("nothing to generate: the batch is empty")
-        lengths = [int(e.input_ids.shape[0]) for e in encodings]
-        for i, n in enumerate(lengths):
-            self.check_length(n, i)
-        dev = self.model.device
-        b, width = len(encodings), max(lengths)
-        max_len = width + max_new_tokens
-        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        positions = torch.zeros((b, width), dtype=torch.long)
-        key_valid = torch.zeros((b, max_len), dtype=torch.bool)
-        for i, (e, n) in enumerate(zip(encodings, lengths, strict=True)):
-            ids[i, width - n :] = e.input_ids
-            positions[i, width - n :] = torch.arange(n)
-            key_valid[i, width - n : width] = True
-        return Prefill(
-            ids.to(dev), positions.to(dev), key_valid.to(dev), self.encode_visual(encodings), lengths
-        )
-
-    @torch.inference_mode()
-    def generate(
-        self, encodings: Sequence[Encoding], params: SamplingParams, memory: PromptMemory | None = None
-    ) -> Iterator[TokenEvent]:
-        """Yield a TokenEvent per generated token of each request, until all have finished.
-
-        With `memory` (one request whose prompt starts with the memory's prefix), the prefix's text KV and
-        visual K/V are taken from the memory and only the rest of the prompt is prefilled.
-        """
-        params.validate()
-        if memory is None:
-            batch = self.prepare(encodings, params.max_new_tokens)
-            cache, logits = self._prefill(batch)
+    def _encode_views(self, req: Request) -> None:
+        """The next `vision_chunk_size` views of `req`: features from the media cache or the tower, then
+        into the request's hyper-layer K/V; sets `req.visual` after the last one."""
+        model, pixels = self.model, req.enc.pixel_values
+        if not isinstance(model, Owl3Model):  # e.g. the concatenation baseline: features, all at once
+            req.visual = self.encode_features([req.enc])
+            return
+        t = model.cfg.vision.n_tokens
+        if req.kv is None:
+            req.kv = model.visual_kv_buffers(req.n_views)
+        a, b = req.views_done, min(req.n_views, req.views_done + self.vision_chunk_size)
+        cache = self.media_cache
+        if cache.enabled:
+            keys = cache.keys(pixels[a:b])
+            cached: list[Tensor | None] = [cache.get(k) for k in keys]
+            todo = [i for i, f in enumerate(cached) if f is None]
+            if todo:
+                new = model.encode_media(pixels[[a + i for i in todo]], None)  # (n, T, D)
+                for j, i in enumerate(todo):
+                    cached[i] = new[j]
+                    cache.put(keys[i], new[j])
+            feats = torch.stack(cached)
         else:
-            batch, cache, logits = self._prefill_from_memory(encodings, memory, params.max_new_tokens)
-        if batch.visual is not None:
-            batch.visual.start_decoding()  # from here on every query lies after all of its images
-        model, b = self.model, len(encodings)
+            feats = model.encode_media(pixels[a:b], None)  # (b - a, T, D)
+        positions = VisualContext.layout(req.enc.media_starts, t, model.device)[1][None]
+        model.write_visual_kv(req.kv, feats, positions, a)
+        req.views_done = b
+        if b == req.n_views:
+            req.visual = VisualContext.from_kv(req.kv, req.enc.media_starts, t)
+            req.visual.split_prefill = self.split_prefill
+            req.kv = None
 
-        stop = set(self.stop_token_ids) | set(params.stop_token_ids)
+    # ------------------------------------------------------------------ scheduling
+    def _pool_for(self, length: int) -> KVPool:
+        if self._pool is None:
+            m = self.model
+            self._pool = KVPool(m.cfg.text, self.max_num_seqs + 1, self.max_model_len, m.dtype, m.device)
+            s, dev = self.max_num_seqs + 1, m.device
+            self._slot_state = {
+                "length": torch.zeros(s, dtype=torch.long, device=dev),  # tokens in the slot's cache
+                "steps": torch.zeros(s, dtype=torch.long, device=dev),  # tokens generated
+                "next": torch.zeros(s, dtype=torch.long, device=dev),  # the token to feed next
+            }
+        self._pool.ensure(length)
+        return self._pool
+
+    @property
+    def _prefill_slot(self) -> int:
+        return self.max_num_seqs
+
+    def _admit(self, req: Request) -> None:
+        self.prefilling = req
+        if req.memory is not None:
+            mem = req.memory
+            self._pool_for(int(mem.prefix_ids.shape[0])).load(self._prefill_slot, mem.text_kv)
+            req.prefilled = int(mem.prefix_ids.shape[0])
+            req.visual = mem.visual_context()
+            req.visual.split_prefill = self.split_prefill
+
+    def _prefill_step(self, req: Request) -> list[TokenEvent]:
+        if req.enc.pixel_values is not None and req.visual is None:
+            self._encode_views(req)
+            return []
+        return self._prefill_text(req)
+
+    def _prefill_text(self, req: Request) -> list[TokenEvent]:
+        """The next `prefill_chunk` prompt tokens of `req`; after the last, its first token."""
+        n, p = req.prompt_len, req.prefilled
+        c = min(self.prefill_chunk, n - p)
+        pool = self._pool_for(p + c)
+        dev = self.model.device
+        ids = req.enc.input_ids[p : p + c].to(dev)[None]  # (1, c)
+        positions = torch.arange(p, p + c, device=dev)[None]
+        # the first chunk is plainly causal (fused kernels, no mask); later ones also see the earlier part
+        mask = None if p == 0 else causal_mask(torch.ones(1, p + c, dtype=torch.bool, device=dev), c)
+        logits = self.model(ids, positions, mask, SlotView(pool, self._prefill_slot, p), req.visual, True)
+        req.prefilled = p + c
+        if req.prefilled < n:
+            return []
+        # the prompt is in: its first token, then the request joins the decode batch
+        self.prefilling = None
+        rows = RowSampling.of([req.params], [req.seed], dev)
         seen = None
-        if params.repetition_penalty != 1.0:
-            seen = torch.zeros_like(logits, dtype=torch.bool)
-            for i, e in enumerate(encodings):
-                seen[i, e.input_ids.to(seen.device)] = True
-        # one generator per request, so a request samples the same tokens alone or in a batch
-        gens = [make_generator(params.seed, model.device) for _ in range(b)]
-        pos = torch.tensor(batch.lengths, device=model.device)  # next raw position per row
-        # rows are left-padded to the longest prompt: the host knows, no device reduction needed
-        padded = min(batch.lengths) < cache.length
-        active = [True] * b
-        for step in range(params.max_new_tokens):
-            next_ids = self._pick(logits, params, seen, gens)  # (B,)
-            for i, tok in enumerate(next_ids.tolist()):
-                if not active[i]:
-                    continue
-                reason = None
-                if tok in stop:
-                    reason = "stop"
-                elif step + 1 == params.max_new_tokens or batch.lengths[i] + step + 1 >= self.max_positions:
-                    reason = "length"
-                active[i] = reason is None
-                yield TokenEvent(i, tok, reason)
-            if not any(active):
-                return
-            if seen is not None:
-                seen[torch.arange(b), next_ids] = True
-            slot = cache.length
-            batch.key_valid[:, slot] = True
-            # (B, 1, 1, S); none when no row is padded: every cached slot is then a real token
-            mask = batch.key_valid[:, None, None, : slot + 1] if padded else None
-            with attention_kernels(model.device):
-                logits = self._decode_model(
-                    next_ids[:, None], pos[:, None], mask, cache, batch.visual, last_only=True
-                )[:, -1]
-            cache.advance(1)
-            pos += 1
+        if rows.any_penalty:
+            seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=dev)
+            seen[0, req.enc.input_ids.to(dev)] = True
+        token = int(sample(logits[:, -1], rows, seen, 0).item())
+        event = self._record(req, token)
+        if event.finished:
+            return [event]
+        slot = len(self.running)
+        pool.move(self._prefill_slot, slot, n)
+        st = self._slot_state
+        st["length"][slot], st["steps"][slot], st["next"][slot] = n, 1, token
+        if seen is not None:
+            self._seen()[slot] = seen[0]
+            self._seen()[slot, token] = True
+        if req.visual is not None:
+            req.visual.start_decoding()  # from here on every query lies after all of its images
+        self.running.append(req)
+        self._batch = None
+        return [event]
 
-    def _prefill(self, batch: Prefill) -> tuple[KVCache, Tensor]:
-        model = self.model
-        b, width = batch.input_ids.shape
-        cache = KVCache(model.cfg.text, b, batch.key_valid.shape[1], model.dtype, model.device)
-        # no padding: plain causal attention (fused kernels skip the masked half; no (L, L) mask is built)
-        mask = None if min(batch.lengths) == width else causal_mask(batch.key_valid[:, :width], width)
-        with attention_kernels(model.device):
-            logits = model(batch.input_ids, batch.positions, mask, cache, batch.visual, last_only=True)[:, -1]
-        cache.advance(width)
-        return cache, logits
+    def _decode_step(self) -> list[TokenEvent]:
+        n, st, dev = len(self.running), self._slot_state, self.model.device
+        longest = max(r.prompt_len + len(r.generated) for r in self.running)  # host-side: no sync
+        pool = self._pool_for(longest)
+        window = min(pool.capacity, -(-longest // self.kv_bucket) * self.kv_bucket)
+        if self._batch is None:
+            rows = RowSampling.of([r.params for r in self.running], [r.seed for r in self.running], dev)
+            media = [r.visual for r in self.running]
+            self._batch = (rows, RowVisuals(media, dev) if any(v is not None for v in media) else None)
+        rows, visual = self._batch
+        length = st["length"][:n]
+        # (n, 1, 1, window): row i sees its own slot's tokens 0..length[i] (the new one included)
+        mask = (torch.arange(window, device=dev)[None, :] <= length[:, None])[:, None, None, :]
+        logits = self._decode_model(
+            st["next"][:n, None], length[:, None], mask, DecodeView(pool, length, window), visual, True
+        )[:, -1]
+        seen = self._seen()[:n] if rows.any_penalty else None
+        tokens = sample(logits, rows, seen, st["steps"][:n])  # (n,)
+        st["length"][:n] += 1
+        st["steps"][:n] += 1
+        st["next"][:n] = tokens
+        if seen is not None:
+            seen[torch.arange(n, device=dev), tokens] = True
+        events = [self._record(r, t) for r, t in zip(self.running, tokens.tolist(), strict=True)]
+        for i in reversed(range(n)):  # from the end, so that moving the last request fills a hole
+            if events[i].finished:
+                self._release(i)
+        return events
 
-    def _prefill_from_memory(
-        self, encodings: Sequence[Encoding], memory: PromptMemory, max_new_tokens: int
-    ) -> tuple[Prefill, KVCache, Tensor]:
-        if len(encodings) != 1:
-            raise Owl3Error("a saved memory answers one request at a time; pass a single conversation")
-        enc = encodings[0]
-        model, dev = self.model, self.model.device
-        n, p = int(enc.input_ids.shape[0]), int(memory.prefix_ids.shape[0])
-        if n <= p or not torch.equal(enc.input_ids[:p].cpu(), memory.prefix_ids.cpu()):
-            raise Owl3Error(
-                "the prompt does not continue the memory's prompt; ask through the memory's own API "
-                '(owl3 generate --memory FILE "question") so the prompt starts the same way'
+    def _record(self, req: Request, token: int) -> TokenEvent:
+        req.generated.append(token)
+        reason = None
+        if token in req.stop:
+            reason = "stop"
+        elif len(req.generated) == req.params.max_new_tokens or (
+            req.prompt_len + len(req.generated) >= self.max_model_len
+        ):
+            reason = "length"
+        return TokenEvent(req.id, token, reason)
+
+    def _release(self, slot: int) -> None:
+        """Free running slot `slot`: the last running request moves into it."""
+        last = len(self.running) - 1
+        if slot != last:
+            moved = self.running[last]
+            self._pool.move(last, slot, moved.prompt_len + len(moved.generated))
+            for t in self._slot_state.values():
+                t[slot] = t[last]
+            if self._seen_pool is not None:
+                self._seen_pool[slot] = self._seen_pool[last]
+            self.running[slot] = moved
+        self.running.pop()
+        self._batch = None
+
+    def _seen(self) -> Tensor:
+        """(slots, V) bool: the ids in each slot's context (for repetition penalties), made on first use."""
+        if self._seen_pool is None:
+            vocab = self.model.cfg.text.vocab_size
+            self._seen_pool = torch.zeros(
+                self.max_num_seqs + 1, vocab, dtype=torch.bool, device=self.model.device
             )
-        self.check_length(n)
-        cache = KVCache(model.cfg.text, 1, n + max_new_tokens, model.dtype, dev)
-        cache.load_prefix(memory.text_kv)
-        key_valid = torch.zeros((1, n + max_new_tokens), dtype=torch.bool, device=dev)
-        key_valid[:, :n] = True
-        visual = memory.visual_context()
-        visual.split_prefill = self.split_prefill
-        ids = enc.input_ids[p:].to(dev)[None]  # (1, n - p): only the new part of the prompt runs
-        positions = torch.arange(p, n, device=dev)[None]
-        mask = causal_mask(key_valid[:, :n], n - p)
-        with attention_kernels(dev):
-            logits = model(ids, positions, mask, cache, visual, last_only=True)[:, -1]
-        cache.advance(n - p)
-        batch = Prefill(ids, positions, key_valid, visual, [n])
-        return batch, cache, logits
-
-    @staticmethod
-    def _pick(
-        logits: Tensor, params: SamplingParams, seen: Tensor | None, gens: list[torch.Generator | None]
-    ) -> Tensor:
-        if params.greedy:
-            return sample(logits, params, seen)
-        rows = [
-            sample(logits[i : i + 1], params, None if seen is None else seen[i : i + 1], g)
-            for i, g in enumerate(gens)
-        ]
-        return torch.cat(rows)
+        return self._seen_pool

@@ -126,6 +126,23 @@ class VisualContext:
         self.decode_mask = self.make_decode_mask()  # the same at every step; made outside compiled code
 
 
+@dataclass
+class RowVisuals:
+    """The visual side of a decode step whose rows are separate requests, each with its own
+    `VisualContext` (already past its prompt, K/V computed) or None (a text-only row, which skips the
+    cross branch). Rows keep their own visual tokens: none is padded to the longest."""
+
+    rows: list[VisualContext | None]
+    device: torch.device | str = "cpu"
+    after_prompt: bool = True  # decode only
+
+    def __post_init__(self) -> None:
+        self.with_media = [i for i, r in enumerate(self.rows) if r is not None]
+        # (B,) which rows take the gated cross branch; None when every row does
+        flags = [r is not None for r in self.rows]
+        self.has_media = None if all(flags) else torch.tensor(flags, device=self.device)
+
+
 def visual_kv(
     ctx: VisualContext,
     layer_idx: int,
@@ -380,7 +397,7 @@ def _lse_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def gate(
-    a_self: Tensor, a_cross: Tensor, seen: Tensor, gate_proj: nn.Module, all_seen: bool = False
+    a_self: Tensor, a_cross: Tensor, seen: Tensor | None, gate_proj: nn.Module, all_seen: bool = False
 ) -> Tensor:
     """Adaptive gate, one Linear(d, d) shared by all heads.
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from owl3.config import Owl3Config
-from owl3.model.hyper import VisualContext, project_kv_chunked
+from owl3.model.hyper import RowVisuals, VisualContext, project_kv_chunked
 from owl3.model.text import Cache, Qwen2ForCausalLM
 from owl3.model.vision import SiglipVisionModel
 
@@ -61,21 +61,42 @@ class Owl3Model(nn.Module):
         as the K/V of all hyper layers together (7B: 5.2 vs 5.8 MB), so a long request fits twice the
         images. Inference only: training needs the features in the autograd graph.
         """
-        n, t, cfg = pixels.shape[0], self.cfg.vision.n_tokens, self.cfg.text
+        n, t = pixels.shape[0], self.cfg.vision.n_tokens
         if len(starts) != n:
             raise ValueError(f"{n} images but {len(starts)} image tokens")
-        lm = self.language_model.model
-        hyper = [layer for layer in lm.layers if layer.self_attn.is_hyper]
         positions = VisualContext.layout(starts, t, self.device)[1][None]  # MI-RoPE position of each token
-        shape = (1, cfg.n_kv_heads, n * t, cfg.head_dim)
-        kv = {layer.self_attn.layer_idx: (self._empty(shape), self._empty(shape)) for layer in hyper}
+        kv = self.visual_kv_buffers(n)
         step = chunk_size or max(1, n)
         for i in range(0, n, step):
-            feats = self.encode_media(pixels[i : i + step], None).reshape(1, -1, cfg.dim)
-            a, b = i * t, i * t + feats.shape[1]
-            for layer in hyper:
+            feats = self.encode_media(pixels[i : i + step], None)
+            self.write_visual_kv(kv, feats, positions, i)
+        return kv
+
+    def visual_kv_buffers(self, n_images: int) -> dict[int, tuple[Tensor, Tensor]]:
+        """Empty (1, kv, n_images * T, d) key and value buffers for every hyper layer."""
+        cfg = self.cfg.text
+        shape = (1, cfg.n_kv_heads, n_images * self.cfg.vision.n_tokens, cfg.head_dim)
+        lm = self.language_model.model
+        return {
+            layer.self_attn.layer_idx: (self._empty(shape), self._empty(shape))
+            for layer in lm.layers
+            if layer.self_attn.is_hyper
+        }
+
+    def write_visual_kv(
+        self, kv: dict[int, tuple[Tensor, Tensor]], feats: Tensor, positions: Tensor, first: int
+    ) -> None:
+        """Project images first .. first + len(feats) - 1 of a sample into its hyper layers' K/V buffers.
+
+        feats (n, T, D) projected visual features; positions (1, N*T) the sample's MI-RoPE positions."""
+        cfg, t = self.cfg.text, self.cfg.vision.n_tokens
+        lm = self.language_model.model
+        x = feats.reshape(1, -1, cfg.dim)
+        a, b = first * t, first * t + x.shape[1]
+        for layer in lm.layers:
+            if layer.self_attn.is_hyper:
                 project_kv_chunked(
-                    feats,
+                    x,
                     positions[:, a:b],
                     layer.input_layernorm,
                     layer.self_attn.v_kv_proj,
@@ -85,7 +106,6 @@ class Owl3Model(nn.Module):
                     out=kv[layer.self_attn.layer_idx],
                     at=a,
                 )
-        return kv
 
     def _empty(self, shape: tuple[int, ...]) -> Tensor:
         return torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -99,7 +119,7 @@ class Owl3Model(nn.Module):
         positions: Tensor | None = None,
         mask: Tensor | None = None,
         cache: Cache | None = None,
-        visual: VisualContext | None = None,
+        visual: VisualContext | RowVisuals | None = None,
         last_only: bool = False,
     ) -> Tensor:
         """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`.

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from owl3.config import TextConfig
-from owl3.model.hyper import VisualContext, cross_attention, gate, visual_kv
+from owl3.model.hyper import RowVisuals, VisualContext, cross_attention, gate, visual_kv
 from owl3.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, attend_grouped, repeat_kv
 
 
@@ -46,7 +46,7 @@ class Attention(nn.Module):
         rope: RotaryEmbedding,
         mask: Tensor | None,
         cache: Cache | None,
-        visual: VisualContext | None,
+        visual: VisualContext | RowVisuals | None,
         norm: nn.Module,
         cos_sin: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
@@ -71,13 +71,33 @@ class Attention(nn.Module):
             else:
                 a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if self.is_hyper and visual is not None:
-            vk, vv = visual_kv(
-                visual, self.layer_idx, norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim
-            )
-            a_cross, seen = cross_attention(q, vk, vv, visual, positions)
-            all_seen = t == 1 and visual.after_prompt and not visual.padded
-            a = gate(a, a_cross, seen, self.gate_proj, all_seen)
+            a = self.cross(a, q, positions, visual, rope, norm)
         return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))
+
+    def cross(
+        self,
+        a_self: Tensor,
+        q: Tensor,
+        positions: Tensor,
+        visual: VisualContext | RowVisuals,
+        rope: RotaryEmbedding,
+        norm: nn.Module,
+    ) -> Tensor:
+        """The gated visual branch: (B, H, T, d) self-attention output -> the layer's attention output."""
+        kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim)
+        if isinstance(visual, RowVisuals):
+            # a decode step of separate requests: each row with media reads its own visual K/V
+            a_cross = torch.zeros_like(a_self)
+            for i in visual.with_media:
+                ctx = visual.rows[i]
+                vk, vv = visual_kv(ctx, self.layer_idx, *kv_of)
+                a_cross[i : i + 1] = cross_attention(q[i : i + 1], vk, vv, ctx, positions[i : i + 1])[0]
+            seen = None if visual.has_media is None else visual.has_media[:, None]  # (B, 1)
+            return gate(a_self, a_cross, seen, self.gate_proj, all_seen=seen is None)
+        vk, vv = visual_kv(visual, self.layer_idx, *kv_of)
+        a_cross, seen = cross_attention(q, vk, vv, visual, positions)
+        all_seen = q.shape[2] == 1 and visual.after_prompt and not visual.padded
+        return gate(a_self, a_cross, seen, self.gate_proj, all_seen)
 
 
 class DecoderLayer(nn.Module):
@@ -95,7 +115,7 @@ class DecoderLayer(nn.Module):
         rope: RotaryEmbedding,
         mask: Tensor | None,
         cache: Cache | None,
-        visual: VisualContext | None,
+        visual: VisualContext | RowVisuals | None,
         cos_sin: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         # the layer's own input RMSNorm is shared by text and visual tokens
@@ -120,7 +140,7 @@ class Qwen2Model(nn.Module):
         positions: Tensor,
         mask: Tensor | None = None,
         cache: Cache | None = None,
-        visual: VisualContext | None = None,
+        visual: VisualContext | RowVisuals | None = None,
     ) -> Tensor:
         # x (B, T, D) embeddings -> (B, T, D) final-normed hidden states
         cos_sin = self.rope(positions, x.dtype)  # once per forward, shared by every layer
