@@ -7,23 +7,39 @@ import torch
 
 from owl3.config import preset
 from owl3.demo.model import init_recency, init_weights
-from owl3.demo.probe import record_cross_attention
 from owl3.model import Owl3Model, VisualContext
+from owl3.model.hyper import project_kv
+from owl3.model.layers import apply_rope, repeat_kv
 
 
 def first_layer_shares(model: Owl3Model, layer: int = 0) -> torch.Tensor:
     """Share of the first hyper layer's attention (per head; `layer`: another hyper layer) that the token
     right after each inner image puts on that image, in a `x x x <img> x x x <img> ...` prompt with random
-    visual features."""
+    visual features. The layer's input is read by a forward pre-hook; its cross-attention logits are
+    rebuilt from it with the layer's own projections."""
     torch.manual_seed(0)
     n_img, t = 5, model.cfg.vision.n_tokens
     starts = [3 + 4 * k for k in range(n_img)]
     ids = torch.randint(0, 900, (1, starts[-1] + 6))
     feats = torch.randn(n_img, t, model.cfg.text.dim)
-    with torch.no_grad(), record_cross_attention() as scores:
-        ctx = VisualContext.build([feats], [starts])
-        model.language_model.model(model.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
-    w = torch.softmax(scores[layer][0], -1).nan_to_num(0.0)  # that hyper layer, (H, L, M)
+    attn = [lay.self_attn for lay in model.language_model.model.layers if lay.self_attn.is_hyper][layer]
+    seen = []
+    hook = attn.register_forward_pre_hook(lambda module, args: seen.append(args))
+    try:
+        with torch.no_grad():
+            ctx = VisualContext.build([feats], [starts])
+            model.language_model.model(model.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+    finally:
+        hook.remove()
+    h, positions, rope, _, _, visual, norm, _ = seen[0]
+    b, n, d = h.shape[0], h.shape[1], attn.head_dim
+    with torch.no_grad():
+        q = attn.q_proj(h).view(b, n, attn.n_heads, d).transpose(1, 2)  # (B, H, L, d)
+        q = apply_rope(q, *rope(positions, h.dtype))
+        vk, _ = project_kv(visual.features, visual.positions, norm, attn.v_kv_proj, rope, attn.n_kv_heads, d)
+        scores = q @ repeat_kv(vk, attn.n_heads // attn.n_kv_heads).transpose(-1, -2) / d**0.5  # (B, H, L, M)
+    visible = visual.key_starts[:, None, None, :] < positions[:, None, :, None]
+    w = torch.softmax(scores.masked_fill(~visible, float("-inf"))[0], -1).nan_to_num(0.0)  # (H, L, M)
     return torch.stack([w[:, s + 1, k * t : (k + 1) * t].sum(-1) for k, s in enumerate(starts[:-1])]).mean(0)
 
 

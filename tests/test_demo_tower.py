@@ -90,15 +90,6 @@ def test_pretraining_changes_only_the_tower_and_learns_colour(init_dir, tmp_path
     ).is_file()
 
 
-def test_tower_command_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    from owl3.demo.__main__ import main
-
-    assert main(["tower", str(tmp_path / "missing"), str(tmp_path / "out"), "--steps", "2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("owl3: error:") and "\n" not in err
-    assert main(["tower", str(tmp_path), str(tmp_path / "out"), "--steps", "0"]) == 2
-
-
 def _pretrain(init_dir, out, **options):
     return pretrain_tower(init_dir, out, steps=2, batch_size=4, eval_every=2, say=lambda s: None, **options)
 

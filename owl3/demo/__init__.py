@@ -5,7 +5,7 @@
 - tokenizer.py  a byte-level BPE trained on the world's text (official file layout)
 - data.py       training sets as ms-swift JSONL / LLaVA JSON + PNG/mp4 files, mixed per curriculum stage
 - model.py      the `demo` preset fitted to the tokenizer; a random initial checkpoint to train from
-Command line: `python -m owl3.demo {tokenizer,init,data,prepare} ...` (see docs/demo.md).
+Commands: `owl3 demo`, `owl3 demo-train` (command.py; see docs/demo.md).
 """
 
 # the recipes of `owl3 demo-train` (owl3/demo/train.py `RECIPES`), named here so that the command line

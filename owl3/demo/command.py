@@ -155,7 +155,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo-train",
         help="train the built-in demo model from scratch (57 min on 2 AVX-512 CPU cores; AVX2 about 2x)",
         description="Train the demo model from scratch into OUT/model: tokenizer, initial checkpoint, "
-        "curriculum data and owl3's training code, phase by phase (python -m owl3.demo train).",
+        "curriculum data and owl3's training code, phase by phase (owl3/demo/train.py).",
     )
     t.add_argument("out", help="output folder")
     t.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")

@@ -13,8 +13,6 @@ object says "big red star", so a question about the star can find it and read it
 
 Pictures are drawn on the fly from the stream `tower:{seed}` (never the evaluation's `eval:` stream);
 the heads are thrown away, only the tower's weights are written back into a copy of the checkpoint.
-
-    python -m owl3.demo tower INIT OUT --steps 1600
 """
 
 from __future__ import annotations

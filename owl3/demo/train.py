@@ -1,4 +1,4 @@
-"""Train the built-in demo model from scratch: `python -m owl3.demo train OUT` (or `owl3 demo-train OUT`).
+"""Train the built-in demo model from scratch: `owl3 demo-train OUT`.
 
 One command: it trains the world tokenizer and writes a random-weight checkpoint (`OUT/init`), then runs
 the recipe's phases, each from the previous phase's model (`OUT/phase-1-tower`, ...): a tower phase
