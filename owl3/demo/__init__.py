@@ -8,22 +8,9 @@
 Commands: `owl3 demo`, `owl3 demo-train` (command.py; see docs/demo.md).
 """
 
-# the recipes of `owl3 demo-train` (owl3/demo/train.py `RECIPES`), named here so that the command line
-# knows them without importing the training code
-RECIPE_NAMES = (
-    "cells-copy-lists", "cells-copy-long", "cells-two", "cells-labels", "cells-all-recency", "cells-copy",
-    "cells-copy-head", "cells-more-video", "cells-count", "cells-video", "cells", "bound", "twice-focus",
-    "first", "twice", "after", "signed", "grounded", "late-bound", "bound-which", "tower", "recency", "sees",
-    "shipped", "next", "see",
-)  # fmt: skip
-DEFAULT_RECIPE = "cells-copy-lists"
 # torch CPU threads of `owl3 demo-train`: the shipped weights were trained with two, and other thread counts
 # sum floats in another order, so they write other weights (docs/demo.md "Two threads")
 DEFAULT_THREADS = 2
 # pieces of similar length each training batch of `owl3 demo-train` is computed as (TrainConfig.length_split:
 # the same step with less padding; 1.25x a step with 2, 1.34x with 4 in one run, benchmarks/train_step.py)
 DEFAULT_LENGTH_SPLIT = 2
-THREADS_HELP = (
-    f"torch CPU threads (default {DEFAULT_THREADS}, as the shipped weights were trained; another count "
-    "writes other weights)"
-)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from owl3.demo import DEFAULT_LENGTH_SPLIT, DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
+from owl3.demo import DEFAULT_LENGTH_SPLIT, DEFAULT_THREADS
 from owl3.errors import Owl3Error
 
 N_IMAGES = 5
@@ -160,11 +160,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("out", help="output folder")
     t.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     t.add_argument(
-        "--threads",
-        type=int,
-        default=DEFAULT_THREADS,
-        help=THREADS_HELP,
-    )
+        "--threads", type=int, default=DEFAULT_THREADS,
+        help=f"torch CPU threads (default {DEFAULT_THREADS}, as the shipped weights were trained; another "
+        "count writes other weights)",
+    )  # fmt: skip
     t.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     t.add_argument(
         "--length-split", type=int, default=DEFAULT_LENGTH_SPLIT, metavar="K",
@@ -175,12 +174,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0,
         help="the initial weights and every phase's training rows (default 0, the shipped weights' seed)",
     )  # fmt: skip
-    t.add_argument(
-        "--recipe",
-        default=DEFAULT_RECIPE,
-        choices=RECIPE_NAMES,
-        help="phases (owl3/demo/train.py)",
-    )
     t.set_defaults(func=cmd_demo_train)
 
 
@@ -216,14 +209,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_train(args: argparse.Namespace) -> int:
-    from owl3.demo.train import RECIPES, recipe_preset, train_demo
+    from owl3.demo.train import train_demo
 
     if args.scale <= 0 or args.threads < 1 or args.workers < 0 or args.length_split < 1:
         raise Owl3Error("--scale must be > 0, --threads and --length-split at least 1, --workers at least 0")
     train_demo(
         args.out,
-        phases=RECIPES[args.recipe],
-        preset=recipe_preset(args.recipe),
         scale=args.scale,
         threads=args.threads,
         workers=args.workers,
