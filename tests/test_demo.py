@@ -50,35 +50,6 @@ def test_owl3_demo_prints_the_table_and_is_mostly_right(capsys, tmp_path):
     assert int(m.group(1)) == sum(r.endswith("✓") for r in rows) >= MIN_RIGHT, out
 
 
-def test_owl3_demo_asks_in_the_models_layout(tmp_path, monkeypatch, capsys):
-    """A model whose folder names the question-twice layout is asked the same questions about the five
-    pictures in that layout; the one-image and video questions are as before."""
-    import shutil
-
-    from owl3.demo import command
-    from owl3.demo.questions import list_prompt, write_layout
-
-    model = tmp_path / "m"
-    shutil.copytree(DEFAULT_MODEL, model)
-    write_layout(model, "question_twice")
-    asked = []
-    real = command.run_demo
-    monkeypatch.setattr(command, "run_demo", lambda pipe, qs: (asked.extend(qs), real(pipe, qs))[1])
-    assert main(["demo", "--model", str(model), "--output", str(tmp_path / "media")]) == 0
-    assert "8 questions" in capsys.readouterr().out
-    plain = command.make_demo(tmp_path / "plain", seed=0)
-    same = [(q.question, q.answer, q.label) for q in plain]
-    assert [(q.question, q.answer, q.label) for q in asked] == same
-    pairs = list(zip(asked, plain, strict=True))
-    lists = [(a, p) for a, p in pairs if a.label.startswith("images")]
-    assert len(lists) == 4  # three "In Image X" and one "which image?"
-    for a, p in lists:
-        assert p.prompt == list_prompt(5, p.question)
-        assert a.prompt == list_prompt(5, a.question, "question_twice")
-        assert a.prompt.startswith(a.question) and a.prompt.endswith(a.question)
-    assert all(a.prompt == p.prompt for a, p in pairs if not a.label.startswith("images"))
-
-
 def test_generate_without_model_uses_the_demo_model(capsys, tmp_path, demo_pipe):
     import random
 

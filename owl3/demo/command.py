@@ -37,10 +37,8 @@ class DemoQuestion:
     videos: tuple[str, ...] = ()
 
 
-def make_demo(out_dir: str | Path, seed: int = 0, layout: str = "official") -> list[DemoQuestion]:
-    """Write the demo's images and video to `out_dir` and return its questions (deterministic); questions
-    about all five images are asked in `layout` (owl3.demo.questions.list_prompt), the same questions in
-    any layout."""
+def make_demo(out_dir: str | Path, seed: int = 0) -> list[DemoQuestion]:
+    """Write the demo's images and video to `out_dir` and return its questions (deterministic)."""
     from owl3.demo.data import write_video
     from owl3.demo.questions import (
         IMAGE,
@@ -83,7 +81,7 @@ def make_demo(out_dir: str | Path, seed: int = 0, layout: str = "official") -> l
     for x in rng.sample(range(1, N_IMAGES + 1), 3):  # "In Image X" among all five
         qa = qa_for(scenes[x - 1], SINGLE_KINDS)
         text = f"In Image {x}, {lower_first(qa.question)}"
-        prompt = list_prompt(N_IMAGES, text, layout)
+        prompt = list_prompt(N_IMAGES, text)
         qs.append(DemoQuestion(all_images, text, prompt, qa.answer, tuple(paths)))
     for _ in range(1000):  # "which image": a property exactly one of the five has
         x = rng.randint(1, N_IMAGES)
@@ -96,7 +94,7 @@ def make_demo(out_dir: str | Path, seed: int = 0, layout: str = "official") -> l
                 DemoQuestion(
                     all_images,
                     question,
-                    list_prompt(N_IMAGES, question, layout),
+                    list_prompt(N_IMAGES, question),
                     f"Image {x} {tail}",
                     tuple(paths),
                 )
@@ -185,12 +183,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if torch.get_num_threads() > 2:
         torch.set_num_threads(2)  # a 2M-parameter model: more threads only add overhead
-    from owl3.api import DEFAULT_MODEL
-    from owl3.demo.questions import model_layout
-
-    layout = model_layout(args.model or DEFAULT_MODEL)  # where the model wants its list questions
     folder = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="owl3-demo-"))
-    questions = make_demo(folder, args.seed, layout)
+    questions = make_demo(folder, args.seed)
     pipe = owl3.load(args.model, dtype=args.dtype, device=args.device)
     t1 = time.perf_counter()
     results = run_demo(pipe, questions)

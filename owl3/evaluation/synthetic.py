@@ -7,10 +7,7 @@ N measures distraction alone, like the paper's distractor figure (§4.5):
 is `<|image|>\\nWhat colour is the star?`. Question kinds cycle, so every row has the same mix. Two more
 rows: video questions (`<|video|>\\nWhat appeared after the red square?`, `frames` frames) and "which
 image" questions among `which_images` images. Images are never cropped. All scenes come from the
-streams `eval:{seed}:...`, which training data (`train:...`) never uses. `layout` "question_first" asks
-each list question before its images (`In Image X, ...? Image 1: <|image|> ... Image N: <|image|>.`), for
-models trained that way (docs/demo.md), "question_twice" before and after them; the questions, images and
-answers are the same.
+streams `eval:{seed}:...`, which training data (`train:...`) never uses.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from typing import Any
 
 from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
-    LAYOUTS,
     QA,
     SINGLE_KINDS,
     WHICH_KINDS,
@@ -59,8 +55,8 @@ class SyntheticTask(Task):
                 "--video-frames must be 0 (no video row) or at least 2, --which-images 0 (no row) or more"
             )
         self.seed, self.images, self.limit = seed, list(dict.fromkeys(images)), limit
-        if layout not in LAYOUTS:
-            raise Owl3Error(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout != "official":  # the one layout the demo model is trained to be asked in
+            raise Owl3Error(f"--layout: only official (the questions after the images), got {layout!r}")
         self.frames, self.which_images, self.layout = frames, which_images, layout
 
     # ------------------------------------------------------------------ rows
@@ -104,7 +100,7 @@ class SyntheticTask(Task):
         if n == 1:
             prompt = f"<|image|>\n{qa.question}"
         else:
-            prompt = list_prompt(n, f"In Image {x}, {lower_first(qa.question)}", self.layout)
+            prompt = list_prompt(n, f"In Image {x}, {lower_first(qa.question)}")
         return Item(
             id=f"images{n}-{i}",
             group=str(n),
@@ -130,9 +126,7 @@ class SyntheticTask(Task):
 
     def _which_item(self, i: int, size: int) -> Item:
         kind = WHICH_KINDS[i % len(WHICH_KINDS)]
-        q = which_question(
-            random.Random(f"eval:{self.seed}:which:{i}"), self.which_images, kind, style=self.layout
-        )
+        q = which_question(random.Random(f"eval:{self.seed}:which:{i}"), self.which_images, kind)
         return Item(
             id=f"which-{i}",
             group="which",
