@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from owl3.cli import main
+from owl3.demo.synthetic import SyntheticTask
 from owl3.errors import Owl3Error
 from owl3.evaluation.runner import evaluate, format_table
-from owl3.evaluation.synthetic import SyntheticTask
 from owl3.evaluation.task import normalize
 
 

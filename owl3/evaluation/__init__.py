@@ -10,7 +10,6 @@ _EXPORTS = {
     "Item": "owl3.evaluation.task",
     "Task": "owl3.evaluation.task",
     "normalize": "owl3.evaluation.task",
-    "SyntheticTask": "owl3.evaluation.synthetic",
     "Report": "owl3.evaluation.runner",
     "evaluate": "owl3.evaluation.runner",
 }

@@ -1,4 +1,4 @@
-"""`synthetic`: questions about the procedurally drawn world of owl3.demo, with 1..N images and videos.
+"""`owl3 eval synthetic`: questions about the demo's procedurally drawn world, with 1..N images and videos.
 
 For each question i the target scene and the question are fixed by (seed, i); for each image count N only
 the position X of the target and the N-1 random distractor scenes change, so the curve of accuracy against
