@@ -37,7 +37,13 @@ def test_default_model_is_the_demo_model(demo_pipe):
 
 
 def test_owl3_demo_prints_the_table_and_is_mostly_right(capsys, tmp_path):
-    rc = main(["demo", "--output", str(tmp_path)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        rc = main(["demo", "--output", str(tmp_path)])
+        assert torch.get_num_threads() == threads + 1  # the process's thread count is left alone
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert rc == 0
     assert "question" in out and "model answer" in out and "correct answer" in out

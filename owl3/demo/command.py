@@ -176,13 +176,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
     import owl3
 
     t0 = time.perf_counter()
-    if torch.get_num_threads() > 2:
-        torch.set_num_threads(2)  # a 2M-parameter model: more threads only add overhead
     folder = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="owl3-demo-"))
     questions = make_demo(folder, args.seed)
     pipe = owl3.load(args.model, dtype=args.dtype, device=args.device)
