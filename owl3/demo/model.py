@@ -94,7 +94,7 @@ def init_recency(
 def open_gates(model: Owl3Model, bias: float = 3.0) -> None:
     """Add `bias` to every hyper layer's gate bias (sigmoid(3) = 0.95: the cross-attention passes almost
     whole). A half-shut gate lets what the answer attended to (an object's place) reach the residual too
-    weakly to be read (docs/demo.md, "Attention probes")."""
+    weakly to be read (docs/demo.md)."""
     for layer in model.language_model.model.layers:
         if layer.self_attn.is_hyper:
             layer.self_attn.gate_proj[0].bias += bias
