@@ -109,7 +109,8 @@ def test_demo_train_runs_the_recipe_into_a_model_owl3_demo_runs(tmp_path, capsys
     from owl3.demo.train import PHASES, Phase, train_demo
 
     out = tmp_path / "run"
-    final = train_demo(out, scale=0.001, batch_size=2, pool=40, progress=False, say=lambda s: None)
+    tiny = dict(scale=0.001, batch_size=2, threads=1, pool=40, progress=False, say=lambda s: None)
+    final = train_demo(out, **tiny)
     assert final == out / "model"
     dirs = [out / "init", *(out / f"phase-{k}-{ph.name}" for k, ph in enumerate(PHASES, 1))]
     for k, ph in enumerate(PHASES, 1):
@@ -119,7 +120,7 @@ def test_demo_train_runs_the_recipe_into_a_model_owl3_demo_runs(tmp_path, capsys
             # not overwrite the pictures an earlier phase's rows name; each trains from the phase before
             assert (out / "data" / ph.name / f"{ph.name}.jsonl").is_file()
             cfg = yaml.safe_load((dirs[k] / "train_config.yaml").read_text())
-            assert cfg["model"] == str(dirs[k - 1]) and cfg["threads"] == 2 and cfg["length_split"] == 2
+            assert cfg["model"] == str(dirs[k - 1]) and cfg["length_split"] == 2
     log = json.loads((out / "demo_train.json").read_text())
     assert [p["phase"] for p in log["phases"]] == [p.name for p in PHASES]
     # each trained phase names what trained it: weights repeat bit for bit only on the same kernels
@@ -127,7 +128,7 @@ def test_demo_train_runs_the_recipe_into_a_model_owl3_demo_runs(tmp_path, capsys
     assert trained_phases and all(p["machine"] == machine() for p in trained_phases)
     assert machine()["isa"] == torch.backends.cpu.get_cpu_capability()
     # re-running skips the finished phases and keeps their records (the recipe's total time stays known)
-    train_demo(out, scale=0.001, batch_size=2, pool=40, progress=False, say=lambda s: None)
+    train_demo(out, **tiny)
     again = json.loads((out / "demo_train.json").read_text())
     assert [p["phase"] for p in again["phases"]] == [p.name for p in PHASES]
     assert all(p["done_before"] for p in again["phases"])

@@ -85,9 +85,8 @@ def test_gate_step_and_a_grounded_phase(tmp_path, model_preset):
     mix = Mix(single=1.0, multi=0.0, which=0.0, video=0.0, kinds=("colour",), attend=True)
     phases = (GateInit("gates", 3.0), Phase("ground", mix, steps=3, lr=1e-3, min_lr=1e-4, **GROUND))
     out = tmp_path / "run"
-    train_demo(
-        out, batch_size=4, pool=30, progress=False, say=lambda s: None, phases=phases, preset=model_preset
-    )
+    train_demo(out, batch_size=4, threads=1, pool=30, progress=False, say=lambda s: None, phases=phases,
+               preset=model_preset)  # fmt: skip
     init, opened = load_model(out / "init"), load_model(out / "phase-1-gates")
     assert opened.cfg.text.hyper_layers == preset(model_preset).text.hyper_layers
     for a, b in zip(init.language_model.model.layers, opened.language_model.model.layers, strict=True):
