@@ -3,11 +3,12 @@ padding each split leaves (padded tokens / real tokens of the same batches).
 
     .venv/bin/python benchmarks/train_step.py OUT [--steps 30] [--splits 1,4] [--rounds 2]
 
-Writes the last phase of the default recipe (`cells-two`'s `two`: its mix, batch 32, targets and lr) as a
-dataset of steps x 32 rows into OUT/data, then trains the built-in demo model on it for `--steps` steps
-once per split and round, the splits alternating within each round (this machine is noisy: compare
-the ratios of one run). Each run's first 4 steps are left out of its mean (warm-up). Prints a table and
-a last line of JSON. A checkout without `TrainConfig.length_split` runs its split 1 only (before/after).
+Writes the last phase of the demo recipe (`two` of owl3.demo.train.PHASES: its mix, batch 32, targets
+and lr) as a dataset of steps x 32 rows into OUT/data, then trains the built-in demo model on it for
+`--steps` steps once per split and round, the splits alternating within each round (this machine is
+noisy: compare the ratios of one run). Each run's first 4 steps are left out of its mean (warm-up).
+Prints a table and a last line of JSON. A checkout without `TrainConfig.length_split` runs its split 1
+only (before/after).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from owl3.api import DEFAULT_MODEL
 from owl3.bench.common import machine
 from owl3.checkpoint.load import read_config
 from owl3.demo.data import write_dataset
-from owl3.demo.train import RECIPES, resolve_lr_scales
+from owl3.demo.train import PHASES, resolve_lr_scales
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
 from owl3.training.encode import split_by_length
@@ -56,7 +57,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     out = Path(args.out)
-    phase = RECIPES["cells-two"][-1]
+    phase = PHASES[-1]
     data = write_dataset(out / "data", args.steps * 32, mix=phase.mix, seed=9000, name="two")
     has_split = "length_split" in {f.name for f in fields(TrainConfig)}
     splits = [int(s) for s in args.splits.split(",")] if has_split else [1]

@@ -7,23 +7,39 @@ import torch
 
 from owl3.config import preset
 from owl3.demo.model import init_recency, init_weights
-from owl3.demo.probe import record_cross_attention
 from owl3.model import Owl3Model, VisualContext
+from owl3.model.hyper import project_kv
+from owl3.model.layers import apply_rope, repeat_kv
 
 
-def first_layer_shares(model: Owl3Model, layer: int = 0) -> torch.Tensor:
-    """Share of the first hyper layer's attention (per head; `layer`: another hyper layer) that the token
-    right after each inner image puts on that image, in a `x x x <img> x x x <img> ...` prompt with random
-    visual features."""
+def first_layer_shares(model: Owl3Model) -> torch.Tensor:
+    """Share of the first hyper layer's attention (per head) that the token right after each inner image
+    puts on that image, in a `x x x <img> x x x <img> ...` prompt with random
+    visual features. The layer's input is read by a forward pre-hook; its cross-attention logits are
+    rebuilt from it with the layer's own projections."""
     torch.manual_seed(0)
     n_img, t = 5, model.cfg.vision.n_tokens
     starts = [3 + 4 * k for k in range(n_img)]
     ids = torch.randint(0, 900, (1, starts[-1] + 6))
     feats = torch.randn(n_img, t, model.cfg.text.dim)
-    with torch.no_grad(), record_cross_attention() as scores:
-        ctx = VisualContext.build([feats], [starts])
-        model.language_model.model(model.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
-    w = torch.softmax(scores[layer][0], -1).nan_to_num(0.0)  # that hyper layer, (H, L, M)
+    attn = next(lay.self_attn for lay in model.language_model.model.layers if lay.self_attn.is_hyper)
+    seen = []
+    hook = attn.register_forward_pre_hook(lambda module, args: seen.append(args))
+    try:
+        with torch.no_grad():
+            ctx = VisualContext.build([feats], [starts])
+            model.language_model.model(model.embed(ids), torch.arange(ids.shape[1])[None], None, None, ctx)
+    finally:
+        hook.remove()
+    h, positions, rope, _, _, visual, norm, _ = seen[0]
+    b, n, d = h.shape[0], h.shape[1], attn.head_dim
+    with torch.no_grad():
+        q = attn.q_proj(h).view(b, n, attn.n_heads, d).transpose(1, 2)  # (B, H, L, d)
+        q = apply_rope(q, *rope(positions, h.dtype))
+        vk, _ = project_kv(visual.features, visual.positions, norm, attn.v_kv_proj, rope, attn.n_kv_heads, d)
+        scores = q @ repeat_kv(vk, attn.n_heads // attn.n_kv_heads).transpose(-1, -2) / d**0.5  # (B, H, L, M)
+    visible = visual.key_starts[:, None, None, :] < positions[:, None, :, None]
+    w = torch.softmax(scores.masked_fill(~visible, float("-inf"))[0], -1).nan_to_num(0.0)  # (H, L, M)
     return torch.stack([w[:, s + 1, k * t : (k + 1) * t].sum(-1) for k, s in enumerate(starts[:-1])]).mean(0)
 
 
@@ -41,24 +57,11 @@ def test_recency_heads_look_at_the_image_just_before():
     assert shares[n_rep:] == pytest.approx(plain[n_rep:].tolist(), abs=1e-5)  # the others are untouched
 
 
-def test_recency_heads_of_the_second_hyper_layer():
-    cfg = preset("demo")
-    model = init_weights(Owl3Model(cfg), seed=0)
-    first, second = first_layer_shares(model, 0), first_layer_shares(model, 1)
-    init_recency(model, kv_heads=(0,), strength=3.0, layer=1)
-    n_rep = cfg.text.n_heads // cfg.text.n_kv_heads
-    assert (first_layer_shares(model, 1)[:n_rep] > 0.95).all() and (second[:n_rep] < 0.9).all()
-    assert first_layer_shares(model, 0) == pytest.approx(first.tolist(), abs=1e-6)  # the first untouched
-    with pytest.raises(ValueError, match="hyper layer 2 out of range: the model has 2"):
-        init_recency(model, layer=2)
-
-
 def test_recency_phase_of_a_recipe(tmp_path):
     """`RecencyInit` in a recipe writes the model so far with the recency heads set, and is resumable."""
     from owl3.checkpoint import load_model
-    from owl3.demo.train import RECIPES, RecencyInit, train_demo
+    from owl3.demo.train import RecencyInit, train_demo
 
-    assert isinstance(RECIPES["recency"][1], RecencyInit)
     phases = (RecencyInit("recency", strength=3.0),)
     final = train_demo(tmp_path / "run", progress=False, say=lambda s: None, phases=phases)
     model = load_model(final)
@@ -76,17 +79,14 @@ def test_gate_step_and_a_grounded_phase(tmp_path, model_preset):
     the preset puts its hyper layers (demo: 1 and 4 of 6; tiny: 1 and 3 of 4)."""
     from owl3.checkpoint import load_model
     from owl3.demo.data import Mix
-    from owl3.demo.train import GROUNDED_PHASES, GROUNDING, RECIPES, GateInit, Phase, train_demo
+    from owl3.demo.train import GROUND, GateInit, Phase, train_demo
     from owl3.training.metrics import read_metrics
 
-    assert RECIPES["grounded"] is GROUNDED_PHASES and isinstance(GROUNDED_PHASES[4], GateInit)
-    assert GROUNDED_PHASES[5].mix.attend and GROUNDED_PHASES[5].attention_loss_weight > 0
     mix = Mix(single=1.0, multi=0.0, which=0.0, video=0.0, kinds=("colour",), attend=True)
-    phases = (GateInit("gates", 3.0), Phase("ground", mix, steps=3, lr=1e-3, min_lr=1e-4, **GROUNDING))
+    phases = (GateInit("gates", 3.0), Phase("ground", mix, steps=3, lr=1e-3, min_lr=1e-4, **GROUND))
     out = tmp_path / "run"
-    train_demo(
-        out, batch_size=4, pool=30, progress=False, say=lambda s: None, phases=phases, preset=model_preset
-    )
+    train_demo(out, batch_size=4, threads=1, pool=30, progress=False, say=lambda s: None, phases=phases,
+               preset=model_preset)  # fmt: skip
     init, opened = load_model(out / "init"), load_model(out / "phase-1-gates")
     assert opened.cfg.text.hyper_layers == preset(model_preset).text.hyper_layers
     for a, b in zip(init.language_model.model.layers, opened.language_model.model.layers, strict=True):
@@ -108,95 +108,3 @@ def test_gate_step_and_a_grounded_phase(tmp_path, model_preset):
     for i in range(len(opened.language_model.model.layers)):
         ratio = moved(o_proj.format(i)) / moved(q_proj)
         assert ratio > 5 if i in hyper else ratio < 2, (i, ratio)
-
-
-def test_question_first_recipe_and_its_text_target_layer(tmp_path):
-    """`first`: `bound` with the second hyper layer's recency heads and every list row asking first, its
-    text targets supervising the layer after the last hyper layer; a phase's `text_attention_layer` is the
-    one its training uses."""
-    from dataclasses import replace
-
-    import yaml
-
-    from owl3.demo.data import Mix
-    from owl3.demo.questions import model_layout
-    from owl3.demo.train import BOUND_PHASES, RECIPES, Phase, RecencyInit, recipe_layout, train_demo
-    from owl3.training.metrics import read_metrics
-
-    first = RECIPES["first"]
-    last_hyper = max(preset("demo").text.hyper_layers) - 1
-    assert [p.name for p in first] == [*(p.name for p in BOUND_PHASES[:3]), "recency-2",
-                                       *(p.name for p in BOUND_PHASES[3:])]  # fmt: skip
-    assert isinstance(first[3], RecencyInit) and first[3].layer == 1
-    trained = [p for p in first if isinstance(p, Phase) and p.mix.bind]
-    assert len(trained) == 2
-    assert all(p.mix.question_first == 1.0 and p.text_attention_layer == last_hyper + 1 for p in trained)
-    # `twice`: the same, the question asked again after the list
-    twice = [replace(p, mix=replace(p.mix, question_style="question_twice")) if isinstance(p, Phase) else p
-             for p in first]  # fmt: skip
-    assert list(RECIPES["twice"]) == twice and trained[0].mix.question_style == "question_first"
-    # `after`: `twice` with the after-image look, one text-target token and no answer look of its own
-    after = [replace(p, mix=replace(p.mix, bind_after=True, bind_tokens=1, bind_look=False))
-             if isinstance(p, Phase) and p.mix.bind else p for p in twice]  # fmt: skip
-    assert list(RECIPES["after"]) == after and after != twice
-    # `twice-focus`: the ninth session's W (the after-image look on the list phases), its binding and last
-    # phases cut, then "In Image X" rows about one object and a short remix (the run of
-    # docs/benchmarks/2026-11-27-demo-exists/twice_focus.py)
-    focus = RECIPES["twice-focus"]
-    assert [p.name for p in focus] == [*(p.name for p in first), "focus", "remix"]
-    for p, q in zip(focus, first, strict=False):
-        if isinstance(p, Phase) and q.mix.bind:
-            steps = {"binding": 700, "all": 800}[p.name]
-            assert p == replace(
-                q, steps=steps, mix=replace(q.mix, bind_after=True, question_style="question_twice")
-            )
-        else:
-            assert p == q
-    f, remix = focus[-2:]
-    assert f.mix.multi == 1.0 and f.mix.kinds == ("colour", "shape", "size", "position") and f.steps == 300
-    assert f.mix.bind_after and f.mix.question_style == "question_twice" and f.attention_loss_weight == 1.0
-    assert remix == replace(focus[-3], name="remix", steps=150, lr=3e-4, min_lr=3e-5)
-    assert recipe_layout(focus) == "question_twice"
-    mix = Mix(single=0.0, multi=1.0, which=0.0, video=0.0, n_min=2, n_max=3, kinds=("colour",), bind=True,
-              question_first=1.0)  # fmt: skip
-    phase = Phase("first", mix, steps=2, lr=1e-3, min_lr=1e-4, attention_loss_weight=1.0,
-                  text_attention_layer=last_hyper + 1)  # fmt: skip
-    out = tmp_path / "run"
-    train_demo(out, batch_size=4, pool=30, progress=False, say=lambda s: None, phases=(phase,))
-    cfg = yaml.safe_load((out / "phase-1-first" / "train_config.yaml").read_text())
-    assert cfg["text_attention_layer"] == last_hyper + 1
-    rows = read_metrics(out / "phase-1-first" / "metrics.jsonl")
-    assert len(rows) == 2 and all(r["attention_loss"] > 0 for r in rows)
-    # the model records the layout it learned, so the evaluation and `owl3 demo` ask in it
-    assert model_layout(out / "model") == "question_first" == recipe_layout((phase,))
-    assert recipe_layout(RECIPES["twice"]) == "question_twice" and recipe_layout(BOUND_PHASES) == "official"
-    assert recipe_layout((replace(phase, mix=replace(mix, question_first=0.3)),)) == "official"
-
-
-def test_all_recency_recipe_sets_both_kv_heads(tmp_path):
-    """`cells-all-recency`: `cells-two` with both key/value heads of the first hyper layer as recency heads
-    (nothing else changed); its `RecencyInit` step sets all four query heads, and records which."""
-    import json
-    from dataclasses import replace
-
-    from owl3.checkpoint import load_model
-    from owl3.demo.train import CELLS_TWO_PHASES, RECIPES, RecencyInit, recipe_preset, train_demo
-
-    phases = RECIPES["cells-all-recency"]
-    assert recipe_preset("cells-all-recency") == "demo-cells" and len(phases) == len(CELLS_TWO_PHASES)
-    steps = [(a, b) for a, b in zip(phases, CELLS_TWO_PHASES, strict=True) if a != b]
-    assert len(steps) == 1 and isinstance(steps[0][1], RecencyInit) and steps[0][1].kv_heads == (0,)
-    assert steps[0][0] == replace(steps[0][1], kv_heads=(0, 1))
-    out = tmp_path / "run"
-    train_demo(out, progress=False, say=lambda s: None, phases=(steps[0][0],), preset="demo-cells")
-    model = load_model(out / "model")
-    assert (first_layer_shares(model) > 0.95).all()  # every head of the first hyper layer looks back
-    record = json.loads((out / "demo_train.json").read_text())["phases"][0]
-    assert record["kv_heads"] == [0, 1]
-    # the default step still sets one key/value head only (the recorded setting says nothing new)
-    one = tmp_path / "one"
-    train_demo(one, progress=False, say=lambda s: None, phases=(steps[0][1],), preset="demo-cells")
-    shares = first_layer_shares(load_model(one / "model"))
-    n_rep = model.cfg.text.n_heads // model.cfg.text.n_kv_heads
-    assert (shares[:n_rep] > 0.95).all() and (shares[n_rep:] < 0.9).all()
-    assert "kv_heads" not in json.loads((one / "demo_train.json").read_text())["phases"][0]

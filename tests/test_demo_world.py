@@ -225,12 +225,13 @@ def test_tokenizer_layout_and_labels(tokenizer_dir):
     assert tok.decode(tok.encode(text).ids) == text and len(tok.encode(text).ids) <= 10
 
 
-def test_data_writer_swift_and_llava(tmp_path):
-    from owl3.demo.data import write_dataset
+def test_data_writer(tmp_path):
+    from owl3.demo.data import Mix, write_dataset
     from owl3.processing.video import read_video
 
-    path = write_dataset(tmp_path / "d", 60, mix="binding", pool=80, seed=1)
-    again = write_dataset(tmp_path / "e", 60, mix="binding", pool=80, seed=1)
+    mix = Mix(single=0.2, multi=0.5, which=0.15, video=0.15, n_min=2, n_max=8)
+    path = write_dataset(tmp_path / "d", 60, mix=mix, pool=80, seed=1)
+    again = write_dataset(tmp_path / "e", 60, mix=mix, pool=80, seed=1)
     assert path.read_text() == again.read_text()
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 60
@@ -246,11 +247,6 @@ def test_data_writer_swift_and_llava(tmp_path):
     assert len(frames) == 8 and frames[0].size == (DEFAULT_SIZE, DEFAULT_SIZE)
     pixels = np.asarray(frames[-1])
     assert set(map(tuple, pixels.reshape(-1, 3))) <= {BACKGROUND, *COLOURS.values()}  # lossless
-
-    llava = write_dataset(tmp_path / "l", 20, mix="perception", pool=40, fmt="llava", video="images")
-    items = json.loads(llava.read_text())
-    assert len(items) == 20 and all(i["conversations"][0]["from"] == "human" for i in items)
-    assert not any("video" in i for i in items)
 
 
 def test_initial_checkpoint_loads_and_is_small(tmp_path, tokenizer_dir):

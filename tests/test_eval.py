@@ -47,27 +47,6 @@ def test_items_rows_and_formats():
     assert len(kinds) == 5  # kinds cycle
 
 
-def test_question_first_layout_asks_the_same_questions_before_the_images():
-    plain = SyntheticTask(seed=3, images=[1, 6], limit=4, frames=4, which_images=3)
-    first = SyntheticTask(seed=3, images=[1, 6], limit=4, frames=4, which_images=3, layout="question_first")
-    for a, b in zip(plain.items(56), first.items(56), strict=True):
-        assert (a.id, a.answer, a.meta) == (b.id, b.answer, b.meta)
-        assert [im.tobytes() for im in a.media()[0]] == [im.tobytes() for im in b.media()[0]]
-        if a.group in ("6", "which"):  # `LIST. QUESTION` becomes `QUESTION LIST.`
-            listing, _, question = a.prompt.partition("<|image|>. ")
-            assert b.prompt == f"{question} {listing}<|image|>."
-        else:  # one image and video: unchanged
-            assert b.prompt == a.prompt
-    assert first.summary([])["layout"] == "question_first"
-    six = SyntheticTask(seed=3, images=[6], limit=2, frames=0, which_images=0)
-    twice = SyntheticTask(seed=3, images=[6], limit=2, frames=0, which_images=0, layout="question_twice")
-    for a, b in zip(six.items(56), twice.items(56), strict=True):
-        listing, _, question = a.prompt.partition("<|image|>. ")
-        assert b.prompt == f"{question} {listing}<|image|>. {question}"
-    with pytest.raises(Owl3Error, match="--layout must be one of official, label_after, question_first"):
-        SyntheticTask(layout="sideways")
-
-
 def test_seeds_are_reproducible_and_distinct():
     a = [i.prompt + i.answer for i in SyntheticTask(seed=1, images=[3], limit=8).items(56)]
     b = [i.prompt + i.answer for i in SyntheticTask(seed=1, images=[3], limit=8).items(56)]
@@ -184,50 +163,6 @@ def test_eval_compare_errors_are_one_line(tmp_path, capsys):
         assert main(["eval", "compare", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("owl3: error:") and "\n" not in err
-
-
-def test_the_model_folder_names_its_list_layout(tmp_path, capsys):
-    """A demo model trained to be asked before its images says so in its folder (demo_layout.json); the
-    evaluation asks in that layout unless --layout says otherwise, and a broken file is a one-line error."""
-    import shutil
-
-    from owl3.api import DEFAULT_MODEL
-    from owl3.demo.questions import LAYOUT_FILE, model_layout, write_layout
-
-    assert model_layout(DEFAULT_MODEL) == "official" and not (DEFAULT_MODEL / LAYOUT_FILE).exists()
-    model = tmp_path / "m"
-    shutil.copytree(DEFAULT_MODEL, model)
-    write_layout(model, "question_twice")
-    assert model_layout(model) == "question_twice"
-
-    def prompts(*extra):
-        out = tmp_path / "R.jsonl"
-        args = ["eval", "synthetic", "--model", str(model), "--seed", "2", "--images", "3", "--limit", "2",
-                "--video-frames", "0", "--which-images", "0", "--max-new-tokens", "2",
-                "--output", str(out)]  # fmt: skip
-        assert main([*args, *extra]) == 0
-        return [json.loads(line)["prompt"] for line in out.read_text().splitlines()]
-
-    twice = prompts()
-    assert "list questions in the question_twice layout" in capsys.readouterr().out.splitlines()[0]
-    official = prompts("--layout", "official")
-    assert "list questions in the" not in capsys.readouterr().out
-    for a, b in zip(official, twice, strict=True):
-        listing, _, question = a.partition("<|image|>. ")
-        assert a.startswith("Image 1: ") and question.startswith("In Image ")
-        assert b == f"{question} {listing}<|image|>. {question}"
-    write_layout(model, "official")  # the default: no file
-    assert not (model / LAYOUT_FILE).exists() and prompts() == official
-    capsys.readouterr()
-    for bad in ('{"layout": "sideways"}', "not json", '["question_first"]'):
-        (model / LAYOUT_FILE).write_text(bad)
-        with pytest.raises(Owl3Error, match=LAYOUT_FILE):
-            model_layout(model)
-        assert main(["eval", "synthetic", "--model", str(model), "--images", "2", "--limit", "1"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("owl3: error: ") and LAYOUT_FILE in err and "\n" not in err
-    with pytest.raises(ValueError, match="unknown layout"):
-        write_layout(model, "sideways")
 
 
 def test_distractor_question_gives_the_scenes_and_answer_of_its_item():

@@ -11,16 +11,6 @@ import torch
 
 from owl3.checkpoint import load_model
 from owl3.demo.data import Mix, write_dataset
-from owl3.demo.train import (
-    CELLS_COPY_HEAD_PHASES,
-    CELLS_COPY_LISTS_PHASES,
-    CELLS_COPY_LONG_PHASES,
-    CELLS_COPY_PHASES,
-    CELLS_TWO_PHASES,
-    RECIPES,
-    Phase,
-    recipe_preset,
-)
 from owl3.errors import Owl3Error
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
@@ -163,9 +153,8 @@ def test_training_with_layer_targets_moves_that_layers_attention(tmp_path):
 
 
 def test_demo_label_targets_name_image_x_and_leave_the_rows_alone(tmp_path):
-    plain = Mix(single=0.0, multi=0.7, which=0.3, video=0.0, n_min=2, n_max=6, window=0.5, bind=True,
-                label_after=0.3, turns=2)  # fmt: skip
-    copy = replace(plain, copy_label=True, copy_layers=(0, 2), copy_heads=(3,))
+    plain = Mix(single=0.0, multi=0.7, which=0.3, video=0.0, n_min=2, n_max=6, window=0.5, bind=True, turns=2)
+    copy = replace(plain, copy_label=True, copy_heads=(3,))
     a = write_dataset(tmp_path / "plain", 40, mix=plain, pool=100, name="rows")
     b = write_dataset(tmp_path / "copy", 40, mix=copy, pool=100, name="rows")
     rows_a = [json.loads(line) for line in a.read_text().splitlines()]
@@ -184,17 +173,14 @@ def test_demo_label_targets_name_image_x_and_leave_the_rows_alone(tmp_path):
         ids = sample.input_ids.tolist()
         texts = [t for t in record.attend if t.text]
         labels = [t for t in texts if t.query == "after_image"]
-        if "(Image" in prompt:  # labels after the images: no label target
-            assert not labels
-        else:
-            assert len(labels) == 1
+        assert len(labels) == 1
         assert all(t.heads == (3,) for t in texts)
         for t in labels:
             assert t.layer == 0 and prompt.split(IMAGE)[t.image].rstrip().endswith(t.text + ":")
             n_label += 1
         for t in texts:
             if t.query != "after_image":
-                assert t.layer == 2
+                assert t.layer == 1
                 asked = record.messages[2 * t.turn]["content"]
                 assert f"In {t.text}," in asked
                 n_question += 1
@@ -202,43 +188,6 @@ def test_demo_label_targets_name_image_x_and_leave_the_rows_alone(tmp_path):
         for _, _, (token,), _ in sample.attend_layer:
             assert processor.tokenizer.decode([ids[token]]).strip().isdigit()
     assert n_label > 10 and n_question > 10
-
-
-def test_cells_copy_is_cells_two_with_label_targets_where_it_binds():
-    assert len(CELLS_COPY_PHASES) == len(CELLS_TWO_PHASES)
-    for copy, two in zip(CELLS_COPY_PHASES, CELLS_TWO_PHASES, strict=True):
-        if isinstance(two, Phase) and two.mix.bind:
-            assert copy == replace(two, mix=replace(two.mix, copy_label=True))
-        else:
-            assert copy == two
-    assert sum(isinstance(p, Phase) and p.mix.copy_label for p in CELLS_COPY_PHASES) == 6
-    for head, copy in zip(CELLS_COPY_HEAD_PHASES, CELLS_COPY_PHASES, strict=True):
-        if isinstance(copy, Phase) and copy.mix.copy_label:
-            assert head == replace(copy, mix=replace(copy.mix, copy_heads=(3,)))
-        else:
-            assert head == copy
-
-
-def test_cells_copy_long_is_cells_copy_head_with_its_last_phase_twice_as_long():
-    *first, last = CELLS_COPY_LONG_PHASES
-    assert tuple(first) == CELLS_COPY_HEAD_PHASES[:-1]
-    head_last = CELLS_COPY_HEAD_PHASES[-1]
-    assert last.steps == 2 * head_last.steps == 1200 and last == replace(head_last, steps=1200)
-    # the last phase is the one with balanced one-image counts, and it keeps the label targets on head 3
-    assert last.name == "two" and last.mix.count_balance and not last.mix.count_balance_lists
-    assert last.mix.copy_label and last.mix.copy_heads == (3,)
-    assert RECIPES["cells-copy-long"] is CELLS_COPY_LONG_PHASES
-    assert recipe_preset("cells-copy-long") == "demo-cells"
-
-
-def test_cells_copy_lists_is_cells_copy_long_with_longer_lists_in_its_last_phase():
-    *first, last = CELLS_COPY_LISTS_PHASES
-    assert tuple(first) == CELLS_COPY_LONG_PHASES[:-1]
-    long_last = CELLS_COPY_LONG_PHASES[-1]
-    assert last == replace(long_last, mix=replace(long_last.mix, n_max=24, log_uniform=True))
-    assert long_last.mix.n_max == 8 and not long_last.mix.log_uniform and last.steps == 1200
-    assert RECIPES["cells-copy-lists"] is CELLS_COPY_LISTS_PHASES
-    assert recipe_preset("cells-copy-lists") == "demo-cells"
 
 
 def test_a_layer_the_model_lacks_is_refused_before_training(tmp_path, capsys):

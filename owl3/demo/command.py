@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from owl3.demo import DEFAULT_LENGTH_SPLIT, DEFAULT_RECIPE, DEFAULT_THREADS, RECIPE_NAMES, THREADS_HELP
+from owl3.demo import DEFAULT_LENGTH_SPLIT, DEFAULT_THREADS
 from owl3.errors import Owl3Error
 
 N_IMAGES = 5
@@ -37,10 +37,8 @@ class DemoQuestion:
     videos: tuple[str, ...] = ()
 
 
-def make_demo(out_dir: str | Path, seed: int = 0, layout: str = "official") -> list[DemoQuestion]:
-    """Write the demo's images and video to `out_dir` and return its questions (deterministic); questions
-    about all five images are asked in `layout` (owl3.demo.questions.list_prompt), the same questions in
-    any layout."""
+def make_demo(out_dir: str | Path, seed: int = 0) -> list[DemoQuestion]:
+    """Write the demo's images and video to `out_dir` and return its questions (deterministic)."""
     from owl3.demo.data import write_video
     from owl3.demo.questions import (
         IMAGE,
@@ -83,7 +81,7 @@ def make_demo(out_dir: str | Path, seed: int = 0, layout: str = "official") -> l
     for x in rng.sample(range(1, N_IMAGES + 1), 3):  # "In Image X" among all five
         qa = qa_for(scenes[x - 1], SINGLE_KINDS)
         text = f"In Image {x}, {lower_first(qa.question)}"
-        prompt = list_prompt(N_IMAGES, text, layout)
+        prompt = list_prompt(N_IMAGES, text)
         qs.append(DemoQuestion(all_images, text, prompt, qa.answer, tuple(paths)))
     for _ in range(1000):  # "which image": a property exactly one of the five has
         x = rng.randint(1, N_IMAGES)
@@ -96,7 +94,7 @@ def make_demo(out_dir: str | Path, seed: int = 0, layout: str = "official") -> l
                 DemoQuestion(
                     all_images,
                     question,
-                    list_prompt(N_IMAGES, question, layout),
+                    list_prompt(N_IMAGES, question),
                     f"Image {x} {tail}",
                     tuple(paths),
                 )
@@ -157,16 +155,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo-train",
         help="train the built-in demo model from scratch (57 min on 2 AVX-512 CPU cores; AVX2 about 2x)",
         description="Train the demo model from scratch into OUT/model: tokenizer, initial checkpoint, "
-        "curriculum data and owl3's training code, phase by phase (python -m owl3.demo train).",
+        "curriculum data and owl3's training code, phase by phase (owl3/demo/train.py).",
     )
     t.add_argument("out", help="output folder")
     t.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps (0.01: smoke test)")
     t.add_argument(
-        "--threads",
-        type=int,
-        default=DEFAULT_THREADS,
-        help=THREADS_HELP,
-    )
+        "--threads", type=int, default=DEFAULT_THREADS,
+        help=f"torch CPU threads (default {DEFAULT_THREADS}, as the shipped weights were trained; another "
+        "count writes other weights)",
+    )  # fmt: skip
     t.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
     t.add_argument(
         "--length-split", type=int, default=DEFAULT_LENGTH_SPLIT, metavar="K",
@@ -177,31 +174,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0,
         help="the initial weights and every phase's training rows (default 0, the shipped weights' seed)",
     )  # fmt: skip
-    t.add_argument(
-        "--recipe",
-        default=DEFAULT_RECIPE,
-        choices=RECIPE_NAMES,
-        help="phases (owl3/demo/train.py)",
-    )
     t.set_defaults(func=cmd_demo_train)
     add_eval_parser(sub)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
-    import owl3
+    from owl3.options import load_pipeline
 
     t0 = time.perf_counter()
-    if torch.get_num_threads() > 2:
-        torch.set_num_threads(2)  # a 2M-parameter model: more threads only add overhead
-    from owl3.api import DEFAULT_MODEL
-    from owl3.demo.questions import model_layout
-
-    layout = model_layout(args.model or DEFAULT_MODEL)  # where the model wants its list questions
     folder = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="owl3-demo-"))
-    questions = make_demo(folder, args.seed, layout)
-    pipe = owl3.load(args.model, dtype=args.dtype, device=args.device)
+    questions = make_demo(folder, args.seed)
+    pipe = load_pipeline(args)
     t1 = time.perf_counter()
     results = run_demo(pipe, questions)
     t2 = time.perf_counter()
@@ -219,14 +202,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_train(args: argparse.Namespace) -> int:
-    from owl3.demo.train import RECIPES, recipe_preset, train_demo
+    from owl3.demo.train import train_demo
 
     if args.scale <= 0 or args.threads < 1 or args.workers < 0 or args.length_split < 1:
         raise Owl3Error("--scale must be > 0, --threads and --length-split at least 1, --workers at least 0")
     train_demo(
         args.out,
-        phases=RECIPES[args.recipe],
-        preset=recipe_preset(args.recipe),
         scale=args.scale,
         threads=args.threads,
         workers=args.workers,

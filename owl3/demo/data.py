@@ -1,16 +1,18 @@
-"""Write a training set of the synthetic world: ms-swift JSONL (default) or LLaVA JSON, with PNG files.
+"""Write a training set of the synthetic world: ms-swift JSONL with PNG pictures and mp4 videos.
 
-ms-swift rows: `{"messages": [{"role": "user", "content": "Image 1: <image> Image 2: <image>. In Image 2,
-what colour is the star?"}, {"role": "assistant", "content": "The star is red."}], "images": [...]}`;
-videos as `<video>` + `"videos": ["videos/000123.mp4"]`. LLaVA rows: `{"id", "image": [...],
-"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}` (`"video"` for a video). Paths are
-relative to the output folder.
+Rows: `{"messages": [{"role": "user", "content": "Image 1: <image> Image 2: <image>. In Image 2, what
+colour is the star?"}, {"role": "assistant", "content": "The star is red."}], "images": [...]}`; videos as
+`<video>` + `"videos": ["videos/two-000123.mp4"]`; attention targets as `"attend": [...]` (training/data.py).
+Paths are relative to the output folder.
 
 Scenes come from a pool (`pool` scenes, each rendered once to `images/`), so a large set stays a few
 thousand small files; questions are drawn fresh per row. Videos are written as lossless RGB H.264 mp4 at
 1 frame per second with exactly `n_frames` frames (owl3's default 8-frame sampling then returns each frame
-as drawn), or, with `video="images"`, as their frames inlined as `<image>` tags. A mix (`MIXES`) sets what
-share of rows is single-image, "In Image X" multi-image, "which image" and video, and how many images.
+as drawn). A `Mix` sets what share of rows is single-image, "In Image X" multi-image, "which image" and
+video, how many images, which question kinds and which attention targets the rows carry.
+
+The rows of a seed are a fixed sequence of random draws: the shipped model was trained on them, so a change
+here that adds, drops or reorders a draw changes what `owl3 demo-train` writes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
     IMAGE,
     QA,
-    QUESTION_FIRST,
     SINGLE_KINDS,
     VIDEO,
     VIDEO_QUESTION_KINDS,
@@ -44,13 +45,20 @@ from owl3.demo.questions import (
     video_question,
     which_property,
 )
-from owl3.demo.world import DEFAULT_SIZE, random_scene, render
+from owl3.demo.world import random_scene, render
 from owl3.errors import Owl3Error
+
+# text tokens right after image X that an "In Image X" answer's binding targets name (`Mix.bind`)
+BIND_TOKENS = 4
+# the decoder layers of the label targets (`Mix.copy_label`): the token after image X looks at its label in
+# the first, the answer at the question's "Image X" in the second
+COPY_LAYERS = (0, 1)
 
 
 @dataclass(frozen=True)
 class Mix:
-    """Shares of row types (normalized) and the image counts of multi-image rows."""
+    """Shares of row types (normalized), the image counts of multi-image rows, the question kinds and the
+    attention targets the rows carry."""
 
     single: float = 0.3
     multi: float = 0.4  # "In Image X, ..." among n_min..n_max images
@@ -60,8 +68,6 @@ class Mix:
     n_max: int = 8
     log_uniform: bool = False  # draw the image count log-uniformly (more small counts)
     hard: float = 0.5  # share of distractors that show the shape the question names
-    # share of list rows ("In Image X", "which image?") in the "<|image|> (Image k)" layout
-    label_after: float = 0.0
     # share of multi / which rows numbered from a random start (`Image 41: ... Image 48:`), a window of a
     # list of up to `max_label` images: every label token up to max_label is trained without long rows
     window: float = 0.0
@@ -71,24 +77,15 @@ class Mix:
     # question kinds of video rows (default: all, `questions.ALL_VIDEO_KINDS`), drawn as `kinds`
     video_kinds: tuple[str, ...] | None = None
     n_frames: int = 8
-    # most objects per pool scene (1: one object, nothing to pick out; the world's scenes have up to 4)
-    max_objects: int = 4
     # one-image rows whose answer is read from one object (colour, shape, position, size, a "yes" of
     # exists) carry "attend" targets: that object's cell, at each deciding word (training's attention loss);
     # video rows naming one object (what appeared first / last / after X, what moved) too, in the frame
     # where it appeared (or the first)
     attend: bool = False
     # "In Image X" rows carry binding targets at each deciding word (as `attend`, in image X): that object's
-    # cell, and `bind_tokens` text tokens right after image X (self-attention: the route by which the
-    # question reaches image X's content, docs/demo.md "Binding targets")
+    # cell, and the BIND_TOKENS text tokens right after image X (self-attention: the route by which the
+    # question reaches image X's content)
     bind: bool = False
-    bind_tokens: int = 4
-    # False: "In Image X" rows keep the text target (and `bind_after`'s) but not the answer's own look at
-    # image X's object, which the answer then has no reason to take from among look-alikes in other images
-    bind_look: bool = True
-    # "which image?" rows carry a text target at the label of their answer ("Image | 3 has ..."): the
-    # `bind_tokens` tokens after the image that has the property
-    bind_which: bool = False
     # answers that say "there is none" (exists "No", a count of zero) carry a target on the empty cells of
     # the picture (of image X, with the text target too, in "In Image X" rows with `bind`), at the word
     # that says it, in the rows that carry targets (`attend`, `bind`): where a look for a missing thing lands
@@ -98,13 +95,6 @@ class Mix:
     # video rows: other questions about that video), each with its own targets as above ("turn": k). The
     # pictures pass the tower once for all of them
     turns: int = 1
-    # share of "In Image X" and "which image?" rows that ask their question before the image list
-    # (`questions.list_prompt`, style "question_first"); 0 draws nothing, so the rows are those without it
-    question_first: float = 0.0
-    question_style: str = "question_first"  # or "question_twice": before and after the list
-    # in those rows, with `bind`: the token right after image X also gets image X's object as a target
-    # (`"query": "after_image"`), the look that lets it read its own image's answer for the question
-    bind_after: bool = False
     # video rows asking how many objects appeared carry a target on every object of the last frame (which
     # shows them all) at the count word, the answer's first: where to count
     count_look: bool = False
@@ -122,16 +112,14 @@ class Mix:
     # the share of any other cell (training/data.py `Attend.odds`), so that the share on the counted
     # objects grows with their number instead of being all of the look for one object and for two
     count_odds: float = 0.0
-    # list rows ("In Image X", "which image?") in a layout whose labels stand before the images carry text
-    # targets: the token right after image X (of "which image?": the answer's image) looks at its label's
-    # number ("Image 3: <|image|>" -> " 3") in decoder layer `copy_layers[0]`, and in "In Image X" rows with
-    # `bind` each deciding word looks at the question's "Image X" in layer `copy_layers[1]`: the answer and
-    # the tokens after image X then carry the same number, by which the answer can find them (docs/demo.md,
-    # "The answer does not know X")
+    # list rows ("In Image X", "which image?") carry label targets: the token right after image X (of
+    # "which image?": the answer's image) looks at its label's number ("Image 3: <|image|>" -> " 3") in
+    # decoder layer COPY_LAYERS[0], and in "In Image X" rows with `bind` each deciding word looks at the
+    # question's "Image X" in layer COPY_LAYERS[1]: the answer and the tokens after image X then carry the
+    # same number, by which the answer can find them (docs/demo.md)
     copy_label: bool = False
-    copy_layers: tuple[int, int] = (0, 1)
     # the query heads those targets ask to look (empty: all of the layer's): with all, the answer's every
-    # head of layer copy_layers[1] learns to look for a number, and one-image counts suffered (docs/demo.md)
+    # head of layer COPY_LAYERS[1] learns to look for a number, and one-image counts suffered (docs/demo.md)
     copy_heads: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -143,15 +131,6 @@ class Mix:
 # the counts `Mix.count_balance` draws from, each as often
 BALANCED_COUNTS = (0, 1, 2)
 
-MIXES: dict[str, Mix] = {
-    # stage 1: learn to see; two or three images already, so "In Image X" is never new
-    "perception": Mix(single=0.6, multi=0.15, which=0.05, video=0.2, n_min=2, n_max=3),
-    # stage 2: binding among a few images with hard distractors
-    "binding": Mix(single=0.2, multi=0.5, which=0.15, video=0.15, n_min=2, n_max=8),
-    # stage 3: long lists, log-uniform up to 32 images, so labels past 8 are seen too
-    "long": Mix(single=0.15, multi=0.5, which=0.15, video=0.2, n_min=2, n_max=32, log_uniform=True),
-}
-
 
 def n_images(rng: random.Random, mix: Mix) -> int:
     if mix.log_uniform:
@@ -162,9 +141,9 @@ def n_images(rng: random.Random, mix: Mix) -> int:
 class ScenePool:
     """`size` random scenes; each drawn question picks scenes from it."""
 
-    def __init__(self, size: int, seed: int, max_objects: int = 4) -> None:
+    def __init__(self, size: int, seed: int) -> None:
         rng = random.Random(f"pool:{seed}")
-        self.scenes = [random_scene(rng, max_objects=max_objects) for _ in range(size)]
+        self.scenes = [random_scene(rng) for _ in range(size)]
 
     def pick(self, rng: random.Random, accept=lambda s: True, tries: int = 10_000) -> int:
         for _ in range(tries):
@@ -273,14 +252,13 @@ def _first_row(rng: random.Random, pool: ScenePool, mix: Mix) -> Row:
         others.append(pool.pick(rng, (lambda s: s.count(shape=qa.subject) > 0) if hard else (lambda s: True)))
     x = rng.randint(1, n)
     others.insert(x - 1, target)
-    style = "label_after" if rng.random() < mix.label_after else "official"
-    style = _question_first(rng, mix) or style
+    # a draw that chose the list's layout in the research recipes (526f300); the shipped recipe's rows
+    # are the draws with it, so it stays
+    rng.random()
     start = _start(rng, mix, n)
-    prompt = list_prompt(n, f"In Image {start + x - 1}, {lower_first(qa.question)}", style, start)
+    prompt = list_prompt(n, f"In Image {start + x - 1}, {lower_first(qa.question)}", start)
     attend = tuple(_bind_targets(qa, x - 1, mix, start + x - 1)) if mix.bind else ()
-    if mix.bind and mix.bind_after and style in QUESTION_FIRST:
-        attend += tuple(_after_image_targets(qa, x - 1, mix))
-    attend += _label_target(x - 1, start, style, mix)
+    attend += _label_target(x - 1, start, mix)
     return Row(kind, prompt, qa.answer, tuple(others), attend=attend, start=start, about=((x - 1, qa.cell),))
 
 
@@ -299,37 +277,26 @@ def _looks(qa: QA, mix: Mix) -> list[tuple[dict, str]]:
 
 def _bind_targets(qa: QA, x: int, mix: Mix, label: int) -> list[dict]:
     """Binding targets of an "In Image X" answer about image `x` (0-based; its label `label`): each look
-    of `_looks` in image x (unless not `mix.bind_look`), the `mix.bind_tokens` tokens after image x at the
-    same word, and with `mix.copy_label` the question's "Image X" at that word too."""
+    of `_looks` in image x, the BIND_TOKENS tokens after image x at the same word, and with
+    `mix.copy_label` the question's "Image X" at that word too."""
     targets = []
     for look, after in _looks(qa, mix):
-        if mix.bind_look:
-            targets.append({"image": x, **look})
-        targets.append({"image": x, "next_tokens": mix.bind_tokens, "after": after})
+        targets.append({"image": x, **look})
+        targets.append({"image": x, "next_tokens": BIND_TOKENS, "after": after})
         if mix.copy_label:
             heads = {"heads": list(mix.copy_heads)} if mix.copy_heads else {}
-            targets.append({"text": f"Image {label}", "after": after, "layer": mix.copy_layers[1], **heads})
+            targets.append({"text": f"Image {label}", "after": after, "layer": COPY_LAYERS[1], **heads})
     return targets
 
 
-def _label_target(x: int, start: int, style: str, mix: Mix) -> tuple[dict, ...]:
-    """With `mix.copy_label`, in a list whose labels stand before its images: the token right after image
-    `x` (0-based) looks at that image's label number (`Mix.copy_label`)."""
-    if not mix.copy_label or style == "label_after":
+def _label_target(x: int, start: int, mix: Mix) -> tuple[dict, ...]:
+    """With `mix.copy_label`: the token right after image `x` (0-based) looks at that image's label number
+    (`Mix.copy_label`)."""
+    if not mix.copy_label:
         return ()
     heads = {"heads": list(mix.copy_heads)} if mix.copy_heads else {}
-    return ({"image": x, "text": f"Image {start + x}", "query": "after_image", "layer": mix.copy_layers[0],
+    return ({"image": x, "text": f"Image {start + x}", "query": "after_image", "layer": COPY_LAYERS[0],
              **heads},)  # fmt: skip
-
-
-def _after_image_targets(qa: QA, x: int, mix: Mix) -> list[dict]:
-    """The looks of `_looks` (each place once) for the token right after image `x` (0-based)."""
-    places = []
-    for look, _ in _looks(qa, mix):
-        place = {k: v for k, v in look.items() if k != "after"}
-        if place not in places:
-            places.append(place)
-    return [{"image": x, **place, "query": "after_image"} for place in places]
 
 
 def _video_targets(q: Question, mix: Mix) -> list[dict]:
@@ -350,13 +317,6 @@ def _cell_box(cell: int) -> list[float]:
     return [round(col / 3, 4), round(row / 3, 4), round((col + 1) / 3, 4), round((row + 1) / 3, 4)]
 
 
-def _question_first(rng: random.Random, mix: Mix) -> str | None:
-    """`mix.question_style` for a share `mix.question_first` of list rows (no draw when it is 0)."""
-    if mix.question_first > 0 and rng.random() < mix.question_first:
-        return mix.question_style
-    return None
-
-
 def _start(rng: random.Random, mix: Mix, n: int) -> int:
     """1, or (with probability `mix.window`) a random first label of a window of `n` labels."""
     if mix.window <= 0 or rng.random() >= mix.window or n >= mix.max_label:
@@ -364,28 +324,20 @@ def _start(rng: random.Random, mix: Mix, n: int) -> int:
     return rng.randint(1, mix.max_label - n + 1)
 
 
-def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix | None = None) -> Row:
+def _which_row(rng: random.Random, pool: ScenePool, n: int, mix: Mix) -> Row:
     kind = rng.choice(WHICH_KINDS)
     target = pool.pick(rng, (lambda s: s.word is not None) if kind == "which_word" else (lambda s: True))
     question, tail, has = which_property(pool.scenes[target], kind, rng)
     others = [pool.pick(rng, lambda s: not has(s)) for _ in range(n - 1)]
     x = rng.randint(1, n)
     others.insert(x - 1, target)
-    start = _start(rng, mix, n) if mix is not None else 1
-    style = (_question_first(rng, mix) if mix is not None else None) or "official"
-    if mix is not None and mix.label_after and rng.random() < mix.label_after:  # no draw when 0: as before
-        style = "label_after"
-    attend = ()
-    if mix is not None and mix.bind_which:
-        attend = ({"image": x - 1, "next_tokens": mix.bind_tokens, "after": "Image"},)
-    if mix is not None:
-        attend += _label_target(x - 1, start, style, mix)
+    start = _start(rng, mix, n)
     return Row(
         kind,
-        list_prompt(n, question, style, start),
+        list_prompt(n, question, start),
         f"Image {start + x - 1} {tail}",
         tuple(others),
-        attend=attend,
+        attend=_label_target(x - 1, start, mix),
         start=start,
         about=((x - 1, None),),  # the image the answer names: a question about it could give it away
     )
@@ -396,7 +348,7 @@ def write_video(frames, path: Path) -> None:
     """Lossless RGB H.264 (libx264rgb, qp 0) at 1 fps: decoding gives the frames back bit-exactly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if "libx264rgb" not in av.codecs_available:
-        raise Owl3Error("this PyAV build lacks libx264rgb; write videos with video='images' instead")
+        raise Owl3Error("this PyAV build lacks libx264rgb, which the demo's lossless videos need")
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264rgb", rate=1)
         stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "rgb24"
@@ -407,41 +359,22 @@ def write_video(frames, path: Path) -> None:
 
 
 def write_dataset(
-    out_dir: str | Path,
-    n_rows: int,
-    *,
-    mix: str | Mix = "binding",
-    seed: int = 0,
-    fmt: str = "swift",
-    video: str = "mp4",
-    pool: int = 20_000,
-    image_size: int = DEFAULT_SIZE,
-    name: str | None = None,
+    out_dir: str | Path, n_rows: int, *, mix: Mix, seed: int = 0, pool: int = 20_000, name: str = "rows"
 ) -> Path:
-    """Write `n_rows` rows to `out_dir/{name}.jsonl` (swift) or `.json` (llava); returns that file.
+    """Write `n_rows` rows to `out_dir/{name}.jsonl`; returns that file.
 
-    Rows come from the stream `train:{seed}`, disjoint from the evaluation's `eval:` streams."""
-    if isinstance(mix, str):
-        if mix not in MIXES:
-            raise Owl3Error(f"unknown mix {mix!r}; choose one of {', '.join(MIXES)}")
-        mix_name, mix = mix, MIXES[mix]
-    else:
-        mix_name = "custom"
-    if fmt not in ("swift", "llava"):
-        raise Owl3Error(f"unknown format {fmt!r}; use swift or llava")
-    if video not in ("mp4", "images"):
-        raise Owl3Error(f"unknown video mode {video!r}; use mp4 or images")
+    Rows come from the stream `train:{seed}:custom`, disjoint from the evaluation's `eval:` streams."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    name = name or mix_name
-    scenes = ScenePool(pool, seed, mix.max_objects)
-    rng = random.Random(f"train:{seed}:{mix_name}")
+    scenes = ScenePool(pool, seed)
+    # "custom": the stream's name from when mixes had names too (the shipped model's rows are drawn from it)
+    rng = random.Random(f"train:{seed}:custom")
     written: set[int] = set()
 
     def image_path(i: int) -> str:
         rel = f"images/{i:06d}.png"
         if i not in written:
-            render(scenes.scenes[i], image_size).save(out / rel)
+            render(scenes.scenes[i]).save(out / rel)
             written.add(i)
         return rel
 
@@ -449,70 +382,34 @@ def write_dataset(
     for r in range(n_rows):
         row = draw_row(rng, scenes, mix)
         kinds[row.kind] += 1
+        record: dict = {"messages": _messages(((row.prompt, row.answer), *row.more))}
         images = [image_path(i) for i in row.images]
-        videos: list[str] = []
-        prompt = row.prompt
+        if images:
+            record["images"] = images
         if row.video is not None:
-            frames = row.video.render_video(image_size)
-            if video == "mp4":
-                rel = f"videos/{name}-{r:06d}.mp4"
-                write_video(frames, out / rel)
-                videos.append(rel)
-            else:
-                for k, img in enumerate(frames):
-                    rel = f"frames/{name}-{r:06d}-{k}.png"
-                    (out / rel).parent.mkdir(exist_ok=True)
-                    img.save(out / rel)
-                    images.append(rel)
-                prompt = prompt.replace(VIDEO, IMAGE * len(frames))
-        turns = ((prompt, row.answer), *row.more)
-        rows.append(_format(fmt, f"{name}-{r:06d}", turns, images, videos))
+            rel = f"videos/{name}-{r:06d}.mp4"
+            write_video(row.video.render_video(), out / rel)
+            record["videos"] = [rel]
         if row.attend:
-            if row.video is not None and video == "images":  # inlined frames: frame k is picture k
-                rows[-1]["attend"] = [
-                    {"image": a["frame"], **{k: v for k, v in a.items() if k not in ("video", "frame")}}
-                    for a in row.attend
-                ]
-            else:
-                rows[-1]["attend"] = list(row.attend)
-    target = out / f"{name}.{'jsonl' if fmt == 'swift' else 'json'}"
+            record["attend"] = list(row.attend)
+        rows.append(record)
+    target = out / f"{name}.jsonl"
     with open(target, "w") as f:
-        if fmt == "swift":
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        else:
-            json.dump(rows, f, indent=1)
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     manifest = {
-        "rows": n_rows, "seed": seed, "mix": mix_name, "mix_spec": asdict(mix), "format": fmt,
-        "video": video, "pool": pool, "image_size": image_size, "kinds": dict(sorted(kinds.items())),
+        "rows": n_rows, "seed": seed, "pool": pool, "mix": asdict(mix), "kinds": dict(sorted(kinds.items())),
     }  # fmt: skip
     (out / f"{name}.manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return target
 
 
-def _format(
-    fmt: str, rid: str, turns: tuple[tuple[str, str], ...], images: list[str], videos: list[str]
-) -> dict:
-    """One row: (question, answer) turns, the first with the media placeholders."""
-    texts = [(q.replace(IMAGE, "<image>").replace(VIDEO, "<video>"), a) for q, a in turns]
-    if fmt == "swift":
-        messages = [
-            m for q, a in texts for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
-        ]
-        row: dict = {"messages": messages}
-        if images:
-            row["images"] = images
-        if videos:
-            row["videos"] = videos
-        return row
-    row = {"id": rid}
-    if images:
-        row["image"] = images[0] if len(images) == 1 else images
-    if videos:
-        row["video"] = videos[0] if len(videos) == 1 else videos
-    row["conversations"] = [
-        m for q, a in texts for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})
-    ]
-    return row
+def _messages(turns: tuple[tuple[str, str], ...]) -> list[dict]:
+    """ms-swift messages of (question, answer) turns, the first with the media placeholders."""
+    out = []
+    for q, a in turns:
+        out.append({"role": "user", "content": q.replace(IMAGE, "<image>").replace(VIDEO, "<video>")})
+        out.append({"role": "assistant", "content": a})
+    return out
 
 
-__all__ = ["MIXES", "Mix", "ScenePool", "draw_row", "write_dataset", "write_video"]
+__all__ = ["BIND_TOKENS", "COPY_LAYERS", "Mix", "ScenePool", "draw_row", "write_dataset", "write_video"]

@@ -54,14 +54,6 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="images per 'which image' question; 0 = no row",
     )
-    s.add_argument(
-        "--layout",
-        choices=("official", "label_after", "question_first", "question_twice"),
-        default=None,
-        help="where list questions stand: after the images (official; label_after with each label after "
-        "its image), before them (question_first) or both (question_twice); default: the model's own (its "
-        "demo_layout.json, else official)",
-    )
     s.add_argument("--output", metavar="R.jsonl", default=None, help="write one JSON line per question here")
     s.add_argument(
         "--plot", metavar="P.png", default=None, help="accuracy plot (default: R.png next to --output)"
@@ -74,8 +66,6 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval_synthetic(args: argparse.Namespace) -> int:
-    from owl3.api import DEFAULT_MODEL
-    from owl3.demo.questions import model_layout
     from owl3.demo.synthetic import SyntheticTask
     from owl3.evaluation.runner import evaluate, format_kinds, format_table
 
@@ -85,7 +75,6 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         limit=args.limit,
         frames=args.video_frames,
         which_images=args.which_images,
-        layout=args.layout or model_layout(args.model or DEFAULT_MODEL),
     )
     pipe = load_pipeline(args)
     report = evaluate(
@@ -97,11 +86,8 @@ def cmd_eval_synthetic(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     model = str(pipe.path)
-    asked = "" if task.layout == "official" else f", list questions in the {task.layout} layout"
-    print(
-        f"synthetic (seed {args.seed}) on {model}: {len(report.records)} questions in {report.seconds:.1f} s"
-        + asked
-    )
+    n, seconds = len(report.records), report.seconds
+    print(f"synthetic (seed {args.seed}) on {model}: {n} questions in {seconds:.1f} s")
     print(format_table(report))
     print(format_kinds(report))
     plot = args.plot or (str(Path(args.output).with_suffix(".png")) if args.output else None)

@@ -65,10 +65,9 @@ def init_weights(model: Owl3Model, seed: int = 0, std: float = 0.02) -> Owl3Mode
 
 @torch.no_grad()
 def init_recency(
-    model: Owl3Model, kv_heads: tuple[int, ...] = (0,), strength: float = 3.0, pairs: int = 3, layer: int = 0
+    model: Owl3Model, kv_heads: tuple[int, ...] = (0,), strength: float = 3.0, pairs: int = 3
 ) -> None:
-    """Make a hyper layer's query heads of `kv_heads` attend to the most recent image (`layer`: which hyper
-    layer, 0 = the first).
+    """Make the first hyper layer's query heads of `kv_heads` attend to the most recent image.
 
     Every text token should be able to take in the image just before it (the tokens after image k are
     where a question about Image k later finds it, docs/demo.md), but a random layer attends to all
@@ -79,10 +78,7 @@ def init_recency(
     score; training may change all of it.
     """
     cfg = model.cfg.text
-    hyper = [lay.self_attn for lay in model.language_model.model.layers if lay.self_attn.is_hyper]
-    if not -len(hyper) <= layer < len(hyper):
-        raise ValueError(f"hyper layer {layer} out of range: the model has {len(hyper)}")
-    attn = hyper[layer]
+    attn = next(lay.self_attn for lay in model.language_model.model.layers if lay.self_attn.is_hyper)
     d, n_rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
     q_bias = attn.q_proj.bias.view(cfg.n_heads, d)
     kv_bias = attn.v_kv_proj.bias.view(cfg.n_kv_heads, 2, d)  # (kv_head, {K, V}, d)
@@ -98,7 +94,7 @@ def init_recency(
 def open_gates(model: Owl3Model, bias: float = 3.0) -> None:
     """Add `bias` to every hyper layer's gate bias (sigmoid(3) = 0.95: the cross-attention passes almost
     whole). A half-shut gate lets what the answer attended to (an object's place) reach the residual too
-    weakly to be read (docs/demo.md, "Attention probes")."""
+    weakly to be read (docs/demo.md)."""
     for layer in model.language_model.model.layers:
         if layer.self_attn.is_hyper:
             layer.self_attn.gate_proj[0].bias += bias

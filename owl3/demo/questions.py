@@ -14,10 +14,8 @@ would be ambiguous for a scene are never asked about it). Deterministic given th
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -34,7 +32,6 @@ from owl3.demo.world import (
     random_video,
     render,
 )
-from owl3.errors import Owl3Error
 
 IMAGE = "<|image|>"
 VIDEO = "<|video|>"
@@ -44,10 +41,6 @@ SINGLE_KINDS = (
     "position", "size", "exists", "word", "word_colour",
 )  # fmt: skip
 WORD_KINDS = ("word", "word_colour")
-# a training-only kind, never asked by the evaluation: "What do you see?" -> "I see a red star and a blue
-# circle." (the objects in reading order), an answer that has to read every object of its picture, with a
-# look at each object's cell at the word that names its colour (`QA.looks`)
-DESCRIBE = "describe"
 WHICH_KINDS = ("which_count", "which_has", "which_word", "which_total")
 VIDEO_QUESTION_KINDS = {
     "appear": ("appear_after", "appear_first", "appear_last", "appear_count"),
@@ -69,16 +62,11 @@ class QA:
     empty: tuple[int, ...] = ()
     # a count ("How many ... are there?"): the cells of the counted objects (empty for a count of none)
     counted: tuple[int, ...] = ()
-    # an answer read from several objects, one after another (DESCRIBE): (cell, the answer before the word
-    # read from that object) for each
-    looks: tuple[tuple[int, str], ...] = ()
 
     def grounding(self) -> list[tuple[int, str]]:
         """(cell, the answer before a word read from that object) for each such word: "The star is" of "The
         star is red."; "The star is in the" and "The star is in the top" of "The star is in the top
         left."; "" (the first word) of "Yes, there is a red star.". Empty when no one object decides."""
-        if self.looks:
-            return list(self.looks)
         if self.cell is None:
             return []
         if self.kind == "exists":
@@ -231,13 +219,6 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
         cell = matches[0] if yes and len(matches) == 1 else None
         empty = () if yes else empty_cells(scene)
         return QA(kind, f"Is there a {colour} {shape}?", answer, shape, cell, empty)
-    if kind == DESCRIBE:
-        answer, looks = "I see", []  # Scene keeps its objects in reading order
-        for i, o in enumerate(objs):
-            answer += "" if i == 0 else " and" if i == len(objs) - 1 else ","
-            looks.append((o.cell, answer + " a"))
-            answer += f" a {o.colour} {o.shape}"
-        return QA(kind, "What do you see?", answer + ".", looks=tuple(looks))
     if kind == "word":
         if scene.word is None:
             return None
@@ -249,10 +230,10 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA | None:
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-def scene_and_qa(rng: random.Random, kind: str, max_objects: int = 4) -> tuple[Scene, QA]:
+def scene_and_qa(rng: random.Random, kind: str) -> tuple[Scene, QA]:
     """A fresh scene that can answer a question of `kind`, and that question."""
     while True:
-        scene = random_scene(rng, word=kind in WORD_KINDS or None, max_objects=max_objects)
+        scene = random_scene(rng, word=kind in WORD_KINDS or None)
         qa = ask(scene, kind, rng)
         if qa is not None:
             return scene, qa
@@ -265,100 +246,36 @@ def single_question(rng: random.Random, kind: str | None = None) -> Question:
 
 
 # ------------------------------------------------------------------------------------- many images
-def image_list(n: int, style: str = "official", start: int = 1) -> str:
-    """`Image 1: <|image|> Image 2: <|image|> ... Image N: <|image|>` (the paper's layout), or, with
-    style "label_after", `<|image|> (Image 1) <|image|> (Image 2) ...` (a layout of LAYOUTS).
-    `start` numbers the images from there on (training windows of a longer list)."""
-    labels = range(start, start + n)
-    if style == "official":
-        return " ".join(f"Image {i}: {IMAGE}" for i in labels)
-    if style == "label_after":
-        return " ".join(f"{IMAGE} (Image {i})" for i in labels)
-    raise ValueError(f"unknown image-list style {style!r}")
+def image_list(n: int, start: int = 1) -> str:
+    """`Image 1: <|image|> Image 2: <|image|> ... Image N: <|image|>` (the paper's layout); `start` numbers
+    the images from there on (training windows of a longer list)."""
+    return " ".join(f"Image {i}: {IMAGE}" for i in range(start, start + n))
 
 
-QUESTION_FIRST = ("question_first", "question_twice")  # the layouts that ask before the list
-# "label_after": `<|image|> (Image 1) <|image|> (Image 2) ... . QUESTION`: the tokens right after image X
-# name it, so "In Image X" finds them by the label itself (in the paper's layout they name image X + 1)
-LAYOUTS = ("official", "label_after", *QUESTION_FIRST)
-# in a model folder: where that model wants its list questions (`{"layout": "question_twice"}`); absent for
-# the paper's layout. `owl3 eval synthetic` and `owl3 demo` ask in it (docs/demo.md, "Evaluation").
-LAYOUT_FILE = "demo_layout.json"
-
-
-def model_layout(model_dir: str | Path) -> str:
-    """The layout a demo model was trained to be asked list questions in: its folder's LAYOUT_FILE, written
-    by `owl3 demo-train` when the recipe's last phase asks them before the images; else "official"."""
-    path = Path(model_dir) / LAYOUT_FILE
-    if not path.is_file():
-        return "official"
-    try:
-        layout = json.loads(path.read_text())["layout"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise Owl3Error(f'{path}: expected {{"layout": "..."}} ({type(e).__name__}: {e})') from None
-    if layout not in LAYOUTS:
-        raise Owl3Error(f"{path}: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    return layout
-
-
-def write_layout(model_dir: str | Path, layout: str) -> None:
-    """Record `layout` in a model folder ("official": no file, the default)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}")
-    path = Path(model_dir) / LAYOUT_FILE
-    if layout == "official":
-        path.unlink(missing_ok=True)
-    else:
-        path.write_text(json.dumps({"layout": layout}) + "\n")
-
-
-def list_prompt(n: int, question: str, style: str = "official", start: int = 1) -> str:
-    """A question about a list of `n` images: `Image 1: <|image|> ... Image N: <|image|>. QUESTION` (the
-    paper's order), or with style "question_first" `QUESTION Image 1: <|image|> ... Image N: <|image|>.`:
-    the tokens right after each image then know the question before they look at that image, so each
-    can read its own image's answer (docs/demo.md, "The question before the images"); "question_twice" asks
-    it before and after the list (`QUESTION Image 1: <|image|> ... Image N: <|image|>. QUESTION`), so that
-    the answer has it near in long lists too."""
-    if style == "question_first":
-        return f"{question} {image_list(n, start=start)}."
-    if style == "question_twice":
-        return f"{question} {image_list(n, start=start)}. {question}"
-    return f"{image_list(n, style, start)}. {question}"
-
-
-def hard_distractor(rng: random.Random, subject: str | None) -> Scene:
-    """A random scene that also shows the shape the question is about (in whatever colour/size/place)."""
-    scene = random_scene(rng)
-    if subject is None or scene.count(shape=subject):
-        return scene
-    objs = list(scene.objects)
-    i = rng.randrange(len(objs))
-    objs[i] = replace(objs[i], shape=subject)
-    return scene.with_objects(tuple(objs))
+def list_prompt(n: int, question: str, start: int = 1) -> str:
+    """A question about a list of `n` images, after them: `Image 1: <|image|> ... Image N: <|image|>.
+    QUESTION` (the paper's order)."""
+    return f"{image_list(n, start)}. {question}"
 
 
 def multi_question(
-    rng: random.Random,
-    n_images: int,
-    kind: str | None = None,
-    target: int | None = None,
-    hard: float = 0.0,
-    style: str = "official",
+    rng: random.Random, n_images: int, kind: str | None = None, target: int | None = None
 ) -> Question:
-    """A single-image question about Image X among n_images: `... In Image X, what colour is the star?`.
-
-    Distractors are random scenes; a fraction `hard` of them also show the shape the question names."""
-    if n_images == 1 and style == "official":
+    """A single-image question about Image X among n_images: `... In Image X, what colour is the star?`;
+    the distractors are random scenes."""
+    if n_images == 1:
         return single_question(rng, kind)
     kind = kind or rng.choice(SINGLE_KINDS)
     target = target or rng.randint(1, n_images)
     scene, qa = scene_and_qa(rng, kind)
-    images = [
-        hard_distractor(rng, qa.subject) if rng.random() < hard else random_scene(rng)
-        for _ in range(n_images - 1)
-    ]
+    images = []
+    for _ in range(n_images - 1):
+        # a draw that once chose a hard distractor (never in use); the world tokenizer's corpus is these
+        # draws, so it stays
+        rng.random()
+        images.append(random_scene(rng))
     images.insert(target - 1, scene)
-    prompt = list_prompt(n_images, f"In Image {target}, {lower_first(qa.question)}", style)
+    prompt = list_prompt(n_images, f"In Image {target}, {lower_first(qa.question)}")
     return Question(kind, prompt, qa.answer, tuple(images), target=target)
 
 
@@ -400,11 +317,7 @@ def which_property(scene: Scene, kind: str, rng: random.Random):
 
 
 def which_question(
-    rng: random.Random,
-    n_images: int,
-    kind: str | None = None,
-    target: int | None = None,
-    style: str = "official",
+    rng: random.Random, n_images: int, kind: str | None = None, target: int | None = None
 ) -> Question:
     """`Image 1: <|image|> ... Image N: <|image|>. Which image has two circles?` -> `Image 3 has two
     circles.`; exactly one image has the property."""
@@ -419,7 +332,7 @@ def which_question(
             other = random_scene(rng)
         images.append(other)
     images.insert(target - 1, scene)
-    prompt = list_prompt(n_images, question, style)
+    prompt = list_prompt(n_images, question)
     return Question(kind, prompt, f"Image {target} {tail}", tuple(images), target=target)
 
 
@@ -489,7 +402,7 @@ def video_grounding(q: Question) -> list[tuple[int, int, str]]:
 
 ALL_VIDEO_KINDS = tuple(k for ks in VIDEO_QUESTION_KINDS.values() for k in ks)
 __all__ = [
-    "ALL_VIDEO_KINDS", "DESCRIBE", "IMAGE", "LAYOUTS", "LAYOUT_FILE", "QA", "Question", "SINGLE_KINDS",
-    "VIDEO", "WHICH_KINDS", "WORDS", "ask", "empty_cells", "image_list", "model_layout", "multi_question",
-    "single_question", "video_grounding", "video_question", "which_question", "write_layout",
+    "ALL_VIDEO_KINDS", "IMAGE", "QA", "Question", "SINGLE_KINDS", "VIDEO", "WHICH_KINDS", "WORDS", "ask",
+    "empty_cells", "image_list", "list_prompt", "multi_question", "single_question",
+    "video_grounding", "video_question", "which_question",
 ]  # fmt: skip

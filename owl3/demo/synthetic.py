@@ -1,4 +1,4 @@
-"""`synthetic`: questions about the procedurally drawn world of owl3.demo, with 1..N images and videos.
+"""`owl3 eval synthetic`: questions about the demo's procedurally drawn world, with 1..N images and videos.
 
 For each question i the target scene and the question are fixed by (seed, i); for each image count N only
 the position X of the target and the N-1 random distractor scenes change, so the curve of accuracy against
@@ -7,10 +7,7 @@ N measures distraction alone, like the paper's distractor figure (§4.5):
 is `<|image|>\\nWhat colour is the star?`. Question kinds cycle, so every row has the same mix. Two more
 rows: video questions (`<|video|>\\nWhat appeared after the red square?`, `frames` frames) and "which
 image" questions among `which_images` images. Images are never cropped. All scenes come from the
-streams `eval:{seed}:...`, which training data (`train:...`) never uses. `layout` "question_first" asks
-each list question before its images (`In Image X, ...? Image 1: <|image|> ... Image N: <|image|>.`), for
-models trained that way (docs/demo.md), "question_twice" before and after them; the questions, images and
-answers are the same.
+streams `eval:{seed}:...`, which training data (`train:...`) never uses.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from typing import Any
 
 from owl3.demo.questions import (
     ALL_VIDEO_KINDS,
-    LAYOUTS,
     QA,
     SINGLE_KINDS,
     WHICH_KINDS,
@@ -48,7 +44,6 @@ class SyntheticTask(Task):
         limit: int = 50,
         frames: int = 8,
         which_images: int = 5,
-        layout: str = "official",
     ) -> None:
         if not images or any(n < 1 for n in images):
             raise Owl3Error(f"image counts must be positive integers, got {list(images)}")
@@ -59,9 +54,7 @@ class SyntheticTask(Task):
                 "--video-frames must be 0 (no video row) or at least 2, --which-images 0 (no row) or more"
             )
         self.seed, self.images, self.limit = seed, list(dict.fromkeys(images)), limit
-        if layout not in LAYOUTS:
-            raise Owl3Error(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        self.frames, self.which_images, self.layout = frames, which_images, layout
+        self.frames, self.which_images = frames, which_images
 
     # ------------------------------------------------------------------ rows
     def groups(self) -> list[str]:
@@ -104,7 +97,7 @@ class SyntheticTask(Task):
         if n == 1:
             prompt = f"<|image|>\n{qa.question}"
         else:
-            prompt = list_prompt(n, f"In Image {x}, {lower_first(qa.question)}", self.layout)
+            prompt = list_prompt(n, f"In Image {x}, {lower_first(qa.question)}")
         return Item(
             id=f"images{n}-{i}",
             group=str(n),
@@ -130,9 +123,7 @@ class SyntheticTask(Task):
 
     def _which_item(self, i: int, size: int) -> Item:
         kind = WHICH_KINDS[i % len(WHICH_KINDS)]
-        q = which_question(
-            random.Random(f"eval:{self.seed}:which:{i}"), self.which_images, kind, style=self.layout
-        )
+        q = which_question(random.Random(f"eval:{self.seed}:which:{i}"), self.which_images, kind)
         return Item(
             id=f"which-{i}",
             group="which",
@@ -145,7 +136,7 @@ class SyntheticTask(Task):
 
     # ------------------------------------------------------------------ report
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {"task": self.name, "seed": self.seed, "layout": self.layout, "results": []}
+        out: dict[str, Any] = {"task": self.name, "seed": self.seed, "results": []}
         for r in rows:
             entry = {"questions": r["questions"], "accuracy": r["accuracy"], "ci95": r["ci95"]}
             if r["group"] == "video":

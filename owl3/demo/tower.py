@@ -13,8 +13,6 @@ object says "big red star", so a question about the star can find it and read it
 
 Pictures are drawn on the fly from the stream `tower:{seed}` (never the evaluation's `eval:` stream);
 the heads are thrown away, only the tower's weights are written back into a copy of the checkpoint.
-
-    python -m owl3.demo tower INIT OUT --steps 1600
 """
 
 from __future__ import annotations
@@ -22,6 +20,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from owl3.demo.world import COLOURS, SHAPES, SIZES, WORDS, Scene, random_scene, render
-from owl3.errors import Owl3Error
 from owl3.processing.pixels import images_to_pixels
 
 # the label sets of the heads; index 0 is "nothing there"
@@ -45,23 +44,11 @@ HEADS: dict[str, int] = {
     "word_colour": 1 + len(COLOURS),
 }
 _COLOURS = tuple(COLOURS)
-# a picture-level head on every patch: which shape-colour pairs the whole picture shows (multi-label). It
-# puts the picture's signature into each of its visual tokens, so that a question carrying image X's
-# signature (from the text right after image X, which took image X in) could find image X's objects by
-# content alone: the visual keys hold no label and no index. Measured: no gain for "In Image X", and the
-# tower's words suffer (docs/demo.md, "Three more changes that did not help"). Not in HEADS (the default
-# objective); `heads=(*HEADS, SCENE)` adds it.
-SCENE = "scene"
-ALL_HEADS: dict[str, int] = {**HEADS, SCENE: len(SHAPES) * len(COLOURS)}
 
 
 def patch_labels(scene: Scene, grid: int) -> dict[str, Tensor]:
     """For each of the grid x grid patches (row-major), the index of what its cell / row holds."""
     labels = {k: torch.zeros(grid * grid, dtype=torch.long) for k in HEADS}
-    shown = torch.zeros(ALL_HEADS[SCENE])
-    for o in scene.objects:
-        shown[SHAPES.index(o.shape) * len(COLOURS) + _COLOURS.index(o.colour)] = 1.0
-    labels[SCENE] = shown.expand(grid * grid, -1)
     by_cell = {o.cell: o for o in scene.objects}
     for p in range(grid * grid):
         row, col = (p // grid) * 3 // grid, (p % grid) * 3 // grid
@@ -83,16 +70,16 @@ def scene_batch(rng: random.Random, n: int, size: int, grid: int) -> tuple[Tenso
     scenes = [random_scene(rng) for _ in range(n)]
     pixels = images_to_pixels([render(s, size) for s in scenes], size, workers=1)
     per = [patch_labels(s, grid) for s in scenes]
-    return pixels, {k: torch.stack([p[k] for p in per]) for k in ALL_HEADS}
+    return pixels, {k: torch.stack([p[k] for p in per]) for k in HEADS}
 
 
 class TowerHeads(nn.Module):
     """One linear classifier per label set, applied to every visual token."""
 
-    def __init__(self, dim: int, names: tuple[str, ...] = tuple(HEADS)) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.heads = nn.ModuleDict({k: nn.Linear(dim, ALL_HEADS[k]) for k in names})
+        self.heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in HEADS.items()})
 
     def forward(self, feats: Tensor) -> dict[str, Tensor]:
         h = self.norm(feats)
@@ -100,34 +87,24 @@ class TowerHeads(nn.Module):
 
 
 def losses(logits: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
-    """Cross-entropy of each per-patch head; the scene head's binary cross-entropy summed over its classes
-    (about one cross-entropy's worth for a picture of a few objects)."""
-    total = sum(F.cross_entropy(logits[k].flatten(0, 1), labels[k].flatten()) for k in logits if k != SCENE)
-    if SCENE in logits:
-        bce = F.binary_cross_entropy_with_logits(logits[SCENE], labels[SCENE], reduction="none")
-        total = total + bce.sum(-1).mean() / 4
-    return total
+    """The sum of each head's cross-entropy over every patch."""
+    return sum(F.cross_entropy(logits[k].flatten(0, 1), labels[k].flatten()) for k in logits)
 
 
 @torch.no_grad()
 def accuracy(tower: nn.Module, heads: TowerHeads, pixels: Tensor, labels: dict[str, Tensor]) -> dict:
-    """Per-token accuracy of each head where there is something to name (objects; word rows), and of a
-    whole object: shape, colour and size all right on every patch of its cell. The scene head: share of
-    all patches whose every class is right."""
+    """Per-token accuracy of each head where there is something to name (objects; word rows; every patch
+    for its own row and column), and of a whole object: shape, colour and size all right on every patch of
+    its cell."""
     logits = heads(tower(pixels))
     out = {}
     obj = labels["shape"] > 0
     word = labels["word"] > 0
     for k in logits:
-        where = word if k.startswith("word") else torch.ones_like(obj) if k in ("row", "col", SCENE) else obj
-        if k == SCENE:
-            right = ((logits[k] > 0) == (labels[k] > 0.5)).all(-1)
-        else:
-            right = logits[k].argmax(-1) == labels[k]
+        where = word if k.startswith("word") else torch.ones_like(obj) if k in ("row", "col") else obj
+        right = logits[k].argmax(-1) == labels[k]
         out[k] = round(right[where].float().mean().item(), 4) if where.any() else None
-    whole = torch.stack(
-        [logits[k].argmax(-1) == labels[k] for k in ("shape", "colour", "size") if k in logits]
-    ).all(0)
+    whole = torch.stack([logits[k].argmax(-1) == labels[k] for k in ("shape", "colour", "size")]).all(0)
     out["whole"] = round(whole[obj].float().mean().item(), 4)
     return out
 
@@ -150,61 +127,67 @@ def pretrain_tower(
     seed: int = 0,
     eval_every: int = 100,
     threads: int | None = 1,
-    heads: tuple[str, ...] = tuple(HEADS),
     say=print,
 ) -> TowerResult:
     """Train the tower of checkpoint `model_dir` with the per-patch scene heads; write the checkpoint with
-    the trained tower to `out_dir` (every other weight and file copied unchanged)."""
+    the trained tower to `out_dir` (every other weight and file copied unchanged). `threads`: torch CPU
+    threads for this run (None: as they are); the count before is restored after."""
     from owl3.checkpoint import save_model
     from owl3.checkpoint.load import load_model
 
-    unknown = set(heads) - set(ALL_HEADS)
-    if unknown or not heads:
-        raise Owl3Error(f"unknown tower heads {sorted(unknown)}; choose from {', '.join(ALL_HEADS)}")
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = load_model(model_dir)
-    tower = model.vision_model.requires_grad_(True).train()
-    size = tower.cfg.image_size
-    grid = size // tower.cfg.patch_size
-    head_layer = TowerHeads(tower.cfg.dim, tuple(heads))
-    params = [*tower.parameters(), *head_layer.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 20)  # linear warmup over 5% of the steps, then cosine from lr to lr / 10
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
-    )
-    rng = random.Random(f"tower:{seed}")
-    test = scene_batch(random.Random(f"tower-test:{seed}"), 256, size, grid)
-    history = []
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        pixels, labels = scene_batch(rng, batch_size, size, grid)
-        loss = losses(head_layer(tower(pixels)), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % eval_every == 0 or step == steps:
-            tower.eval()
-            acc = accuracy(tower, head_layer, *test)
-            tower.train()
-            rec = {
-                "step": step,
-                "loss": round(loss.item(), 4),
-                "seconds": round(time.perf_counter() - t0, 1),
-                **acc,
-            }
-            history.append(rec)
-            say("tower " + " ".join(f"{k} {v}" for k, v in rec.items()))
-    out = Path(out_dir)
-    tower.eval().requires_grad_(False)
-    save_model(model, out, copy_from=model_dir)  # tokenizer and generation config come along
-    return TowerResult(steps, round(time.perf_counter() - t0, 1), history[-1] if history else {}, history)
+    with _threads(threads):
+        torch.manual_seed(seed)
+        model = load_model(model_dir)
+        tower = model.vision_model.requires_grad_(True).train()
+        size = tower.cfg.image_size
+        grid = size // tower.cfg.patch_size
+        head_layer = TowerHeads(tower.cfg.dim)
+        params = [*tower.parameters(), *head_layer.parameters()]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        warm = max(1, steps // 20)  # linear warmup over 5% of the steps, then cosine from lr to lr / 10
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
+        )
+        rng = random.Random(f"tower:{seed}")
+        test = scene_batch(random.Random(f"tower-test:{seed}"), 256, size, grid)
+        history = []
+        t0 = time.perf_counter()
+        for step in range(1, steps + 1):
+            pixels, labels = scene_batch(rng, batch_size, size, grid)
+            loss = losses(head_layer(tower(pixels)), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            if step % eval_every == 0 or step == steps:
+                tower.eval()
+                acc = accuracy(tower, head_layer, *test)
+                tower.train()
+                rec = {
+                    "step": step,
+                    "loss": round(loss.item(), 4),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    **acc,
+                }
+                history.append(rec)
+                say("tower " + " ".join(f"{k} {v}" for k, v in rec.items()))
+        out = Path(out_dir)
+        tower.eval().requires_grad_(False)
+        save_model(model, out, copy_from=model_dir)  # tokenizer and generation config come along
+        return TowerResult(steps, round(time.perf_counter() - t0, 1), history[-1] if history else {}, history)
 
 
-__all__ = [
-    "ALL_HEADS", "HEADS", "SCENE", "TowerHeads", "accuracy", "patch_labels", "pretrain_tower", "scene_batch",
-]  # fmt: skip
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch CPU threads set to `n` (None: left as they are) inside the block, the count before restored."""
+    before = torch.get_num_threads()
+    try:
+        if n:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+__all__ = ["HEADS", "TowerHeads", "accuracy", "patch_labels", "pretrain_tower", "scene_batch"]
