@@ -237,9 +237,9 @@ class Engine:
         """One scheduler step: a piece of the next newcomer's prefill, then one token for every running
         request. Returns the events of this step, in order."""
         events, self._events = self._events, []
-        if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
-            self._admit(self.waiting.popleft())
         with torch.inference_mode(), attention_kernels(self.model.device):
+            if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
+                self._admit(self.waiting.popleft())
             if self.prefilling is not None:
                 events += self._prefill_step(self.prefilling)
             if self.running:
