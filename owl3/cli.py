@@ -24,6 +24,7 @@ COMMANDS = (
     "owl3.evaluation.command",  # eval compare (and the tasks features add: eval synthetic)
     "owl3.demo.command",  # demo, demo-train, eval synthetic
     "owl3.training.cli",  # train, build
+    "owl3.serving.command",  # serve
 )
 
 

@@ -21,3 +21,11 @@ def tiny_pipe(tiny_dir):
     import owl3
 
     return owl3.load(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_pipe():
+    """The built-in model (owl3/assets/demo), loaded once; the server tests use its processor."""
+    import owl3
+
+    return owl3.load()

@@ -131,7 +131,7 @@ def test_the_checker_sees_a_cycle_and_a_layer_break(tmp_path):
 
 
 COMMANDS = ["", "generate", "encode", "chat", "bench latency", "eval synthetic", "eval compare", "demo",
-            "demo-train", "train", "build"]  # fmt: skip
+            "demo-train", "train", "build", "serve"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
