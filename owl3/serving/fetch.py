@@ -26,10 +26,21 @@ MAX_REDIRECTS = 5
 CHUNK = 1 << 16
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_public(ip: IPAddress) -> bool:
     """A globally routable unicast address: not loopback, private, link-local, shared, reserved, ..."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if isinstance(ip, ipaddress.IPv6Address):
+        # an IPv6 address that carries an IPv4 one (::ffff:127.0.0.1, 2002:7f00:1::, 64:ff9b::7f00:1)
+        # leads to that IPv4 address: judge both
+        inner = (
+            ip.ipv4_mapped
+            or ip.sixtofour
+            or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+        )
+        if inner is not None and not is_public(inner):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
