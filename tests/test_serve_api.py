@@ -439,7 +439,7 @@ def test_a_client_that_goes_away_frees_its_slot(served):
 def test_sigterm_drains_and_exits_0():
     code = "from tests.serve_helpers import serve_fake_main; serve_fake_main(2.0)"
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE, text=True
     )

@@ -79,7 +79,8 @@ def test_shift_enter_is_a_new_line_and_the_conversation_goes_on(page):
     answer = page.locator(".msg.assistant .text").nth(1)
     # the model's text is text: the tags the model repeats are shown, not parsed; the first turn's image
     # is sent again with the conversation
-    sync_api.expect(answer).to_have_text(re.compile(r"^You said: first line\nsecond <b>line</b> \(\d+ views\)$"))
+    expected = re.compile(r"^You said: first line\nsecond <b>line</b> \(\d+ views\)$")
+    sync_api.expect(answer).to_have_text(expected)
     assert page.locator(".msg.assistant b").count() == 0
     assert page.locator(".msg.user").count() == 2
 
