@@ -129,8 +129,8 @@ def _last_user(prompt: str) -> str:
 class ServerThread:
     """A uvicorn server of `app` on a free port of 127.0.0.1, run in a daemon thread."""
 
-    def __init__(self, app, shutdown_timeout_s: float = 2.0) -> None:
-        from owl3.serving.server import make_server
+    def __init__(self, app) -> None:
+        from owl3.serving.app import make_server
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -138,7 +138,7 @@ class ServerThread:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        self.server = make_server(app, "127.0.0.1", self.port, shutdown_timeout_s, log_level="warning")
+        self.server = make_server(app, "127.0.0.1", self.port, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -224,9 +224,8 @@ def serve_fake_main(shutdown_timeout_s: float) -> None:
     import sys
 
     import owl3
-    from owl3.serving.app import create_app
+    from owl3.serving.app import create_app, run
     from owl3.serving.chat import ServeConfig
-    from owl3.serving.server import run
 
     pipe = owl3.load()
     engine = FakeEngine(pipe.tokenizer, pipe.processor.stop_token_ids)
@@ -235,4 +234,4 @@ def serve_fake_main(shutdown_timeout_s: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
-    sys.exit(run(app, "127.0.0.1", 0, shutdown_timeout_s, sock=sock, log_level="warning"))
+    sys.exit(run(app, "127.0.0.1", 0, sock=sock, log_level="warning"))

@@ -1,10 +1,16 @@
-"""The FastAPI application: routes, the API key, the error shape, the chat page.
+"""The FastAPI application (routes, the API key, the error shape, the chat page) and running it.
 
 `create_app(pipe, engine, config)` builds an app around a loaded pipeline (its processor and tokenizer
 encode requests) and an engine with the continuous-batching interface (`add_request`, `abort`, `step`,
 ...); the engine's worker thread starts and stops with the app's lifespan. Routes:
 `GET /` (the chat page, static files from owl3/serving/static), `GET /health`, `GET /metrics` (both open),
 `GET /v1/models` and `POST /v1/chat/completions` (behind `--api-key` when one is set).
+
+`run` serves it with uvicorn until SIGTERM or Ctrl-C. On the first signal the app stops taking requests
+(503, and /health answers 503), uvicorn stops accepting connections, and the running requests get
+`shutdown_timeout_s` to finish; the worker then aborts those still running (their clients get
+`finish_reason: "abort"` and `[DONE]`), uvicorn waits for their responses to end, the worker thread
+stops, and SIGTERM ends the process with code 0.
 """
 
 from __future__ import annotations
@@ -12,11 +18,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import signal
+import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -117,3 +127,48 @@ def create_app(pipe: Any, engine: Any, config: ServeConfig) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+# ---------------------------------------------------------------------------------------------- running
+ABORT_MARGIN_S = 1.0  # the worker aborts this long before uvicorn's own deadline cancels the handlers
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn.Server that drains the owl3 app first and treats SIGTERM as a normal end (exit 0)."""
+
+    def __init__(self, config: uvicorn.Config, service: ChatService) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.service.draining:
+            self.service.draining = True
+            timeout = self.service.config.shutdown_timeout_s
+            self.service.worker.drain(max(0.0, timeout - ABORT_MARGIN_S))
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises a captured signal once it has shut down, which would end the process by
+        # SIGTERM's default action (status 143); a drained shutdown is a normal exit
+        captured = getattr(self, "_captured_signals", None)
+        if sig == signal.SIGTERM and captured and captured[-1] == sig:
+            captured.pop()
+
+
+def make_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> GracefulServer:
+    service: ChatService = app.state.service
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(service.config.shutdown_timeout_s) + 1,
+        timeout_keep_alive=5,
+    )
+    return GracefulServer(config, service)
+
+
+def run(
+    app: FastAPI, host: str, port: int, sock: socket.socket | None = None, log_level: str = "info"
+) -> int:
+    """Serve until SIGTERM/SIGINT (on `sock` if given, already bound); 0 after a graceful shutdown."""
+    make_server(app, host, port, log_level).run(sockets=[sock] if sock is not None else None)
+    return 0

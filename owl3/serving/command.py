@@ -22,11 +22,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     try:
-        from owl3.serving.app import create_app
+        from owl3.serving.app import create_app, run
         from owl3.serving.chat import ServeConfig
         from owl3.serving.media import MediaPolicy, MiB
         from owl3.serving.prepare import Limits
-        from owl3.serving.server import run
     except ImportError as e:
         raise Owl3Error(
             f"owl3 serve needs the serve extra ({e.name} is missing): pip install 'owl3[serve]'"
@@ -55,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(pipe, engine, config)
     where = f"http://{args.host}:{args.port}"
     print(f"owl3 serve: {name} at {where}/v1 (chat page: {where}/)", flush=True)
-    return run(app, args.host, args.port, args.shutdown_timeout)
+    return run(app, args.host, args.port)
 
 
 def make_engine(pipe, max_num_seqs: int):
