@@ -2,7 +2,7 @@
 on a free local port in a thread, and media as data: URLs.
 
 `FakeEngine` has exactly the interface the server uses (`add_request`, `abort`, `step`, `has_unfinished`,
-`num_running`, `num_waiting`, `max_positions`, `media_cache_hits`) and answers from a script instead of
+`num_running`, `num_waiting`, `max_model_len`, `media_cache_hits`) and answers from a script instead of
 a model, so queueing, aborts, 429s and failures can be made to happen on purpose. Its answer repeats the
 last user turn: "You said: <text> (<n> views)". A user turn containing "LONG" gets an endless answer
 (only max_tokens or an abort ends it); one containing "EXPLODE" makes `step()` raise.
@@ -30,11 +30,11 @@ class TokenEvent:
 
 
 class FakeEngine:
-    def __init__(self, tokenizer, stop_token_ids, *, max_num_seqs: int = 4, max_positions: int = 600) -> None:
+    def __init__(self, tokenizer, stop_token_ids, *, max_num_seqs: int = 4, max_model_len: int = 600) -> None:
         self.tokenizer = tokenizer
         self.stop_id = stop_token_ids[0]
         self.max_num_seqs = max_num_seqs
-        self.max_positions = max_positions
+        self.max_model_len = max_model_len
         self.paused = threading.Event()  # set: step() makes no progress (requests stay where they are)
         self.step_delay = 0.0  # seconds per step, to make a "decode step" take time
         self.media_cache_hits = 0
@@ -50,8 +50,8 @@ class FakeEngine:
     def add_request(self, encoding, params) -> int:
         params.validate()
         n = int(encoding.input_ids.shape[0])
-        if n >= self.max_positions:
-            raise Owl3Error(f"prompt is {n} tokens long, the engine takes {self.max_positions - 1}")
+        if n >= self.max_model_len:
+            raise Owl3Error(f"prompt is {n} tokens long, the engine takes {self.max_model_len - 1}")
         rid = self._next_id
         self._next_id += 1
         self._waiting.append([rid, encoding, params])

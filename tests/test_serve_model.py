@@ -26,17 +26,12 @@ import openai
 import pytest
 
 import owl3
-from owl3.inference.engine import Engine
 from owl3.serving.app import create_app
 from owl3.serving.chat import ServeConfig
 from owl3.serving.command import DEFAULT_NAME, make_engine
 from owl3.serving.prepare import Limits
 from tests.serve_helpers import ServerThread, data_url, image_part, request, write_video
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(Engine, "add_request"),
-    reason="needs the continuous-batching engine (Engine.add_request/step, issue 30); runs once it lands",
-)
 NEW = 10  # max tokens of every answer: short, the model is tiny and the machine small
 
 

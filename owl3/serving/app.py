@@ -113,7 +113,7 @@ def create_app(pipe: Any, engine: Any, config: ServeConfig) -> FastAPI:
             "object": "model",
             "created": created,
             "owned_by": "owl3",
-            "max_model_len": service.max_positions,
+            "max_model_len": service.max_model_len,
         }
         return {"object": "list", "data": [card]}
 

@@ -50,7 +50,7 @@ class ChatService:
         self.pipe = pipe
         self.config = config
         self.metrics = metrics
-        self.max_positions = int(engine.max_positions)
+        self.max_model_len = int(engine.max_model_len)
         self.worker = Worker(engine, metrics.engine_state)
         self.pool = ThreadPoolExecutor(config.encode_threads, thread_name_prefix="owl3-encode")
         self.in_flight = 0  # requests submitted to the worker and not yet answered
@@ -88,7 +88,7 @@ class ChatService:
         self._check_room()  # shed load before decoding any media
         loop = asyncio.get_running_loop()
         prep: Prepared = await loop.run_in_executor(
-            self.pool, prepare, self.pipe, req, self.config.limits, self.config.media, self.max_positions
+            self.pool, prepare, self.pipe, req, self.config.limits, self.config.media, self.max_model_len
         )
         self._check_room()  # again: others may have come in while this one was encoding
         handle = Handle(prep.encoding, prep.params, loop)

@@ -64,7 +64,7 @@ def make_engine(pipe, max_num_seqs: int):
     if getattr(pipe.engine, "max_num_seqs", None) == max_num_seqs:
         return pipe.engine
     stop, pad = pipe.processor.stop_token_ids, pipe.processor.pad_token_id
-    pipe.engine = None  # let the old engine's cache go before the new one allocates its own
+    # the engine's KV pool is allocated at its first request, so the unused one costs nothing
     pipe.engine = Engine(pipe.model, stop, pad, max_num_seqs=max_num_seqs)
     return pipe.engine
 

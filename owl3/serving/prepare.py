@@ -37,7 +37,7 @@ class Prepared:
     frames: int
 
 
-def prepare(pipe: Any, req: ChatRequest, limits: Limits, policy: MediaPolicy, max_positions: int) -> Prepared:
+def prepare(pipe: Any, req: ChatRequest, limits: Limits, policy: MediaPolicy, max_model_len: int) -> Prepared:
     """Build the request's engine input; every problem the client caused is a 400 (`APIError`)."""
     messages, images, videos = _messages(req, pipe.processor.image_token, pipe.processor.video_token)
     if len(images) > limits.max_images:
@@ -78,7 +78,7 @@ def prepare(pipe: Any, req: ChatRequest, limits: Limits, policy: MediaPolicy, ma
     except Owl3Error as e:
         raise bad_request(str(e)) from None
     n = int(enc.input_ids.shape[0])
-    params = _sampling(pipe, req, n, max_positions)
+    params = _sampling(pipe, req, n, max_model_len)
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
@@ -133,11 +133,11 @@ def _frame_rate(req: ChatRequest, limits: Limits) -> tuple[int | None, float | N
     return min(frames, limits.max_frames), None
 
 
-def _sampling(pipe: Any, req: ChatRequest, prompt: int, max_positions: int) -> SamplingParams:
-    room = max_positions - prompt
+def _sampling(pipe: Any, req: ChatRequest, prompt: int, max_model_len: int) -> SamplingParams:
+    room = max_model_len - prompt
     if room < 1:
         raise bad_request(
-            f"the prompt is {prompt} tokens long, but the model's context is {max_positions} tokens; "
+            f"the prompt is {prompt} tokens long, but the model's context is {max_model_len} tokens; "
             "shorten the conversation or send fewer images or frames",
             code="context_length_exceeded",
             param="messages",
@@ -146,7 +146,7 @@ def _sampling(pipe: Any, req: ChatRequest, prompt: int, max_positions: int) -> S
     if asked is not None and asked > room:
         name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         raise bad_request(
-            f"{name} is {asked}, but the context is {max_positions} tokens and the prompt takes {prompt}: "
+            f"{name} is {asked}, but the context is {max_model_len} tokens and the prompt takes {prompt}: "
             f"at most {room} are left",
             code="context_length_exceeded",
             param=name,
