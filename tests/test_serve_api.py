@@ -291,6 +291,7 @@ BAD = [  # (id, body, status, code)
     ("temperature-negative", {**_user("hi"), "temperature": -1}, 400, "invalid_request"),
     ("top-p-zero", {**_user("hi"), "top_p": 0}, 400, "invalid_request"),
     ("empty-stop", {**_user("hi"), "stop": [""]}, 400, "invalid_request"),
+    ("seed-over-int64", {**_user("hi"), "seed": 2**70}, 400, "invalid_request"),
     ("logprobs", {**_user("hi"), "logprobs": True}, 400, "unsupported_parameter"),
     ("placeholder-in-text", _user("look: <|image|>"), 400, "invalid_request"),
     ("bad-base64", _image_url("data:image/png;base64,@@@" + SECRET), 400, "invalid_base64"),

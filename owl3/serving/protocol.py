@@ -113,7 +113,7 @@ class ChatRequest(_Model):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # the engine keeps seeds in int64
     repetition_penalty: float | None = None
     stop: str | list[str] | None = None
     stream: bool = False
