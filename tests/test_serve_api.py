@@ -91,8 +91,7 @@ def served(demo_pipe, media_dir):
             max_bytes=1 << 20,
             max_image_pixels=1_000_000,
         ),
-        max_num_seqs=4,
-        max_queue=16,
+        max_queue=12,
         max_body_bytes=2 << 20,
     )
     app = create_app(demo_pipe, engine, config)

@@ -44,7 +44,7 @@ def ref():
 def served():
     pipe = owl3.load()
     engine = make_engine(pipe, 16)
-    config = ServeConfig(model_name=DEFAULT_NAME, limits=Limits(max_images=8, max_frames=8), max_num_seqs=16)
+    config = ServeConfig(model_name=DEFAULT_NAME, limits=Limits(max_images=8, max_frames=8))
     app = create_app(pipe, engine, config)
     with ServerThread(app) as server:
         yield server

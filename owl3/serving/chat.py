@@ -36,8 +36,7 @@ class ServeConfig:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     media: MediaPolicy = field(default_factory=MediaPolicy)
-    max_num_seqs: int = 8  # the engine's batch: requests beyond it wait in the engine's queue
-    max_queue: int = 64  # requests allowed to wait beyond the running batch; more get 429
+    max_queue: int = 64  # requests allowed to wait beyond the engine's batch (max_num_seqs); more get 429
     max_body_bytes: int = 128 * MiB
     shutdown_timeout_s: float = 30.0  # on SIGTERM, running requests get this long before an abort
     encode_threads: int = 4
@@ -51,6 +50,7 @@ class ChatService:
         self.config = config
         self.metrics = metrics
         self.max_model_len = int(engine.max_model_len)
+        self.max_num_seqs = int(engine.max_num_seqs)
         self.worker = Worker(engine, metrics.engine_state)
         self.pool = ThreadPoolExecutor(config.encode_threads, thread_name_prefix="owl3-encode")
         self.in_flight = 0  # requests submitted to the worker and not yet answered
@@ -58,7 +58,7 @@ class ChatService:
 
     @property
     def capacity(self) -> int:
-        return self.config.max_num_seqs + self.config.max_queue
+        return self.max_num_seqs + self.config.max_queue
 
     def _check_room(self) -> None:
         if self.in_flight >= self.capacity:

@@ -46,7 +46,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_private_hosts=args.allow_private_media_hosts,
             max_bytes=int(args.max_media_mb * MiB),
         ),
-        max_num_seqs=args.max_num_seqs,
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_request_mb * MiB),
         shutdown_timeout_s=args.shutdown_timeout,
