@@ -479,3 +479,34 @@ def _health(url):
         return request(url, "GET", "/health", timeout=2)[0]
     except OSError:
         return None
+
+
+def test_a_worker_that_fails_answers_its_clients_instead_of_leaving_them_waiting(demo_pipe):
+    import asyncio
+
+    from owl3.serving.protocol import APIError
+    from owl3.serving.worker import Handle, Worker
+
+    class Broken(FakeEngine):
+        @property
+        def num_waiting(self):  # read by the worker after every step
+            raise RuntimeError("a bug")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = Worker(Broken(demo_pipe.tokenizer, demo_pipe.processor.stop_token_ids), lambda *a: None)
+        worker.start(loop)
+        enc = demo_pipe.encode([{"role": "user", "content": "hi"}])
+        first = Handle(enc, demo_pipe.sampling(max_new_tokens=5), loop)
+        worker.submit(first)
+        await asyncio.wait_for(first.accepted, 5)
+        items = [await asyncio.wait_for(first.events.get(), 5) for _ in range(2)]
+        assert isinstance(items[-1], APIError) and items[-1].status == 500
+        await loop.run_in_executor(None, worker._thread.join, 5)
+        second = Handle(enc, demo_pipe.sampling(max_new_tokens=5), loop)
+        worker.submit(second)
+        with pytest.raises(APIError) as e:
+            await asyncio.wait_for(second.accepted, 5)
+        assert e.value.status == 503
+
+    asyncio.run(main())

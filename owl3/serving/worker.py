@@ -72,6 +72,9 @@ class Worker:
         self._thread.start()
 
     def submit(self, handle: Handle) -> None:
+        if not self._thread.is_alive():  # it failed (logged): refuse rather than wait forever
+            handle.accepted.set_exception(APIError(503, "the engine worker is not running"))
+            return
         self._inbox.put(("add", handle))
 
     def abort(self, handle: Handle) -> None:
@@ -93,6 +96,21 @@ class Worker:
 
     # ---------------------------------------------------------------------- the worker thread
     def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # a bug here must not leave clients waiting forever
+            log.exception("the engine worker failed")
+            batch = [(h, APIError(500, "the engine worker failed")) for h in self._active.values()]
+            self._post(_deliver, batch)
+            while True:  # requests that were on their way in
+                try:
+                    kind, arg = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "add":
+                    self._post(_resolve, arg.accepted, APIError(503, "the engine worker is not running"))
+
+    def _serve(self) -> None:
         stopping = False
         while True:
             busy = self.engine.has_unfinished
@@ -152,8 +170,8 @@ class Worker:
             events = self.engine.step()
         except Exception as e:
             log.exception("engine step failed")
-            error = APIError(500, f"the engine failed ({type(e).__name__}); the request was dropped")
-            batch = [(h, error) for h in self._active.values()]
+            message = f"the engine failed ({type(e).__name__}); the request was dropped"
+            batch = [(h, APIError(500, message)) for h in self._active.values()]
             for rid in list(self._active):
                 try:
                     self.engine.abort(rid)
