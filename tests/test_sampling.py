@@ -183,6 +183,7 @@ def test_validate_accepts_defaults_and_sane_values() -> None:
         ({"max_new_tokens": -5}, "max_new_tokens"),
         ({"max_new_tokens": 1.5}, "max_new_tokens"),
         ({"seed": "abc"}, "seed"),
+        ({"seed": 2**70}, "64-bit"),
         ({"stop_token_ids": [1, 2]}, "stop_token_ids"),
         ({"stop_token_ids": (1, -2)}, "stop_token_ids"),
     ],

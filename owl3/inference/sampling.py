@@ -62,8 +62,10 @@ class SamplingParams:
             raise Owl3Error(
                 f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty!r}"
             )
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise Owl3Error(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63
+        ):
+            raise Owl3Error(f"seed must be a 64-bit integer or None, got {self.seed!r}")
         if not isinstance(self.stop_token_ids, tuple) or not all(
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids
         ):
