@@ -234,14 +234,28 @@ class Engine:
         return True
 
     def step(self) -> list[TokenEvent]:
-        """One scheduler step: a piece of the next newcomer's prefill, then one token for every running
-        request. Returns the events of this step, in order."""
+        """One scheduler step: prefill pieces of newcomers within the step's budget, then one token for
+        every running request. Returns the events of this step, in order.
+
+        A piece is the next `vision_chunk_size` views or `prefill_chunk` prompt tokens of the request being
+        prefilled (its pieces are always cut at the same places, so its numbers do not depend on who else
+        is there); a step runs whole pieces, of one request after another, while they fit in one piece's
+        worth of views and of tokens (at least one piece)."""
         events, self._events = self._events, []
+        views, tokens = self.vision_chunk_size, self.prefill_chunk  # what this step may still prefill
         with torch.inference_mode(), attention_kernels(self.model.device):
-            if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
-                self._admit(self.waiting.popleft())
-            if self.prefilling is not None:
-                events += self._prefill_step(self.prefilling)
+            while True:
+                if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
+                    self._admit(self.waiting.popleft())
+                req = self.prefilling
+                if req is None:
+                    break
+                need_views, need_tokens = self._next_piece(req)
+                first = views == self.vision_chunk_size and tokens == self.prefill_chunk
+                if not first and (need_views > views or need_tokens > tokens):
+                    break
+                views, tokens = views - need_views, tokens - need_tokens
+                events += self._prefill_step(req)
             if self.running:
                 events += self._decode_step()
         return events
@@ -355,6 +369,12 @@ class Engine:
             req.prefilled = int(mem.prefix_ids.shape[0])
             req.visual = mem.visual_context()
             req.visual.split_prefill = self.split_prefill
+
+    def _next_piece(self, req: Request) -> tuple[int, int]:
+        """(views, prompt tokens) of the next prefill piece of `req`."""
+        if req.enc.pixel_values is not None and req.visual is None:
+            return min(self.vision_chunk_size, req.n_views - req.views_done), 0
+        return 0, min(self.prefill_chunk, req.prompt_len - req.prefilled)
 
     def _prefill_step(self, req: Request) -> list[TokenEvent]:
         if req.enc.pixel_values is not None and req.visual is None:
