@@ -293,3 +293,31 @@ def test_isolated_point_reports_errors_and_timeouts_instead_of_crashing():
     assert slow["status"] == "timeout"
     ok = _run_isolated(LatencySpec(preset="tiny", new_tokens=2), "owl3", 1, timeout=120)
     assert ok["status"] == "ok" and ok["peak_mem_mb"] > 100  # the child's own RSS, model included
+
+
+def test_bench_serve_compares_batching_with_one_at_a_time_over_http():
+    # two real servers (batch 2, then 1) on free local ports, two streaming clients each; both settings
+    # answer the same prompts greedily, so they generate the same number of tokens
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "owl3.cli", "bench", "serve", "--preset", "tiny", "--clients", "2",
+           "--requests", "1", "--new-tokens", "4", "--max-num-seqs", "2", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["preset"] == "tiny" and report["device"]
+    rows = report["results"]
+    assert [(r["clients"], r["max_num_seqs"]) for r in rows] == [(2, 2), (2, 1)]
+    assert rows[0]["tokens"] == rows[1]["tokens"] > 0 and all(r["requests"] == 2 for r in rows)
+    for r in rows:
+        assert r["throughput_tok_s"] > 0 and 0 < r["ttft_p50_s"] <= r["ttft_p99_s"]
+        assert r["itl_p50_ms"] <= r["itl_p99_ms"]
+
+
+def test_bench_serve_user_errors_are_one_line(capsys):
+    from owl3.cli import main
+
+    assert main(["bench", "serve", "--clients", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

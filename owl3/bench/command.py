@@ -17,6 +17,12 @@ def _video(args: argparse.Namespace) -> int:
     return video.run(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from owl3.bench import serve
+
+    return serve.run(args)
+
+
 def _memory(args: argparse.Namespace) -> int:
     from owl3.bench import followup
 
@@ -131,3 +137,22 @@ def add_parser(sub) -> None:
     mem.add_argument("--seconds", type=float, default=120, help="length of the generated video (default 120)")
     mem.add_argument("--frames", default="8,32", metavar="N,N,..", help="frames sampled (default 8,32)")
     mem.set_defaults(func=_with_threads(_memory))
+
+    srv = bs.add_parser(
+        "serve",
+        help="throughput, TTFT and ITL of owl3 serve: continuous batching vs one request at a time",
+        description="Starts owl3 serve (a random-weight --preset, or --model) on a free local port with "
+        "--max-num-seqs B and then with 1, and runs 1, 4, 16 concurrent streaming HTTP clients against each: "
+        "throughput (tokens/s), time to first token and inter-token latency (p50, p99).",
+    )
+    src = srv.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="small", help="random-weight preset: tiny, small, 1b, 7b (small)")
+    src.add_argument("--model", metavar="DIR", default=None, help="a checkpoint folder instead")
+    srv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    srv.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: float32)")
+    srv.add_argument("--clients", default="1,4,16", metavar="N,N,..", help="concurrent clients (1,4,16)")
+    srv.add_argument("--requests", type=int, default=2, metavar="R", help="requests per client (2)")
+    srv.add_argument("--new-tokens", type=int, default=64, metavar="T", help="max_tokens a request (64)")
+    srv.add_argument("--max-num-seqs", type=int, default=16, metavar="B", help="the batched setting (16)")
+    srv.add_argument("--json", action="store_true", help="print only the JSON line")
+    srv.set_defaults(func=_serve)

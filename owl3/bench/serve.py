@@ -1,0 +1,240 @@
+"""`owl3 bench serve`: continuous batching against one request at a time, through a real server.
+
+For each batch setting (`--max-num-seqs B`, then 1: one request at a time) it starts `owl3 serve` in a
+process of its own on a free local port, then for each client count N runs N client threads that each
+send `--requests` streaming chat completions one after another (stdlib HTTP, Server-Sent Events read as
+they arrive) and records per request the time to the first token and the gaps between tokens. Throughput
+is all completion tokens (the server's `usage`) over the wall time of that client count.
+
+`--preset NAME` serves random weights of a named shape with the built-in model's tokenizer (answers are
+noise, of the length the weights happen to give; both settings answer the same prompts identically, greedy),
+`--model DIR` a checkpoint. Loopback only. The report is a table followed by one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from owl3.errors import Owl3Error
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    gaps_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between closest ranks; nan for no values."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def preset_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
+    """A checkpoint folder of preset `name` with random weights and the built-in model's tokenizer."""
+    from owl3.api import DEFAULT_MODEL
+    from owl3.bench.common import random_model
+    from owl3.checkpoint import read_config, save_model
+    from owl3.config import preset
+
+    vocab = read_config(DEFAULT_MODEL).text
+    cfg = preset(name)
+    cfg = replace(
+        cfg,
+        text=replace(cfg.text, vocab_size=vocab.vocab_size),
+        bos_token_id=read_config(DEFAULT_MODEL).bos_token_id,
+        eos_token_id=read_config(DEFAULT_MODEL).eos_token_id,
+    )
+    return save_model(random_model(cfg, seed=seed), out, copy_from=DEFAULT_MODEL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`owl3 serve` in a subprocess, up once /health answers 200."""
+
+    def __init__(self, model: Path, max_num_seqs: int, extra: list[str], timeout: float = 300) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "owl3.cli", "serve", "--model", str(model), "--host", HOST,
+               "--port", str(self.port), "--max-num-seqs", str(max_num_seqs), "--max-queue", "1024",
+               *extra]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise Owl3Error(f"owl3 serve exited: {self.proc.stderr.read().strip().splitlines()[-1:]}")
+            try:
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise Owl3Error(f"owl3 serve did not come up within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def stream_request(port: int, model: str, prompt: str, max_tokens: int) -> Sample:
+    body = json.dumps({
+        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+    })  # fmt: skip
+    conn = http.client.HTTPConnection(HOST, port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise Owl3Error(f"the server answered {resp.status}: {resp.read()[:200]!r}")
+    sample, last = None, t0
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            if sample is not None:
+                sample.tokens = chunk["usage"]["completion_tokens"]
+            continue
+        if not any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+            continue
+        now = time.perf_counter()
+        if sample is None:
+            sample = Sample(now - t0)
+        else:
+            sample.gaps_s.append(now - last)
+        last = now
+    conn.close()
+    return sample or Sample(float("nan"))
+
+
+def run_clients(port: int, model: str, clients: int, requests: int, new_tokens: int) -> dict[str, Any]:
+    samples: list[Sample] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for r in range(requests):
+            prompt = f"Request {c}-{r}: tell me about the pictures of the world, number {c * 31 + r}."
+            try:
+                s = stream_request(port, model, prompt, new_tokens)
+            except Exception as e:  # reported, the others go on
+                with lock:
+                    errors.append(str(e))
+                continue
+            with lock:
+                samples.append(s)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise Owl3Error(f"{len(errors)} requests failed, e.g. {errors[0]}")
+    ttft = [s.ttft_s for s in samples]
+    gaps = [g for s in samples for g in s.gaps_s]
+    tokens = sum(s.tokens for s in samples)
+    return {
+        "requests": len(samples),
+        "tokens": tokens,
+        "wall_s": round(wall, 3),
+        "throughput_tok_s": round(tokens / wall, 2),
+        "ttft_p50_s": round(percentile(ttft, 50), 4),
+        "ttft_p99_s": round(percentile(ttft, 99), 4),
+        "itl_p50_ms": round(percentile(gaps, 50) * 1e3, 2),
+        "itl_p99_ms": round(percentile(gaps, 99) * 1e3, 2),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        counts = [int(x) for x in args.clients.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or args.requests < 1 or args.new_tokens < 1 or args.max_num_seqs < 1:
+        raise Owl3Error("--clients takes positive counts (e.g. 1,4,16); --requests, --new-tokens, "
+                        "--max-num-seqs must be >= 1")  # fmt: skip
+    extra = ["--dtype", args.dtype, "--device", args.device]
+    with tempfile.TemporaryDirectory(prefix="owl3-bench-serve-") as tmp:
+        if args.model:
+            model, name = Path(args.model), args.model
+        else:
+            model = preset_checkpoint(args.preset, Path(tmp) / args.preset)
+            name = str(model)
+        rows = []
+        for seqs in dict.fromkeys((args.max_num_seqs, 1)):
+            server = Server(model, seqs, extra)
+            try:
+                stream_request(server.port, name, "warm up", 4)
+                for n in counts:
+                    row = {"clients": n, "max_num_seqs": seqs}
+                    row.update(run_clients(server.port, name, n, args.requests, args.new_tokens))
+                    rows.append(row)
+                    if not args.json:
+                        print(f"  max_num_seqs {seqs:>3}, {n:>3} clients: {row['throughput_tok_s']} tok/s",
+                              file=sys.stderr, flush=True)  # fmt: skip
+            finally:
+                server.stop()
+    device = args.device if args.device != "cpu" else _cpu()
+    report = {"preset": None if args.model else args.preset, "model": args.model, "device": device,
+              "new_tokens": args.new_tokens, "requests_per_client": args.requests,
+              "results": rows}  # fmt: skip
+    if not args.json:
+        print(format_table(rows))
+    print(json.dumps(report))
+    return 0
+
+
+def _cpu() -> str:
+    from owl3.bench.common import cpu_name
+
+    return f"{cpu_name()} ({os.cpu_count()} cores)"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("clients", "max_num_seqs", "tokens", "tok/s", "vs 1 at a time", "TTFT p50", "TTFT p99",
+            "ITL p50", "ITL p99")  # fmt: skip
+    one = {r["clients"]: r["throughput_tok_s"] for r in rows if r["max_num_seqs"] == 1}
+    lines = [head]
+    for r in rows:
+        ratio = r["throughput_tok_s"] / one[r["clients"]] if one.get(r["clients"]) else float("nan")
+        lines.append((str(r["clients"]), str(r["max_num_seqs"]), str(r["tokens"]),
+                      f"{r['throughput_tok_s']:.1f}", f"{ratio:.2f}x", f"{r['ttft_p50_s']:.3f} s",
+                      f"{r['ttft_p99_s']:.3f} s", f"{r['itl_p50_ms']:.1f} ms",
+                      f"{r['itl_p99_ms']:.1f} ms"))  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
