@@ -303,7 +303,8 @@ def test_bench_serve_compares_batching_with_one_at_a_time_over_http():
     import sys
 
     cmd = [sys.executable, "-m", "owl3.cli", "bench", "serve", "--preset", "tiny", "--clients", "2",
-           "--requests", "1", "--new-tokens", "4", "--max-num-seqs", "2", "--json"]  # fmt: skip
+           "--requests", "1", "--new-tokens", "4", "--max-num-seqs", "2", "--followup-frames", "4",
+           "--json"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -314,6 +315,8 @@ def test_bench_serve_compares_batching_with_one_at_a_time_over_http():
     for r in rows:
         assert r["throughput_tok_s"] > 0 and 0 < r["ttft_p50_s"] <= r["ttft_p99_s"]
         assert r["itl_p50_ms"] <= r["itl_p99_ms"]
+    follow = report["followup"]
+    assert follow["frames"] == 4 and follow["first_ttft_s"] > 0 and follow["followup_ttft_s"] > 0
 
 
 def test_bench_serve_user_errors_are_one_line(capsys):

@@ -183,3 +183,18 @@ def test_streamed_text_equals_the_decoded_text_with_multibyte_characters(demo_pi
     stream = TextStream(tok, ["zzz"])
     pieces = [stream.push(i) for i in ids] + [stream.finish()]
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+def test_a_resent_video_is_sampled_once(tmp_path):
+    # the same bytes and sampling come back with the next turn: the frames of the first decode, not a new one
+    from owl3.bench.video import write_test_video
+    from owl3.serving.media import ClipCache, MediaPolicy, decode_video
+
+    data = write_test_video(tmp_path / "v.mp4", seconds=2, fps=10, gop=10).read_bytes()
+    cache, policy = ClipCache(max_clips=1), MediaPolicy()
+    first = decode_video(data, "v", policy, frames=4, fps=None, max_frames=8, cache=cache)
+    again = decode_video(data, "v", policy, frames=4, fps=None, max_frames=8, cache=cache)
+    assert len(first) == 4 and all(a is b for a, b in zip(first, again, strict=True))
+    other = decode_video(data, "v", policy, frames=3, fps=None, max_frames=8, cache=cache)  # other sampling
+    assert len(other) == 3 and not any(o is f for o in other for f in first)
+    assert len(decode_video(data, "v", policy, frames=4, fps=None, max_frames=8, cache=cache)) == 4

@@ -154,5 +154,9 @@ def add_parser(sub) -> None:
     srv.add_argument("--requests", type=int, default=2, metavar="R", help="requests per client (2)")
     srv.add_argument("--new-tokens", type=int, default=64, metavar="T", help="max_tokens a request (64)")
     srv.add_argument("--max-num-seqs", type=int, default=16, metavar="B", help="the batched setting (16)")
+    srv.add_argument(
+        "--followup-frames", type=int, default=32, metavar="F",
+        help="also time a follow-up turn that resends an F-frame video (32; 0 = off)",
+    )  # fmt: skip
     srv.add_argument("--json", action="store_true", help="print only the JSON line")
     srv.set_defaults(func=_serve)

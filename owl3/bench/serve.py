@@ -106,10 +106,14 @@ class Server:
                 self.proc.kill()
 
 
-def stream_request(port: int, model: str, prompt: str, max_tokens: int) -> Sample:
+def stream_request(
+    port: int, model: str, prompt: str | list[dict], max_tokens: int, extra: dict | None = None
+) -> Sample:
+    """One streaming chat completion; `prompt` is a user message's text or the whole message list."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     body = json.dumps({
-        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-        "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+        "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True}, **(extra or {}),
     })  # fmt: skip
     conn = http.client.HTTPConnection(HOST, port, timeout=600)
     t0 = time.perf_counter()
@@ -180,6 +184,27 @@ def run_clients(port: int, model: str, clients: int, requests: int, new_tokens: 
     }
 
 
+def followup(port: int, model: str, frames: int, seconds: float = 60) -> dict[str, Any]:
+    """Time to first token of a question about a `frames`-frame video, and of the next turn of the same
+    conversation, which sends the video again (as OpenAI clients do)."""
+    import base64
+
+    from owl3.bench.video import write_test_video
+
+    with tempfile.TemporaryDirectory(prefix="owl3-bench-video-") as tmp:
+        path = write_test_video(Path(tmp) / "clip.mp4", seconds=seconds, fps=25, gop=50)
+        url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    video = {"type": "video_url", "video_url": {"url": url}}
+    kw = {"media_io_kwargs": {"video": {"num_frames": frames}}}
+    turn1 = [{"role": "user", "content": [video, {"type": "text", "text": "What happens in the video?"}]}]
+    first = stream_request(port, model, turn1, 8, kw)
+    turn2 = [*turn1, {"role": "assistant", "content": "Bars move."}, {"role": "user", "content": "And then?"}]
+    second = stream_request(port, model, turn2, 8, kw)
+    ratio = second.ttft_s / first.ttft_s
+    return {"frames": frames, "first_ttft_s": round(first.ttft_s, 4),
+            "followup_ttft_s": round(second.ttft_s, 4), "ratio": round(ratio, 3)}  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         counts = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -195,11 +220,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             model = preset_checkpoint(args.preset, Path(tmp) / args.preset)
             name = str(model)
-        rows = []
+        rows, follow = [], None
         for seqs in dict.fromkeys((args.max_num_seqs, 1)):
-            server = Server(model, seqs, extra)
+            server = Server(model, seqs, [*extra, "--max-frames", str(max(args.followup_frames, 8))])
             try:
                 stream_request(server.port, name, "warm up", 4)
+                if follow is None and args.followup_frames:
+                    follow = followup(server.port, name, args.followup_frames)
                 for n in counts:
                     row = {"clients": n, "max_num_seqs": seqs}
                     row.update(run_clients(server.port, name, n, args.requests, args.new_tokens))
@@ -212,9 +239,13 @@ def run(args: argparse.Namespace) -> int:
     device = args.device if args.device != "cpu" else _cpu()
     report = {"preset": None if args.model else args.preset, "model": args.model, "device": device,
               "new_tokens": args.new_tokens, "requests_per_client": args.requests,
-              "results": rows}  # fmt: skip
+              "results": rows, "followup": follow}  # fmt: skip
     if not args.json:
         print(format_table(rows))
+        if follow:
+            print(f"follow-up turn resending a {follow['frames']}-frame video: first token in "
+                  f"{follow['followup_ttft_s']:.3f} s against {follow['first_ttft_s']:.3f} s for the first "
+                  f"question ({follow['ratio']:.2f}x)")  # fmt: skip
     print(json.dumps(report))
     return 0
 

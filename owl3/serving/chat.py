@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from owl3.serving import protocol as P
-from owl3.serving.media import MediaPolicy, MiB
+from owl3.serving.media import ClipCache, MediaPolicy, MiB
 from owl3.serving.metrics import Metrics
 from owl3.serving.prepare import Limits, Prepared, prepare
 from owl3.serving.protocol import APIError
@@ -53,6 +53,7 @@ class ChatService:
         self.max_num_seqs = int(engine.max_num_seqs)
         self.worker = Worker(engine, metrics.engine_state)
         self.pool = ThreadPoolExecutor(config.encode_threads, thread_name_prefix="owl3-encode")
+        self.clips = ClipCache()  # a conversation's video, sampled once for all its turns
         self.in_flight = 0  # requests submitted to the worker and not yet answered
         self.draining = False
 
@@ -88,7 +89,14 @@ class ChatService:
         self._check_room()  # shed load before decoding any media
         loop = asyncio.get_running_loop()
         prep: Prepared = await loop.run_in_executor(
-            self.pool, prepare, self.pipe, req, self.config.limits, self.config.media, self.max_model_len
+            self.pool,
+            prepare,
+            self.pipe,
+            req,
+            self.config.limits,
+            self.config.media,
+            self.max_model_len,
+            self.clips,
         )
         self._check_room()  # again: others may have come in while this one was encoding
         handle = Handle(prep.encoding, prep.params, loop)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -171,6 +174,39 @@ def _as_file(source: bytes | Path) -> Iterator[Path]:
         os.unlink(name)
 
 
+class ClipCache:
+    """The frames of the last few videos decoded, keyed by their bytes (or file and its mtime and size)
+    and the sampling asked: OpenAI clients resend a conversation's video with every turn, and sampling it
+    again would cost the follow-up more than its answer (the engine's media cache then skips the tower)."""
+
+    def __init__(self, max_clips: int = 8) -> None:
+        self.max_clips = max_clips
+        self._clips: OrderedDict[tuple, list[Image.Image]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(source: bytes | Path, frames: int | None, fps: float | None, max_frames: int) -> tuple:
+        if isinstance(source, Path):
+            st = source.stat()
+            what: tuple = ("file", str(source.resolve()), st.st_mtime_ns, st.st_size)
+        else:
+            what = ("bytes", hashlib.blake2b(source, digest_size=20).digest())
+        return (*what, frames, fps, max_frames)
+
+    def get(self, key: tuple) -> list[Image.Image] | None:
+        with self._lock:
+            clip = self._clips.get(key)
+            if clip is not None:
+                self._clips.move_to_end(key)
+            return clip
+
+    def put(self, key: tuple, clip: list[Image.Image]) -> None:
+        with self._lock:
+            self._clips[key] = clip
+            while len(self._clips) > self.max_clips:
+                self._clips.popitem(last=False)
+
+
 def decode_video(
     source: bytes | Path,
     where: str,
@@ -179,8 +215,28 @@ def decode_video(
     frames: int | None,
     fps: float | None,
     max_frames: int,
+    cache: ClipCache | None = None,
 ) -> list[Image.Image]:
-    """Sample a video's frames (`frames` evenly, or `fps` per second, at most `max_frames`)."""
+    """Sample a video's frames (`frames` evenly, or `fps` per second, at most `max_frames`); a clip in
+    `cache` is not decoded again."""
+    key = cache.key(source, frames, fps, max_frames) if cache is not None else None
+    clip = cache.get(key) if cache is not None else None
+    if clip is None:
+        clip = _decode_video(source, where, policy, frames=frames, fps=fps, max_frames=max_frames)
+        if cache is not None:
+            cache.put(key, clip)
+    return list(clip)
+
+
+def _decode_video(
+    source: bytes | Path,
+    where: str,
+    policy: MediaPolicy,
+    *,
+    frames: int | None,
+    fps: float | None,
+    max_frames: int,
+) -> list[Image.Image]:
     with _as_file(source) as path:
         try:
             info = video_info(path)

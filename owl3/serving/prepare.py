@@ -15,7 +15,7 @@ from typing import Any
 from owl3.errors import Owl3Error
 from owl3.inference.sampling import SamplingParams
 from owl3.processing import Encoding
-from owl3.serving.media import MediaPolicy, decode_image, decode_video, read_url
+from owl3.serving.media import ClipCache, MediaPolicy, decode_image, decode_video, read_url
 from owl3.serving.protocol import ChatRequest, ImagePart, TextPart, bad_request
 
 DEFAULT_FRAMES = 8  # frames sampled from a video when the request does not say (the official default)
@@ -37,8 +37,16 @@ class Prepared:
     frames: int
 
 
-def prepare(pipe: Any, req: ChatRequest, limits: Limits, policy: MediaPolicy, max_model_len: int) -> Prepared:
-    """Build the request's engine input; every problem the client caused is a 400 (`APIError`)."""
+def prepare(
+    pipe: Any,
+    req: ChatRequest,
+    limits: Limits,
+    policy: MediaPolicy,
+    max_model_len: int,
+    clips: ClipCache | None = None,
+) -> Prepared:
+    """Build the request's engine input; every problem the client caused is a 400 (`APIError`).
+    `clips`: videos decoded for earlier requests, reused when the same one comes back."""
     messages, images, videos = _messages(req, pipe.processor.image_token, pipe.processor.video_token)
     if len(images) > limits.max_images:
         raise bad_request(
@@ -63,6 +71,7 @@ def prepare(pipe: Any, req: ChatRequest, limits: Limits, policy: MediaPolicy, ma
             frames=frames,
             fps=fps,
             max_frames=limits.max_frames,
+            cache=clips,
         )
         for url, where in videos
     ]
