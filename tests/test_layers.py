@@ -130,8 +130,8 @@ def test_the_checker_sees_a_cycle_and_a_layer_break(tmp_path):
     assert "api" not in ALLOWED[part("owl3.model.b")]
 
 
-COMMANDS = ["", "generate", "encode", "chat", "bench latency", "bench serve", "eval synthetic", "eval compare",
-            "demo", "demo-train", "train", "build", "serve"]  # fmt: skip
+COMMANDS = ["", "generate", "encode", "chat", "bench latency", "bench serve", "eval synthetic",
+            "eval compare", "demo", "demo-train", "train", "build", "serve"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
