@@ -99,7 +99,8 @@ def test_visual_kv_computed_once_per_request(pipe, tiny_dir):
     calls = []
     hooks = [a.v_kv_proj.register_forward_hook(lambda *_: calls.append(1)) for a in hyper]
     try:
-        ids = _run(pipe.engine, [enc], SamplingParams(max_new_tokens=8))[0]
+        stops, pad = pipe.processor.stop_token_ids, pipe.processor.pad_token_id
+        ids = _run(Engine(pipe.model, stops, pad), [enc], SamplingParams(max_new_tokens=8))[0]
         assert len(ids) == 8
         assert len(calls) == len(hyper)  # once per hyper layer, not once per step
         # the official behaviour (recompute every step) gives the same tokens at len(ids) times the work
@@ -286,9 +287,10 @@ def test_decode_step_shapes_do_not_change_from_step_to_step(pipe, tiny_dir):
     assert len(shapes) == 8 and len(set(shapes)) == 1 and shapes[0][0][0] == 3
 
 
-def test_a_media_cache_hit_does_not_run_the_vision_tower(pipe, tiny_dir):
+def test_a_media_cache_hit_runs_neither_the_vision_tower_nor_the_projections(pipe, tiny_dir):
     calls = []
-    handle = pipe.model.vision_model.register_forward_hook(lambda *_: calls.append(1))
+    hyper = [layer.self_attn.v_kv_proj for layer in pipe.model.hyper_layers]
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in [pipe.model.vision_model, *hyper]]
     images = [_img(tiny_dir, "m1.png"), _img(tiny_dir, "m2.png")]
     first = pipe.encode("Image 1: <|image|> Image 2: <|image|>. Compare.", images)
     second = pipe.encode(
@@ -308,8 +310,12 @@ def test_a_media_cache_hit_does_not_run_the_vision_tower(pipe, tiny_dir):
         stops, pad = pipe.processor.stop_token_ids, pipe.processor.pad_token_id
         fresh = Engine(pipe.model, stops, pad, media_cache_mb=0)
         assert _run(fresh, [second], params)[0] == answer and fresh.media_cache_hits == 0
+        # the cache holds keys before MI-RoPE: the same pictures elsewhere in a prompt are rotated anew
+        moved = pipe.encode("A preface first. Image 1: <|image|> then Image 2: <|image|>. Compare.", images)
+        assert _run(engine, [moved], params) == _run(fresh, [moved], params) and engine.media_cache_hits == 4
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def test_a_long_prefill_is_split_between_the_running_requests_decode_steps(pipe, tiny_dir):

@@ -328,15 +328,15 @@ class Engine:
             cached: list[Tensor | None] = [cache.get(k) for k in keys]
             todo = [i for i, f in enumerate(cached) if f is None]
             if todo:
-                new = model.encode_media(pixels[[a + i for i in todo]], None)  # (n, T, D)
+                new = model.project_visual_kv(model.encode_media(pixels[[a + i for i in todo]], None))
                 for j, i in enumerate(todo):
                     cached[i] = new[j]
                     cache.put(keys[i], new[j])
-            feats = torch.stack(cached)
+            raw = torch.stack(cached)  # (b - a, n_hyper, 2, kv, T, d)
         else:
-            feats = model.encode_media(pixels[a:b], None)  # (b - a, T, D)
+            raw = model.project_visual_kv(model.encode_media(pixels[a:b], None))
         positions = VisualContext.layout(req.enc.media_starts, t, model.device)[1][None]
-        model.write_visual_kv(req.kv, feats, positions, a)
+        model.write_visual_kv(req.kv, raw, positions, a)
         req.views_done = b
         if b == req.n_views:
             req.visual = VisualContext.from_kv(req.kv, req.enc.media_starts, t)

@@ -1,10 +1,11 @@
-"""The engine's media cache: visual features of images and video frames, keyed by their pixels.
+"""The engine's media cache: the visual keys and values of images and video frames, keyed by pixels.
 
-OpenAI-style clients resend every image and video with every turn of a conversation. The vision tower's
-output for a view (one image, crop or frame after the processor's transform) depends only on its pixels,
-so the engine keeps the projected features (T, D) of recent views in a byte-bounded LRU and runs the tower
-only on views it has not seen. Features, not the hyper layers' keys/values: those also depend on where
-the image sits in the prompt (MI-RoPE), which another turn may change, and projecting them is cheap.
+OpenAI-style clients resend every image and video with every turn of a conversation. What the hyper
+layers need of a view (one image, crop or frame after the processor's transform) is its keys and values;
+before MI-RoPE they depend only on its pixels, so the engine keeps them (`Owl3Model.project_visual_kv`:
+every hyper layer's unrotated keys and values) in a byte-bounded LRU and runs neither the vision tower nor
+the projections on a view it has seen. The rotation, which depends on where the image sits in this
+prompt, is applied when they are written into the request's buffers.
 """
 
 from __future__ import annotations
@@ -50,19 +51,19 @@ class MediaCache:
         return list(self._hashers.map(view_key, views))
 
     def get(self, key: bytes) -> Tensor | None:
-        feats = self._items.get(key)
-        if feats is None:
+        kv = self._items.get(key)
+        if kv is None:
             self.misses += 1
             return None
         self._items.move_to_end(key)
         self.hits += 1
-        return feats
+        return kv
 
-    def put(self, key: bytes, feats: Tensor) -> None:
-        size = feats.numel() * feats.element_size()
+    def put(self, key: bytes, kv: Tensor) -> None:
+        size = kv.numel() * kv.element_size()
         if size > self.max_bytes or key in self._items:
             return
-        self._items[key] = feats
+        self._items[key] = kv
         self.nbytes += size
         while self.nbytes > self.max_bytes:
             _, old = self._items.popitem(last=False)

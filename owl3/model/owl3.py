@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from owl3.config import Owl3Config
-from owl3.model.hyper import RowVisuals, VisualContext, project_kv_chunked
+from owl3.model.hyper import RowVisuals, VisualContext
+from owl3.model.layers import apply_rope
 from owl3.model.text import Cache, Qwen2ForCausalLM
 from owl3.model.vision import SiglipVisionModel
 
@@ -69,7 +70,7 @@ class Owl3Model(nn.Module):
         step = chunk_size or max(1, n)
         for i in range(0, n, step):
             feats = self.encode_media(pixels[i : i + step], None)
-            self.write_visual_kv(kv, feats, positions, i)
+            self.write_visual_kv(kv, self.project_visual_kv(feats), positions, i)
         return kv
 
     def visual_kv_buffers(self, n_images: int) -> dict[int, tuple[Tensor, Tensor]]:
@@ -83,29 +84,39 @@ class Owl3Model(nn.Module):
             if layer.self_attn.is_hyper
         }
 
-    def write_visual_kv(
-        self, kv: dict[int, tuple[Tensor, Tensor]], feats: Tensor, positions: Tensor, first: int
-    ) -> None:
-        """Project images first .. first + len(feats) - 1 of a sample into its hyper layers' K/V buffers.
+    @property
+    def hyper_layers(self) -> list[nn.Module]:
+        """The decoder layers with a visual branch, in order."""
+        return [layer for layer in self.language_model.model.layers if layer.self_attn.is_hyper]
 
-        feats (n, T, D) projected visual features; positions (1, N*T) the sample's MI-RoPE positions."""
-        cfg, t = self.cfg.text, self.cfg.vision.n_tokens
-        lm = self.language_model.model
-        x = feats.reshape(1, -1, cfg.dim)
-        a, b = first * t, first * t + x.shape[1]
-        for layer in lm.layers:
-            if layer.self_attn.is_hyper:
-                project_kv_chunked(
-                    x,
-                    positions[:, a:b],
-                    layer.input_layernorm,
-                    layer.self_attn.v_kv_proj,
-                    lm.rope,
-                    cfg.n_kv_heads,
-                    cfg.head_dim,
-                    out=kv[layer.self_attn.layer_idx],
-                    at=a,
-                )
+    def project_visual_kv(self, feats: Tensor) -> Tensor:
+        """(n, T, D) projected features -> (n, n_hyper, 2, kv, T, d): every hyper layer's visual keys (not
+        yet rotated) and values. They depend on the pixels only, so the engine's media cache keeps them;
+        MI-RoPE, which depends on where an image sits in a prompt, is applied by `write_visual_kv`."""
+        cfg = self.cfg.text
+        n, t, _ = feats.shape
+        out = []
+        for layer in self.hyper_layers:
+            y = layer.self_attn.v_kv_proj(layer.input_layernorm(feats))  # (n, T, kv * 2 * d)
+            out.append(y.view(n, t, cfg.n_kv_heads, 2, cfg.head_dim).permute(0, 3, 2, 1, 4))
+        return torch.stack(out, 1)
+
+    def write_visual_kv(
+        self, kv: dict[int, tuple[Tensor, Tensor]], raw: Tensor, positions: Tensor, first: int
+    ) -> None:
+        """Images first .. first + n - 1 of a sample into its hyper layers' K/V buffers (1, kv, N*T, d).
+
+        raw (n, n_hyper, 2, kv, T, d) from `project_visual_kv`; positions (1, N*T) the sample's MI-RoPE
+        positions. The keys are rotated here, in float32, one position per image (MI-RoPE)."""
+        n, t = raw.shape[0], raw.shape[4]
+        a, b = first * t, (first + n) * t
+        cos, sin = self.language_model.model.rope(positions[:, a:b:t], torch.float32)  # (1, n, d)
+        cos, sin = cos.transpose(0, 1), sin.transpose(0, 1)  # (n, 1, d): broadcast over heads and tokens
+        for j, layer in enumerate(self.hyper_layers):
+            k_buf, v_buf = kv[layer.self_attn.layer_idx]
+            k = apply_rope(raw[:, j, 0].float(), cos, sin)  # (n, kv, T, d)
+            k_buf[0, :, a:b].unflatten(1, (n, t)).copy_(k.transpose(0, 1))
+            v_buf[0, :, a:b].unflatten(1, (n, t)).copy_(raw[:, j, 1].transpose(0, 1))
 
     def _empty(self, shape: tuple[int, ...]) -> Tensor:
         return torch.empty(shape, dtype=self.dtype, device=self.device)
