@@ -334,3 +334,64 @@ def test_a_long_prefill_is_split_between_the_running_requests_decode_steps(pipe,
     n = encs[3].input_ids.shape[0]
     assert steps >= 5 + n // 4  # one frame, then four prompt tokens, per step
     assert any(r.id == video for r in engine.running) or engine.has_unfinished
+
+
+def test_a_continued_conversation_reuses_the_earlier_turns_text_kv(pipe, tiny_dir):
+    # turn 2 resends turn 1 (the same pictures) and the answer: only the new part is prefilled, and every
+    # token is still the argmax of a full forward over everything before it
+    stops, pad = pipe.processor.stop_token_ids, pipe.processor.pad_token_id
+    images = [_img(tiny_dir, "m1.png"), _img(tiny_dir, "m2.png")]
+    turn1 = [{"role": "user", "content": "Image 1: <|image|> Image 2: <|image|>. Compare them, please."}]
+    engine = Engine(pipe.model, stops, pad, prefix_cache_mb=64)
+    params = SamplingParams(max_new_tokens=6)
+    enc1 = pipe.encode(turn1, images)
+    first = _run(engine, [enc1], params)[0]
+    answer = pipe.processor.tokenizer.decode(first)
+    turn2 = [*turn1, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]
+    enc = pipe.encode(turn2, images)
+    prefilled = []
+    hook = pipe.model.language_model.model.embed_tokens.register_forward_hook(
+        lambda m, args, out: prefilled.append(args[0].shape[1])
+    )
+    try:
+        ids = _run(engine, [enc], params)[0]
+    finally:
+        hook.remove()
+    assert engine.prefix_cache.hits == 1 and engine.prefix_cache.tokens_reused >= enc1.input_ids.shape[0]
+    assert prefilled[0] == enc.input_ids.shape[0] - engine.prefix_cache.tokens_reused  # then 1 per step
+    full = torch.cat([enc.input_ids, torch.tensor(ids)])[None]
+    with torch.no_grad():
+        logits = pipe.model(full, visual=pipe.engine.encode_visual([enc]))[0]
+    n = enc.input_ids.shape[0]
+    assert logits[n - 1 : n - 1 + len(ids)].argmax(-1).tolist() == ids
+
+
+def test_the_prefix_cache_keeps_one_entry_per_conversation_within_its_bytes():
+    from owl3.inference.prefix_cache import Prefix, PrefixCache
+
+    def entry(ids):
+        kv = torch.zeros(1, 1, len(ids), 4)  # 16 bytes a token, keys and values
+        return Prefix(torch.tensor(ids), [], [], [(kv, kv.clone())])
+
+    cache = PrefixCache(max_bytes=32 * 70, min_tokens=4)
+    cache.put(entry(list(range(20))))
+    cache.put(entry(list(range(30))))  # continues the first: replaces it
+    assert len(cache) == 1 and cache.nbytes == 32 * 30
+    assert cache.match(torch.tensor([*range(25), 99, 98]), [], [])[1] == 25
+    assert cache.match(torch.tensor([0, 1, 2, 7, 7, 7]), [], []) is None  # 3 common tokens < min_tokens
+    cache.put(entry([5] * 30))  # another conversation
+    cache.put(entry([6] * 30))  # over the bytes: the least recently used goes
+    assert len(cache) == 2 and cache.match(torch.tensor([5] * 10), [], []) is not None
+    assert cache.match(torch.tensor(list(range(10))), [], []) is None
+
+
+def test_the_prefix_cache_stops_at_the_first_picture_that_differs(pipe, tiny_dir):
+    stops, pad = pipe.processor.stop_token_ids, pipe.processor.pad_token_id
+    text = "A long enough preface, so that it is worth reusing. Image 1: <|image|> and Image 2: <|image|>."
+    a = pipe.encode(text, [_img(tiny_dir, "m1.png"), _img(tiny_dir, "m2.png")])
+    b = pipe.encode(text, [_img(tiny_dir, "m1.png"), _img(tiny_dir, "wide.png").resize((56, 56))])
+    params = SamplingParams(max_new_tokens=4)
+    engine = Engine(pipe.model, stops, pad, prefix_cache_mb=64)
+    _run(engine, [a], params)
+    assert _run(engine, [b], params) == _run(Engine(pipe.model, stops, pad), [b], params)
+    assert engine.prefix_cache.tokens_reused == b.media_starts[1]  # up to the second image's token

@@ -184,6 +184,17 @@ def test_a_resent_image_comes_from_the_media_cache(served, client, scenes):
     assert _metric(served, "owl3_media_cache_hits_total") > before
 
 
+def test_the_next_turn_of_a_conversation_reuses_its_prefix(served, client, scenes):
+    turn1 = [{"role": "user", "content": [image_part(scenes[4]), {"type": "text", "text": "What is it?"}]}]
+    answer = client.chat.completions.create(model=DEFAULT_NAME, messages=turn1, max_tokens=NEW)
+    turn2 = [*turn1, {"role": "assistant", "content": answer.choices[0].message.content},
+             {"role": "user", "content": "And its colour?"}]  # fmt: skip
+    before = _metric(served, "owl3_prefix_cache_tokens_reused_total")
+    second = client.chat.completions.create(model=DEFAULT_NAME, messages=turn2, max_tokens=NEW)
+    assert _metric(served, "owl3_prefix_cache_tokens_reused_total") - before >= answer.usage.prompt_tokens
+    assert second.usage.prompt_tokens > answer.usage.prompt_tokens
+
+
 def test_owl3_serve_starts_answers_and_stops_on_sigterm():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

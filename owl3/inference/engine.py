@@ -11,8 +11,10 @@ streams for its whole prefill, and a finished request's slot is free for the nex
   shapes from step to step (its key window grows in buckets of `kv_bucket` tokens); the request being
   prefilled has a slot of its own past them.
 - Visual K/V: each request keeps its own (no padding to the largest image count); rows without media
-  skip the cross branch (`RowVisuals`). The projected features of every view are kept in a byte-bounded
-  LRU keyed by its pixels (`MediaCache`): a conversation that resends its pictures runs no vision tower.
+  skip the cross branch (`RowVisuals`). Every view's K/V before MI-RoPE are kept in a byte-bounded LRU
+  keyed by its pixels (`MediaCache`): a conversation that resends its pictures runs no vision tower.
+- Prefix cache (off unless `prefix_cache_mb`): a prompt that continues an earlier request's tokens, with
+  the same pictures, starts from that request's text KV and prefills only the rest (`PrefixCache`).
 - Sampling: every row has its own settings and its own seeded stream, in one batched operation
   (`sampling.sample`): a request's tokens do not depend on who else is in the batch.
 - A request may start from a saved `PromptMemory` (owl3/inference/memory.py): its prefix's text KV and
@@ -39,6 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from owl3.errors import Owl3Error
 from owl3.inference.kv_cache import DecodeView, KVPool, SlotView
 from owl3.inference.media_cache import MediaCache
+from owl3.inference.prefix_cache import Prefix, PrefixCache
 from owl3.inference.sampling import RowSampling, SamplingParams, request_seed, sample
 from owl3.model import Owl3Model, RowVisuals, VisualContext
 from owl3.model.layers import causal_mask
@@ -115,6 +118,7 @@ class Request:
     memory: PromptMemory | None = None
     visual: VisualContext | None = None
     kv: dict[int, tuple[Tensor, Tensor]] | None = None  # visual K/V being written, view by view
+    view_keys: list[bytes] | None = None  # the media cache's key of every view, once computed
     views_done: int = 0
     prefilled: int = 0  # prompt tokens in the KV cache
     generated: list[int] = field(default_factory=list)
@@ -140,6 +144,7 @@ class Engine:
         prefill_chunk: int = 2048,
         vision_chunk_size: int = 64,
         media_cache_mb: float = 512,
+        prefix_cache_mb: float = 0,
         kv_bucket: int = 256,
         compile_decode: bool = False,
         split_prefill: bool | None = None,
@@ -160,6 +165,7 @@ class Engine:
         # the decode step (one token per row) may run through torch.compile; prefill never does
         self._decode_model = compiled(model) if compile_decode else model
         self.media_cache = MediaCache(int(media_cache_mb * 2**20))
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._ids = itertools.count()
         self.waiting: deque[Request] = deque()
         self.prefilling: Request | None = None
@@ -186,6 +192,10 @@ class Engine:
     @property
     def media_cache_hits(self) -> int:
         return self.media_cache.hits
+
+    @property
+    def prefix_tokens_reused(self) -> int:
+        return self.prefix_cache.tokens_reused
 
     def check_length(self, n: int, index: int = 0, reserve: int = 1) -> None:
         """Refuse a prompt that leaves fewer than `reserve` positions for the answer."""
@@ -324,7 +334,7 @@ class Engine:
         a, b = req.views_done, min(req.n_views, req.views_done + self.vision_chunk_size)
         cache = self.media_cache
         if cache.enabled:
-            keys = cache.keys(pixels[a:b])
+            keys = req.view_keys[a:b] if req.view_keys is not None else cache.keys(pixels[a:b])
             cached: list[Tensor | None] = [cache.get(k) for k in keys]
             todo = [i for i, f in enumerate(cached) if f is None]
             if todo:
@@ -369,6 +379,15 @@ class Engine:
             req.prefilled = int(mem.prefix_ids.shape[0])
             req.visual = mem.visual_context()
             req.visual.split_prefill = self.split_prefill
+        elif self.prefix_cache.enabled:
+            if req.n_views:
+                req.view_keys = self.media_cache.keys(req.enc.pixel_values)
+            enc = req.enc
+            found = self.prefix_cache.match(enc.input_ids.cpu(), enc.media_starts, req.view_keys or [])
+            if found is not None:
+                entry, n = found
+                self._pool_for(n).load(self._prefill_slot, [(k[:, :, :n], v[:, :, :n]) for k, v in entry.kv])
+                req.prefilled = n
 
     def _next_piece(self, req: Request) -> tuple[int, int]:
         """(views, prompt tokens) of the next prefill piece of `req`."""
@@ -446,6 +465,8 @@ class Engine:
         events = [self._record(r, t) for r, t in zip(self.running, tokens.tolist(), strict=True)]
         for i in reversed(range(n)):  # from the end, so that moving the last request fills a hole
             if events[i].finished:
+                if self.prefix_cache.enabled:
+                    self._keep_prefix(i)
                 self._release(i)
         return events
 
@@ -459,6 +480,16 @@ class Engine:
         ):
             reason = "length"
         return TokenEvent(req.id, token, reason)
+
+    def _keep_prefix(self, slot: int) -> None:
+        """Offer a finished request's prompt and answer to the prefix cache (all but the last token, which
+        was never fed)."""
+        req = self.running[slot]
+        ids = torch.cat([req.enc.input_ids.cpu(), torch.tensor(req.generated[:-1], dtype=torch.long)])
+        if req.view_keys is None and req.n_views:
+            req.view_keys = self.media_cache.keys(req.enc.pixel_values)
+        kv = self._pool.read(slot, len(ids))
+        self.prefix_cache.put(Prefix(ids, list(req.enc.media_starts), req.view_keys or [], kv))
 
     def _release(self, slot: int) -> None:
         """Free running slot `slot`: the last running request moves into it."""

@@ -110,6 +110,13 @@ class KVPool:
             self.k[i][slot, :, : k.shape[2]] = k[0]
             self.v[i][slot, :, : v.shape[2]] = v[0]
 
+    def read(self, slot: int, length: int) -> list[tuple[Tensor, Tensor]]:
+        """Copies of the first `length` keys/values of `slot`, per layer (1, kv, length, d)."""
+        return [
+            (k[slot : slot + 1, :, :length].clone(), v[slot : slot + 1, :, :length].clone())
+            for k, v in zip(self.k, self.v, strict=True)
+        ]
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pipe = load_pipeline(args)
-    engine = make_engine(pipe, args.max_num_seqs)
+    engine = make_engine(pipe, args.max_num_seqs, args.prefix_cache_mb)
     name = args.served_model_name or (args.model if args.model else DEFAULT_NAME)
     config = ServeConfig(
         model_name=name,
@@ -56,15 +56,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(app, args.host, args.port)
 
 
-def make_engine(pipe, max_num_seqs: int):
-    """The pipeline's engine, or a new one when the batch size differs from the engine's own."""
+def make_engine(pipe, max_num_seqs: int, prefix_cache_mb: float = 256):
+    """The server's engine, made for it (its KV pool is allocated at its first request, so the
+    pipeline's unused one costs nothing); it becomes the pipeline's too."""
     from owl3.inference.engine import Engine
 
-    if getattr(pipe.engine, "max_num_seqs", None) == max_num_seqs:
-        return pipe.engine
     stop, pad = pipe.processor.stop_token_ids, pipe.processor.pad_token_id
-    # the engine's KV pool is allocated at its first request, so the unused one costs nothing
-    pipe.engine = Engine(pipe.model, stop, pad, max_num_seqs=max_num_seqs)
+    pipe.engine = Engine(pipe.model, stop, pad, max_num_seqs=max_num_seqs, prefix_cache_mb=prefix_cache_mb)
     return pipe.engine
 
 
@@ -72,6 +70,8 @@ def _check(args: argparse.Namespace) -> None:
     for name in ("max_images", "max_frames", "max_num_seqs"):
         if getattr(args, name) < 1:
             raise Owl3Error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.prefix_cache_mb >= 0:
+        raise Owl3Error("--prefix-cache-mb must be 0 (off) or more")
     if args.max_queue < 0:
         raise Owl3Error("--max-queue must be 0 or more")
     root = args.allowed_local_media_path
@@ -110,6 +110,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=8,
         metavar="B",
         help="requests decoded together in one batch (default: 8)",
+    )
+    g.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=256,
+        metavar="MB",
+        help="text KV of recent conversations, reused when a request continues one; 0 turns it off "
+        "(default: 256)",
     )
     g.add_argument(
         "--max-queue",

@@ -61,6 +61,10 @@ class Metrics:
             "owl3_media_cache_hits",
             "Images and frames whose visual features came from the engine's media cache.",
         )
+        self.prefix_tokens = counter(
+            "owl3_prefix_cache_tokens_reused",
+            "Prompt tokens whose keys/values came from an earlier request (the prefix cache).",
+        )
         self.aborted = counter("owl3_requests_aborted", "Requests aborted: client gone or server stopping.")
         self.finished = counter(
             "owl3_request_success", "Requests answered, by finish reason.", ("finished_reason",)
@@ -70,6 +74,7 @@ class Metrics:
         )
         self.name = model_name
         self._cache_hits_seen = 0
+        self._prefix_tokens_seen = 0
 
         for metric in (
             self.ttft,
@@ -82,17 +87,21 @@ class Metrics:
             self.images,
             self.video_frames,
             self.cache_hits,
+            self.prefix_tokens,
             self.aborted,
         ):
             metric.labels(model_name)  # every series shows from the start, at 0
 
-    def engine_state(self, running: int, waiting: int, cache_hits: int) -> None:
-        """Called by the worker thread after each engine step."""
+    def engine_state(self, running: int, waiting: int, cache_hits: int, prefix_tokens: int = 0) -> None:
+        """Called by the worker thread after each engine step (the last two: the engine's totals)."""
         self.running.labels(self.name).set(running)
         self.waiting.labels(self.name).set(waiting)
         if cache_hits > self._cache_hits_seen:
             self.cache_hits.labels(self.name).inc(cache_hits - self._cache_hits_seen)
             self._cache_hits_seen = cache_hits
+        if prefix_tokens > self._prefix_tokens_seen:
+            self.prefix_tokens.labels(self.name).inc(prefix_tokens - self._prefix_tokens_seen)
+            self._prefix_tokens_seen = prefix_tokens
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,9 +56,10 @@ def _deliver(batch: list[tuple[Handle, Any]]) -> None:
 class Worker:
     """Feeds one engine from a thread of its own; `submit`/`abort` are called from the event loop."""
 
-    def __init__(self, engine: Any, on_state: Callable[[int, int, int], None] | None = None) -> None:
+    def __init__(self, engine: Any, on_state: Callable[[int, int, int, int], None] | None = None) -> None:
         self.engine = engine
-        self.on_state = on_state  # (running, waiting, media-cache hits so far), after every step
+        # (running, waiting, media-cache hits, prefix-cache tokens reused so far), after every step
+        self.on_state = on_state
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._active: dict[int, Handle] = {}
         self._abort_at: float | None = None
@@ -194,7 +195,8 @@ class Worker:
             self._post(_deliver, batch)
         if self.on_state is not None:
             e = self.engine
-            self.on_state(e.num_running, e.num_waiting, int(getattr(e, "media_cache_hits", 0)))
+            hits, reused = getattr(e, "media_cache_hits", 0), getattr(e, "prefix_tokens_reused", 0)
+            self.on_state(e.num_running, e.num_waiting, int(hits), int(reused))
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         try:
