@@ -18,9 +18,11 @@ from torch import Tensor
 
 
 def view_key(pixels: Tensor) -> bytes:
-    """A digest of one view's pixels (3, S, S): the same key whenever the same picture comes back."""
+    """A digest of one view's pixels (3, S, S): the same key whenever the same picture comes back.
+    SHA-256: collision-resistant, since a server's clients must not be able to make their picture pass
+    for another's, and about twice as fast as BLAKE2b where the CPU has SHA instructions."""
     x = pixels.detach().contiguous().cpu()
-    h = hashlib.blake2b(digest_size=20)
+    h = hashlib.sha256()
     h.update(f"{x.dtype}{tuple(x.shape)}".encode())
     h.update(x.numpy().data)
     return h.digest()

@@ -190,7 +190,7 @@ class ClipCache:
             st = source.stat()
             what: tuple = ("file", str(source.resolve()), st.st_mtime_ns, st.st_size)
         else:
-            what = ("bytes", hashlib.blake2b(source, digest_size=20).digest())
+            what = ("bytes", hashlib.sha256(source).digest())
         return (*what, frames, fps, max_frames)
 
     def get(self, key: tuple) -> list[Image.Image] | None:
