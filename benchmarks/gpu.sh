@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of docs/performance.md in one short run (about 4 minutes on one H100; 3 steps with
-# their own time limits, 420 s at most; add COMPILE=1 for the torch.compile decode figure).
+# Every GPU figure of docs/performance.md and docs/serving.md in one short run (4 steps with their own time
+# limits, 720 s at most; add COMPILE=1 for the torch.compile decode figure).
 #
 # The device machine has PyTorch, Pillow, safetensors, tokenizers, numpy, tqdm and matplotlib, but not PyAV,
 # and it cannot download. So, on the development machine first (once):
@@ -50,7 +50,7 @@ OWL3="$PY -m owl3.cli"
 run() {  # run NAME CMD...: the command line, then its output, into $OUT/NAME.txt
   local name=$1; shift
   local line="$*"
-  echo "\$ ${OWL3_SPLIT_PREFILL:+OWL3_SPLIT_PREFILL=$OWL3_SPLIT_PREFILL }owl3 ${line#"$PY -m owl3.cli "}" | tee "$OUT/$name.txt"
+  echo "\$ owl3 ${line#"$PY -m owl3.cli "}" | tee "$OUT/$name.txt"
   timeout "${STEP_TIMEOUT:-240}" "$@" 2>&1 | grep -v '^\s*$' | tee -a "$OUT/$name.txt"
 }
 
@@ -76,8 +76,9 @@ STEP_TIMEOUT=120 run max-images-7b $OWL3 bench latency --preset "$PRESET" --devi
 
 # 2b. A/B of the split prefill (owl3/model/hyper.py, on by default on CUDA): the same 1000 images with the
 #     masked cross-attention prefill that ran before it (66 s of FTL at 3000 images on 2026-11-26).
-STEP_TIMEOUT=60 OWL3_SPLIT_PREFILL=0 run masked-prefill-7b $OWL3 bench latency --preset "$PRESET" \
-  --device "$DEVICE" --dtype "$DTYPE" --images "${AB_IMAGES:-1000}" --new-tokens 2 --methods owl3
+STEP_TIMEOUT=60 run masked-prefill-7b $OWL3 bench latency --preset "$PRESET" \
+  --device "$DEVICE" --dtype "$DTYPE" --images "${AB_IMAGES:-1000}" --new-tokens 2 --methods owl3 \
+  --split-prefill off
 
 # 3. Watch once, ask many: a follow-up question from a saved memory vs the first question.
 STEP_TIMEOUT=60 run memory-7b $OWL3 bench memory --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
@@ -88,5 +89,10 @@ if [[ "${COMPILE:-0}" == 1 ]]; then
   STEP_TIMEOUT=70 run compile-7b $OWL3 bench latency --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
     --images 1,32 --new-tokens 64 --methods owl3 --compile
 fi
+
+# 5. Serving: continuous batching (16 slots) against one request at a time, 1, 4 and 16 streaming HTTP
+#    clients, and a follow-up turn that resends a 32-frame video (the checkpoint is written in $DTYPE first).
+STEP_TIMEOUT=300 run serve-7b $OWL3 bench serve --preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" \
+  --clients "${CLIENTS:-1,4,16}" --new-tokens 64
 
 ls -l "$OUT"

@@ -108,6 +108,12 @@ def add_parser(sub) -> None:
         help="a method whose point took longer than S seconds is not run at larger counts",
     )
     lat.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    lat.add_argument(
+        "--split-prefill",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the prefill's split cross-attention (auto: on CUDA only; off: the masked kernel everywhere)",
+    )
     lat.set_defaults(func=_with_threads(_latency))
 
     vid = bs.add_parser(

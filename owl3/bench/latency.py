@@ -64,6 +64,7 @@ class LatencySpec:
     repeat: int = 1
     seed: int = 0
     compile: bool = False
+    split_prefill: bool | None = None  # the engine's choice (on CUDA only) unless forced
 
 
 @dataclass
@@ -142,6 +143,7 @@ def _engine(subject: Subject, method: str, prompt_len: int, spec: LatencySpec) -
         vision_chunk_size=max(spec.vision_chunk, 1),
         media_cache_mb=0,  # every point and repeat encodes its images anew
         compile_decode=spec.compile,
+        split_prefill=spec.split_prefill,
         recompute_visual_kv=method == "official",
     )
 
@@ -450,6 +452,7 @@ def run(args) -> int:
         vision_chunk=args.vision_chunk,
         repeat=args.repeat,
         compile=args.compile,
+        split_prefill={"auto": None, "on": True, "off": False}[args.split_prefill],
     )
     if args.model is None:
         preset(args.preset)  # unknown preset -> Owl3Error before any process starts

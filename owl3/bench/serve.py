@@ -49,8 +49,11 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def preset_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
-    """A checkpoint folder of preset `name` with random weights and the built-in model's tokenizer."""
+def preset_checkpoint(
+    name: str, out: Path, seed: int = 0, dtype: str = "float32", device: str = "cpu"
+) -> Path:
+    """A checkpoint folder of preset `name` with random weights and the built-in model's tokenizer, made
+    in `dtype` on `device` (a 7B checkpoint in float32 on the CPU would take minutes and 30 GB)."""
     from owl3.api import DEFAULT_MODEL
     from owl3.bench.common import random_model
     from owl3.checkpoint import read_config, save_model
@@ -64,7 +67,7 @@ def preset_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
         bos_token_id=read_config(DEFAULT_MODEL).bos_token_id,
         eos_token_id=read_config(DEFAULT_MODEL).eos_token_id,
     )
-    return save_model(random_model(cfg, seed=seed), out, copy_from=DEFAULT_MODEL)
+    return save_model(random_model(cfg, dtype, device, seed=seed), out, copy_from=DEFAULT_MODEL)
 
 
 def free_port() -> int:
@@ -218,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
         if args.model:
             model, name = Path(args.model), args.model
         else:
-            model = preset_checkpoint(args.preset, Path(tmp) / args.preset)
+            model = preset_checkpoint(
+                args.preset, Path(tmp) / args.preset, dtype=args.dtype, device=args.device
+            )
             name = str(model)
         rows, follow = [], None
         for seqs in dict.fromkeys((args.max_num_seqs, 1)):
