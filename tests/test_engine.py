@@ -236,7 +236,7 @@ def test_join_and_leave_mid_batch_give_the_tokens_of_each_alone(pipe, tiny_dir, 
     got, reasons = _drive(engine, list(zip(encs, params, strict=True)))
     assert got == want
     assert all(r in ("stop", "length") for r in reasons)
-    assert not engine.running and engine.prefilling is None and not engine.waiting
+    assert not engine.running and not engine.prefilling and not engine.waiting
 
 
 def test_abort_frees_the_slot_and_the_others_go_on(pipe, tiny_dir):
@@ -276,7 +276,7 @@ def test_decode_step_shapes_do_not_change_from_step_to_step(pipe, tiny_dir):
     engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id)
     for e in encs:
         engine.add_request(e, SamplingParams(max_new_tokens=20, stop_token_ids=()))
-    while engine.prefilling is not None or engine.waiting:  # all three prompts in
+    while engine.prefilling or engine.waiting:  # all three prompts in
         engine.step()
     handle = pipe.model.language_model.model.register_forward_pre_hook(record)
     try:
@@ -327,7 +327,7 @@ def test_a_long_prefill_is_split_between_the_running_requests_decode_steps(pipe,
         engine.step()
     video = engine.add_request(encs[3], SamplingParams(max_new_tokens=3))  # five frames, a long prompt
     steps = 0
-    while engine.prefilling is not None or engine.waiting:
+    while engine.prefilling or engine.waiting:
         events = engine.step()
         steps += 1
         assert [e.request_id for e in events if e.request_id == first] == [first]  # a token every step
@@ -395,3 +395,30 @@ def test_the_prefix_cache_stops_at_the_first_picture_that_differs(pipe, tiny_dir
     _run(engine, [a], params)
     assert _run(engine, [b], params) == _run(Engine(pipe.model, stops, pad), [b], params)
     assert engine.prefix_cache.tokens_reused == b.media_starts[1]  # up to the second image's token
+
+
+def test_newcomers_are_prefilled_together_and_get_the_tokens_of_each_alone(pipe, tiny_dir):
+    # four requests (text only, two images, a cropped image, a video) arrive at once: the first step runs
+    # all their views through the tower in one batch and all four prompts in one forward (left-padded
+    # rows, each with its own slot, mask and visual K/V), and each answer is the one it gets alone
+    encs = _requests(pipe, tiny_dir)
+    params = [SamplingParams(max_new_tokens=k, seed=k, temperature=0.8) for k in (5, 7, 3, 6)]
+    want = _alone(pipe, encs, params)
+    engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, max_num_seqs=4)
+    towers, forwards = [], []
+    hooks = [
+        pipe.model.vision_model.register_forward_pre_hook(lambda m, a: towers.append(a[0].shape[0])),
+        pipe.model.language_model.model.register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape)),
+    ]
+    try:
+        ids = {engine.add_request(e, p): i for i, (e, p) in enumerate(zip(encs, params, strict=True))}
+        got: dict[int, list[int]] = {i: [] for i in range(4)}
+        first = engine.step()
+        assert towers == [sum(e.pixel_values.shape[0] for e in encs if e.pixel_values is not None)]
+        assert [tuple(f[:2]) for f in forwards] == [(4, max(e.input_ids.shape[0] for e in encs)), (4, 1)]
+        for ev in first + [ev for _ in range(20) for ev in engine.step()]:
+            got[ids[ev.request_id]].append(ev.token_id)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [got[i] for i in range(4)] == want

@@ -113,18 +113,19 @@ class StageTimedEngine(Engine):
         sync(self.model.device)
         return time.perf_counter()
 
-    def _encode_views(self, req) -> None:
+    def _encode_pieces(self, pieces) -> None:
         t0 = self._clock()
         if self.recompute_visual_kv:
-            req.visual = self.encode_features([req.enc])
-            req.visual.recompute = True
+            for req, _ in pieces:
+                req.visual = self.encode_features([req.enc])
+                req.visual.recompute = True
         else:
-            super()._encode_views(req)
+            super()._encode_pieces(pieces)
         self.stage_seconds["vision_s"] += self._clock() - t0
 
-    def _prefill_text(self, req):
+    def _prefill_text(self, pieces):
         t0 = self._clock()
-        events = super()._prefill_text(req)
+        events = super()._prefill_text(pieces)
         self.stage_seconds["prefill_s"] += self._clock() - t0
         return events
 

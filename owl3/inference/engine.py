@@ -1,15 +1,17 @@
 """The generation engine: continuous batching over a pool of KV slots.
 
 Requests join a running batch between decode steps and leave when they finish (`add_request`, `abort`,
-`step`). Each `step()` does a bounded piece of one newcomer's prefill (its next `vision_chunk_size` views
-through the vision tower and into its hyper layers' K/V, or its next `prefill_chunk` prompt tokens), then
-one decode token for every running request, in one forward. So a 400-image prompt never stalls the other
-streams for its whole prefill, and a finished request's slot is free for the next one at once.
+`step`). Each `step()` does a bounded amount of prefill for up to `max_prefill_seqs` newcomers (views
+through the vision tower and into their hyper layers' K/V, all of the step's views in one tower batch;
+then prompt tokens, all of the step's pieces in one forward), then one decode token for every running
+request, in one forward. So a 400-image prompt never stalls the other streams for its whole prefill,
+sixteen short questions arriving together are prefilled in one forward, and a finished request's slot is
+free for the next one at once.
 
 - Text KV: one `KVPool` (slots x capacity per layer). Decoding requests sit in slots 0..n-1 (a leaving
   request's slot is filled by the last one), so the decode step reads views of the pool, with the same
-  shapes from step to step (its key window grows in buckets of `kv_bucket` tokens); the request being
-  prefilled has a slot of its own past them.
+  shapes from step to step (its key window grows in buckets of `kv_bucket` tokens); the requests being
+  prefilled have slots of their own past them.
 - Visual K/V: each request keeps its own (no padding to the largest image count); rows without media
   skip the cross branch (`RowVisuals`). Every view's K/V before MI-RoPE are kept in a byte-bounded LRU
   keyed by its pixels (`MediaCache`): a conversation that resends its pictures runs no vision tower.
@@ -35,11 +37,12 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from owl3.errors import Owl3Error
-from owl3.inference.kv_cache import DecodeView, KVPool, SlotView
+from owl3.inference.kv_cache import DecodeView, KVPool, RowsView, SlotView
 from owl3.inference.media_cache import MediaCache
 from owl3.inference.prefix_cache import Prefix, PrefixCache
 from owl3.inference.sampling import RowSampling, SamplingParams, request_seed, sample
@@ -119,6 +122,7 @@ class Request:
     visual: VisualContext | None = None
     kv: dict[int, tuple[Tensor, Tensor]] | None = None  # visual K/V being written, view by view
     view_keys: list[bytes] | None = None  # the media cache's key of every view, once computed
+    slot: int = -1  # its pool slot while it is prefilled
     views_done: int = 0
     prefilled: int = 0  # prompt tokens in the KV cache
     generated: list[int] = field(default_factory=list)
@@ -140,6 +144,7 @@ class Engine:
         pad_token_id: int,
         *,
         max_num_seqs: int = 8,
+        max_prefill_seqs: int = 4,
         max_model_len: int | None = None,
         prefill_chunk: int = 2048,
         vision_chunk_size: int = 64,
@@ -149,12 +154,16 @@ class Engine:
         compile_decode: bool = False,
         split_prefill: bool | None = None,
     ) -> None:
-        if max_num_seqs < 1 or prefill_chunk < 1 or vision_chunk_size < 1 or kv_bucket < 1:
-            raise Owl3Error("max_num_seqs, prefill_chunk, vision_chunk_size and kv_bucket must be >= 1")
+        if min(max_num_seqs, max_prefill_seqs, prefill_chunk, vision_chunk_size, kv_bucket) < 1:
+            raise Owl3Error(
+                "max_num_seqs, max_prefill_seqs, prefill_chunk, vision_chunk_size and kv_bucket must be >= 1"
+            )
         self.model = model
         self.stop_token_ids = tuple(stop_token_ids)
         self.pad_token_id = pad_token_id
         self.max_num_seqs = max_num_seqs
+        # newcomers prefilled together (each in a pool slot of its own past the running ones)
+        self.max_prefill_seqs = min(max_prefill_seqs, max_num_seqs)
         # prompt + answer never exceed this many tokens (default: the model's max_position_embeddings)
         self.max_model_len = max_model_len or model.cfg.text.max_position_embeddings
         self.prefill_chunk = prefill_chunk
@@ -168,7 +177,7 @@ class Engine:
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._ids = itertools.count()
         self.waiting: deque[Request] = deque()
-        self.prefilling: Request | None = None
+        self.prefilling: list[Request] = []  # admitted, being prefilled (in slots past the running ones)
         self.running: list[Request] = []  # running[i] decodes in slot i
         self._events: list[TokenEvent] = []  # abort events for the next step
         self._pool: KVPool | None = None
@@ -183,7 +192,7 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return len(self.running) + (self.prefilling is not None)
+        return len(self.running) + len(self.prefilling)
 
     @property
     def num_waiting(self) -> int:
@@ -234,8 +243,8 @@ class Engine:
                     self._release(i)
                 break
         else:
-            if self.prefilling is not None and self.prefilling.id == request_id:
-                self.prefilling = None
+            if any(r.id == request_id for r in self.prefilling):
+                self.prefilling = [r for r in self.prefilling if r.id != request_id]
             elif any(r.id == request_id for r in self.waiting):
                 self.waiting = deque(r for r in self.waiting if r.id != request_id)
             else:
@@ -247,25 +256,33 @@ class Engine:
         """One scheduler step: prefill pieces of newcomers within the step's budget, then one token for
         every running request. Returns the events of this step, in order.
 
-        A piece is the next `vision_chunk_size` views or `prefill_chunk` prompt tokens of the request being
-        prefilled (its pieces are always cut at the same places, so its numbers do not depend on who else
-        is there); a step runs whole pieces, of one request after another, while they fit in one piece's
-        worth of views and of tokens (at least one piece)."""
+        A piece is the next `vision_chunk_size` views or `prefill_chunk` prompt tokens of a request being
+        prefilled (its pieces are always cut at the same places, whoever else is there). A step takes,
+        in arrival order, the vision pieces that fit in one piece's worth of views and runs them through
+        the tower together, then the text pieces (of requests whose views are in) that fit in one piece's
+        worth of tokens and runs them in one forward (each phase runs at least one piece)."""
         events, self._events = self._events, []
-        views, tokens = self.vision_chunk_size, self.prefill_chunk  # what this step may still prefill
         with torch.inference_mode(), attention_kernels(self.model.device):
-            while True:
-                if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
-                    self._admit(self.waiting.popleft())
-                req = self.prefilling
-                if req is None:
-                    break
-                need_views, need_tokens = self._next_piece(req)
-                first = views == self.vision_chunk_size and tokens == self.prefill_chunk
-                if not first and (need_views > views or need_tokens > tokens):
-                    break
-                views, tokens = views - need_views, tokens - need_tokens
-                events += self._prefill_step(req)
+            while (
+                self.waiting
+                and len(self.prefilling) < self.max_prefill_seqs
+                and len(self.running) + len(self.prefilling) < self.max_num_seqs
+            ):
+                self._admit(self.waiting.popleft())
+            vision = _take(
+                [(r, min(self.vision_chunk_size, r.n_views - r.views_done)) for r in self.prefilling
+                 if r.visual is None and r.n_views],
+                self.vision_chunk_size,
+            )  # fmt: skip
+            if vision:
+                self._encode_pieces(vision)
+            text = _take(
+                [(r, min(self.prefill_chunk, r.prompt_len - r.prefilled)) for r in self.prefilling
+                 if r.visual is not None or not r.n_views],
+                self.prefill_chunk,
+            )  # fmt: skip
+            if text:
+                events += self._prefill_text(text)
             if self.running:
                 events += self._decode_step()
         return events
@@ -303,7 +320,7 @@ class Engine:
         if len(encodings) == 1 and isinstance(self.model, Owl3Model):
             req = Request(-1, encodings[0], SamplingParams(), 0, frozenset())
             while req.visual is None:
-                self._encode_views(req)
+                self._encode_pieces([(req, min(self.vision_chunk_size, req.n_views - req.views_done))])
             return req.visual
         return self.encode_features(encodings)
 
@@ -321,44 +338,56 @@ class Engine:
         ctx.split_prefill = self.split_prefill
         return ctx
 
-    def _encode_views(self, req: Request) -> None:
-        """The next `vision_chunk_size` views of `req`: features from the media cache or the tower, then
-        into the request's hyper-layer K/V; sets `req.visual` after the last one."""
-        model, pixels = self.model, req.enc.pixel_values
+    def _encode_pieces(self, pieces: list[tuple[Request, int]]) -> None:
+        """The next `n` views of each (request, n): their K/V from the media cache, the others through the
+        tower together (one batch), then into each request's hyper-layer K/V buffers; a request whose last
+        view is in gets its `visual`."""
+        model = self.model
         if not isinstance(model, Owl3Model):  # e.g. the concatenation baseline: features, all at once
-            req.visual = self.encode_features([req.enc])
+            for req, _ in pieces:
+                req.visual = self.encode_features([req.enc])
             return
-        t = model.cfg.vision.n_tokens
-        if req.kv is None:
-            req.kv = model.visual_kv_buffers(req.n_views)
-        a, b = req.views_done, min(req.n_views, req.views_done + self.vision_chunk_size)
         cache = self.media_cache
-        if cache.enabled:
-            keys = req.view_keys[a:b] if req.view_keys is not None else cache.keys(pixels[a:b])
-            cached: list[Tensor | None] = [cache.get(k) for k in keys]
-            todo = [i for i, f in enumerate(cached) if f is None]
-            if todo:
-                new = model.project_visual_kv(model.encode_media(pixels[[a + i for i in todo]], None))
-                for j, i in enumerate(todo):
-                    cached[i] = new[j]
-                    cache.put(keys[i], new[j])
-            raw = torch.stack(cached)  # (b - a, n_hyper, 2, kv, T, d)
-        else:
-            raw = model.project_visual_kv(model.encode_media(pixels[a:b], None))
-        positions = VisualContext.layout(req.enc.media_starts, t, model.device)[1][None]
-        model.write_visual_kv(req.kv, raw, positions, a)
-        req.views_done = b
-        if b == req.n_views:
-            req.visual = VisualContext.from_kv(req.kv, req.enc.media_starts, t)
-            req.visual.split_prefill = self.split_prefill
-            req.kv = None
+        raws: list[list[Tensor | None]] = []  # per piece, each view's (n_hyper, 2, kv, T, d)
+        keys: list[list[bytes]] = []
+        todo: list[tuple[int, int]] = []  # (piece, view in piece) that the tower must see
+        for i, (req, n) in enumerate(pieces):
+            a = req.views_done
+            if not cache.enabled:
+                keys.append([])
+                raws.append([None] * n)
+            else:
+                keys.append(
+                    req.view_keys[a : a + n] if req.view_keys else cache.keys(req.enc.pixel_values[a : a + n])
+                )
+                raws.append([cache.get(k) for k in keys[-1]])
+            todo += [(i, j) for j, r in enumerate(raws[-1]) if r is None]
+        if todo:
+            pixels = torch.stack(
+                [pieces[i][0].enc.pixel_values[pieces[i][0].views_done + j] for i, j in todo]
+            )
+            new = model.project_visual_kv(model.encode_media(pixels, None))
+            for (i, j), raw in zip(todo, new, strict=True):
+                raws[i][j] = raw
+                if cache.enabled:
+                    cache.put(keys[i][j], raw)
+        for (req, n), raw in zip(pieces, raws, strict=True):
+            if req.kv is None:
+                req.kv = model.visual_kv_buffers(req.n_views)
+            positions = VisualContext.layout(req.enc.media_starts, model.cfg.vision.n_tokens, model.device)[1]
+            model.write_visual_kv(req.kv, torch.stack(raw), positions[None], req.views_done)
+            req.views_done += n
+            if req.views_done == req.n_views:
+                req.visual = VisualContext.from_kv(req.kv, req.enc.media_starts, model.cfg.vision.n_tokens)
+                req.visual.split_prefill = self.split_prefill
+                req.kv = None
 
     # ------------------------------------------------------------------ scheduling
     def _pool_for(self, length: int) -> KVPool:
         if self._pool is None:
             m = self.model
-            self._pool = KVPool(m.cfg.text, self.max_num_seqs + 1, self.max_model_len, m.dtype, m.device)
-            s, dev = self.max_num_seqs + 1, m.device
+            s, dev = self.max_num_seqs + self.max_prefill_seqs, m.device
+            self._pool = KVPool(m.cfg.text, s, self.max_model_len, m.dtype, dev)
             self._slot_state = {
                 "length": torch.zeros(s, dtype=torch.long, device=dev),  # tokens in the slot's cache
                 "steps": torch.zeros(s, dtype=torch.long, device=dev),  # tokens generated
@@ -367,15 +396,15 @@ class Engine:
         self._pool.ensure(length)
         return self._pool
 
-    @property
-    def _prefill_slot(self) -> int:
-        return self.max_num_seqs
-
     def _admit(self, req: Request) -> None:
-        self.prefilling = req
+        """Give a waiting request a prefill slot (past the running ones) and what it can start from."""
+        used = {r.slot for r in self.prefilling}
+        req.slot = next(i for i in range(self.max_num_seqs, self.max_num_seqs + self.max_prefill_seqs)
+                        if i not in used)  # fmt: skip
+        self.prefilling.append(req)
         if req.memory is not None:
             mem = req.memory
-            self._pool_for(int(mem.prefix_ids.shape[0])).load(self._prefill_slot, mem.text_kv)
+            self._pool_for(int(mem.prefix_ids.shape[0])).load(req.slot, mem.text_kv)
             req.prefilled = int(mem.prefix_ids.shape[0])
             req.visual = mem.visual_context()
             req.visual.split_prefill = self.split_prefill
@@ -386,48 +415,67 @@ class Engine:
             found = self.prefix_cache.match(enc.input_ids.cpu(), enc.media_starts, req.view_keys or [])
             if found is not None:
                 entry, n = found
-                self._pool_for(n).load(self._prefill_slot, [(k[:, :, :n], v[:, :, :n]) for k, v in entry.kv])
+                self._pool_for(n).load(req.slot, [(k[:, :, :n], v[:, :, :n]) for k, v in entry.kv])
                 req.prefilled = n
 
-    def _next_piece(self, req: Request) -> tuple[int, int]:
-        """(views, prompt tokens) of the next prefill piece of `req`."""
-        if req.enc.pixel_values is not None and req.visual is None:
-            return min(self.vision_chunk_size, req.n_views - req.views_done), 0
-        return 0, min(self.prefill_chunk, req.prompt_len - req.prefilled)
-
-    def _prefill_step(self, req: Request) -> list[TokenEvent]:
-        if req.enc.pixel_values is not None and req.visual is None:
-            self._encode_views(req)
-            return []
-        return self._prefill_text(req)
-
-    def _prefill_text(self, req: Request) -> list[TokenEvent]:
-        """The next `prefill_chunk` prompt tokens of `req`; after the last, its first token."""
-        n, p = req.prompt_len, req.prefilled
-        c = min(self.prefill_chunk, n - p)
-        pool = self._pool_for(p + c)
+    def _prefill_text(self, pieces: list[tuple[Request, int]]) -> list[TokenEvent]:
+        """The next `c` prompt tokens of each (request, c), in one forward; a request whose prompt is then
+        in gets its first token and joins the decode batch."""
         dev = self.model.device
-        ids = req.enc.input_ids[p : p + c].to(dev)[None]  # (1, c)
-        positions = torch.arange(p, p + c, device=dev)[None]
-        # the first chunk is plainly causal (fused kernels, no mask); later ones also see the earlier part
-        mask = None if p == 0 else causal_mask(torch.ones(1, p + c, dtype=torch.bool, device=dev), c)
-        logits = self.model(ids, positions, mask, SlotView(pool, self._prefill_slot, p), req.visual, True)
-        req.prefilled = p + c
-        if req.prefilled < n:
-            return []
-        # the prompt is in: its first token, then the request joins the decode batch
-        self.prefilling = None
+        if len(pieces) == 1:  # alone: its own slot as the cache, plainly causal when it starts at 0
+            (req, c), p = pieces[0], pieces[0][0].prefilled
+            pool = self._pool_for(p + c)
+            ids = req.enc.input_ids[p : p + c].to(dev)[None]  # (1, c)
+            positions = torch.arange(p, p + c, device=dev)[None]
+            mask = None if p == 0 else causal_mask(torch.ones(1, p + c, dtype=torch.bool, device=dev), c)
+            cache: SlotView | RowsView = SlotView(pool, req.slot, p)
+            visual: VisualContext | RowVisuals | None = req.visual
+        else:  # left-padded to the longest piece, so that every row's last column is its last token
+            width = max(c for _, c in pieces)
+            starts = torch.tensor([r.prefilled for r, _ in pieces], device=dev)[:, None]  # (k, 1)
+            counts = torch.tensor([c for _, c in pieces], device=dev)[:, None]
+            pool = self._pool_for(int((starts + counts).max()))
+            pad = self.pad_token_id
+            ids = torch.stack(
+                [
+                    F.pad(r.enc.input_ids[r.prefilled : r.prefilled + c], (width - c, 0), value=pad)
+                    for r, c in pieces
+                ]
+            ).to(dev)  # (k, width)
+            # (k, width): each column's position; padding columns sit at the row's first position
+            positions = (starts + torch.arange(width, device=dev)[None] - (width - counts)).clamp_min(starts)
+            cache = RowsView(pool, [r.slot for r, _ in pieces], [r.prefilled for r, _ in pieces],
+                             [c for _, c in pieces])  # fmt: skip
+            # (k, 1, width, length): a column sees its slot's positions up to its own
+            mask = (torch.arange(cache.length, device=dev)[None, None] <= positions[:, :, None])[:, None]
+            rows = [r.visual for r, _ in pieces]
+            visual = None
+            if any(v is not None for v in rows):
+                visual = RowVisuals(rows, dev, after_prompt=False, counts=[c for _, c in pieces])
+        logits = self.model(ids, positions, mask, cache, visual, True)  # (k, 1, V)
+        events = []
+        for i, (req, c) in enumerate(pieces):
+            req.prefilled += c
+            if req.prefilled == req.prompt_len:
+                self.prefilling.remove(req)
+                events += self._start(req, logits[i : i + 1, -1])
+        return events
+
+    def _start(self, req: Request, logits: Tensor) -> list[TokenEvent]:
+        """A request whose prompt is in: its first token from `logits` (1, V), then (unless that ends it)
+        it moves from its prefill slot to the end of the decode batch."""
+        n, dev = req.prompt_len, self.model.device
         rows = RowSampling.of([req.params], [req.seed], dev)
         seen = None
         if rows.any_penalty:
             seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=dev)
             seen[0, req.enc.input_ids.to(dev)] = True
-        token = int(sample(logits[:, -1], rows, seen, 0).item())
+        token = int(sample(logits, rows, seen, 0).item())
         event = self._record(req, token)
         if event.finished:
             return [event]
         slot = len(self.running)
-        pool.move(self._prefill_slot, slot, n)
+        self._pool.move(req.slot, slot, n)
         st = self._slot_state
         st["length"][slot], st["steps"][slot], st["next"][slot] = n, 1, token
         if seen is not None:
@@ -513,3 +561,15 @@ class Engine:
                 self.max_num_seqs + 1, vocab, dtype=torch.bool, device=self.model.device
             )
         return self._seen_pool
+
+
+def _take(pieces: list[tuple[Request, int]], budget: int) -> list[tuple[Request, int]]:
+    """The first of `pieces` (request, size), in order, while they fit in `budget` together (the first
+    always)."""
+    out: list[tuple[Request, int]] = []
+    for req, n in pieces:
+        if out and n > budget:
+            break
+        out.append((req, n))
+        budget -= n
+    return out

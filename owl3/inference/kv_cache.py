@@ -136,6 +136,27 @@ class SlotView:
         return self.pool.k[layer_idx][s : s + 1, :, :end], self.pool.v[layer_idx][s : s + 1, :, :end]
 
 
+class RowsView:
+    """The pool as the cache of one forward over prefill pieces of several slots, left-padded to one
+    width: row i's real tokens are its last `counts[i]` columns and go to positions
+    [starts[i], starts[i] + counts[i]) of slot `slots[i]` (padding columns are not written); every row reads
+    the first `length` positions of its slot, the caller's mask hiding what a column may not see."""
+
+    def __init__(self, pool: KVPool, slots: list[int], starts: list[int], counts: list[int]) -> None:
+        self.pool, self.rows = pool, list(zip(slots, starts, counts, strict=True))
+        self.length = max(s + c for s, c in zip(starts, counts, strict=True))
+        self.index = torch.tensor(slots, device=pool.device)
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # k, v (rows, kv, width, d) -> every row's slot so far (rows, kv, length, d), gathered
+        width = k.shape[2]
+        pk, pv = self.pool.k[layer_idx], self.pool.v[layer_idx]
+        for i, (slot, start, count) in enumerate(self.rows):
+            pk[slot, :, start : start + count] = k[i, :, width - count :]
+            pv[slot, :, start : start + count] = v[i, :, width - count :]
+        return pk[self.index, :, : self.length], pv[self.index, :, : self.length]
+
+
 class DecodeView:
     """The pool as the cache of one decode step of slots 0..n-1: row i writes its new token at
     `positions[i]` and reads the first `window` positions of its slot (the rest masked by the caller)."""

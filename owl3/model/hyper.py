@@ -128,13 +128,18 @@ class VisualContext:
 
 @dataclass
 class RowVisuals:
-    """The visual side of a decode step whose rows are separate requests, each with its own
-    `VisualContext` (already past its prompt, K/V computed) or None (a text-only row, which skips the
-    cross branch). Rows keep their own visual tokens: none is padded to the longest."""
+    """The visual side of a forward whose rows are separate requests, each with its own `VisualContext`
+    (K/V computed) or None (a text-only row, which skips the cross branch). Rows keep their own visual
+    tokens: none is padded to the longest.
+
+    A decode step (`after_prompt`): one query per row, after all of its images. A batch of prefill pieces
+    (`after_prompt` False): row i's real queries are its last `counts[i]` columns (rows are left-padded),
+    and only those go through its cross branch, masked by its own image positions."""
 
     rows: list[VisualContext | None]
     device: torch.device | str = "cpu"
-    after_prompt: bool = True  # decode only
+    after_prompt: bool = True
+    counts: list[int] | None = None  # prefill: real (last) columns of each row
 
     def __post_init__(self) -> None:
         self.with_media = [i for i, r in enumerate(self.rows) if r is not None]

@@ -86,8 +86,19 @@ class Attention(nn.Module):
         """The gated visual branch: (B, H, T, d) self-attention output -> the layer's attention output."""
         kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim)
         if isinstance(visual, RowVisuals):
-            # a decode step of separate requests: each row with media reads its own visual K/V
+            # rows of separate requests: each row with media reads its own visual K/V
             a_cross = torch.zeros_like(a_self)
+            if not visual.after_prompt:  # prefill pieces: each row's real (last) columns, its own mask
+                t = q.shape[2]
+                seen = torch.zeros(q.shape[0], t, dtype=torch.bool, device=q.device)  # (B, T)
+                for i in visual.with_media:
+                    ctx, c = visual.rows[i], visual.counts[i]
+                    vk, vv = visual_kv(ctx, self.layer_idx, *kv_of)
+                    out, row_seen = cross_attention(
+                        q[i : i + 1, :, t - c :], vk, vv, ctx, positions[i : i + 1, t - c :]
+                    )
+                    a_cross[i : i + 1, :, t - c :], seen[i, t - c :] = out, row_seen[0]
+                return gate(a_self, a_cross, seen, self.gate_proj, all_seen=False)
             for i in visual.with_media:
                 ctx = visual.rows[i]
                 vk, vv = visual_kv(ctx, self.layer_idx, *kv_of)
