@@ -40,9 +40,8 @@ def test_prompts_per_level_images_and_target(tsv):
         truth = task.data.image(own).getpixel((1, 1))
         assert pixels[x - 1] == truth and pixels.count(truth) == 1  # question 8 shares 0's image: never drawn
         assert item.meta["image_indices"][x - 1] in (own, 8 if own == 0 else own)
-        assert item.choices[item.answer] == task.data.rows[int(item.question.split("@")[0])].options[
-            task.data.rows[int(item.question.split("@")[0])].answer
-        ]
+        row = task.data.rows[int(item.question.split("@")[0])]
+        assert item.choices[item.answer] == row.options[row.answer]
 
 
 def test_variants_differ_in_option_order_and_distractors(tsv):
@@ -88,7 +87,8 @@ def test_too_many_images_for_the_file_is_a_clear_error(tsv):
 def test_owl3_eval_distractor_end_to_end_on_the_tiny_model(tsv, tiny_dir, tmp_path, capsys):
     out = tmp_path / "D.jsonl"
     args = ["eval", "distractor", "--data", str(tsv), "--model", str(tiny_dir), "--images", "1,4",
-            "--variants", "2", "--limit", "2", "--max-new-tokens", "2", "--output", str(out), "--json"]  # fmt: skip
+            "--variants", "2", "--limit", "2", "--max-new-tokens", "2", "--output", str(out),
+            "--json"]  # fmt: skip
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     final = json.loads(lines[-1])

@@ -53,7 +53,8 @@ def test_tsv_circular_rows_are_grouped_by_index_mod_1e6(tsv, tsv_circular):
     given = {i.id: i for i in MMBenchTask(tsv_circular).items()}
     assert built.keys() == given.keys()
     for k, item in given.items():
-        assert (item.prompt, item.answer, item.question) == (built[k].prompt, built[k].answer, built[k].question)
+        b = built[k]
+        assert (item.prompt, item.answer, item.question) == (b.prompt, b.answer, b.question)
     # the rotated rows refer to the main row's image by its index
     assert given["1000003"].media()[0][0].tobytes() == given["3"].media()[0][0].tobytes()
     assert len(list(MMBenchTask(tsv_circular, circular=False).items())) == 6
