@@ -136,7 +136,7 @@ def write_nlvr2_parquet(path: Path, n: int = 4) -> Path:
 
 
 def write_video(path: Path, n_frames: int = 24, size: int = 32, fps: int = 8) -> Path:
-    """n frames whose red channel is 10 * frame number: a frame's number can be read back from it."""
+    """n grey frames of brightness 10 * frame number: a frame's number can be read back from it."""
     import av
     import numpy as np
 
@@ -147,9 +147,7 @@ def write_video(path: Path, n_frames: int = 24, size: int = 32, fps: int = 8) ->
         stream.pix_fmt = "yuv420p"
         stream.options = {"qscale": "1"}
         for i in range(n_frames):
-            a = np.zeros((size, size, 3), np.uint8)
-            a[..., 0] = min(255, 10 * i)
-            a[..., 1] = 128
+            a = np.full((size, size, 3), min(255, 10 * i), np.uint8)
             out.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
         out.mux(stream.encode())
     return path

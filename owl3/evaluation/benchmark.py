@@ -86,9 +86,12 @@ def run_benchmark(
     shard: tuple[int, int] = (1, 1),
     model: str = "",
     progress: bool | None = None,
+    items: list[Item] | None = None,
 ) -> Outcome:
+    """`items`: task.items() already listed (the command lists them before loading a model, so a bad
+    benchmark file fails at once)."""
     start = time.perf_counter()
-    items = list(task.items())
+    items = list(task.items()) if items is None else items
     if not items:
         raise Owl3Error(f"{task.name}: the data holds no questions")
     positions = {it.id: n for n, it in enumerate(items)}

@@ -238,12 +238,15 @@ def cmd_eval_benchmark(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard)
     task = _task(args)
+    items = list(task.items())  # reads (and checks) the whole benchmark file before a model is loaded
     backend, model = _backend(args)
     if args.task == "distractor" and args.output:
         sets = Path(args.output).with_suffix(".sets.json")
         sets.parent.mkdir(parents=True, exist_ok=True)
         sets.write_text(json.dumps({"config": task.config(), "sets": task.sets()}))
-    out = run_benchmark(task, backend, output=args.output, limit=args.limit, shard=shard, model=model)
+    out = run_benchmark(
+        task, backend, output=args.output, limit=args.limit, shard=shard, model=model, items=items
+    )
     summary = {**out.summary, "model": model, "shard": f"{shard[0]}/{shard[1]}"}
     rate = out.answered / out.seconds if out.seconds > 0 else 0.0
     plot = getattr(args, "plot", None) or (

@@ -66,10 +66,11 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     try:
         if suffix == ".parquet":
             return _read_parquet(p)
-        if suffix == ".jsonl":
-            return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = p.read_text(encoding="utf-8") if suffix in (".json", ".jsonl") else ""
+        if suffix == ".jsonl" or (suffix == ".json" and _is_json_lines(text)):  # NLVR2's .json is lines
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
         if suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(text)
             if isinstance(data, dict):
                 lists = [v for v in data.values() if isinstance(v, list)]
                 data = lists[0] if len(lists) == 1 else [data]
@@ -77,6 +78,14 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise Owl3Error(f"{p} is not valid JSON ({e})") from None
     raise Owl3Error(f"{p}: unknown annotation format {suffix!r}; use .json, .jsonl or .parquet")
+
+
+def _is_json_lines(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        return e.msg == "Extra data"
+    return False
 
 
 def _read_parquet(p: Path) -> list[dict[str, Any]]:
