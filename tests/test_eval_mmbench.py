@@ -175,3 +175,30 @@ def test_owl3_eval_mmbench_end_to_end_on_the_tiny_model(tsv, tiny_dir, tmp_path,
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["rows"] == final["rows"]
     assert len(read_results(out)[1]) == 9
+
+
+class RecordingPipe:
+    """A pipeline stand-in: answers a batch with the right letters and records each batch's prompts."""
+
+    path = "recording"
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    def chat_batch(self, convs, **kw):
+        assert kw == {"max_new_tokens": 64, "temperature": 0.0}
+        self.batches.append([c.messages for c in convs])
+        assert all(len(c.images) == 1 and c.cut for c in convs)
+        return [answer_colour(c.messages) for c in convs]
+
+
+def test_local_backend_answers_in_batches_of_one_group(tsv):
+    from owl3.evaluation.backends import LocalBackend
+
+    pipe = RecordingPipe()
+    task = MMBenchTask(tsv)
+    out = run_benchmark(task, LocalBackend(pipe, batch_size=4))
+    assert out.summary["accuracy"] == 1.0
+    # full batches (not one prompt, or one question, at a time), in task order
+    assert [len(b) for b in pipe.batches] == [4, 4, 4, 4, 2]
+    assert [p for b in pipe.batches for p in b] == [i.prompt for i in task.items()]

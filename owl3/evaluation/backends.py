@@ -26,11 +26,16 @@ from owl3.evaluation.task import Item
 _PLACEHOLDER = re.compile(r"(<\|image\|>|<\|video\|>)")
 
 
+def _shape(item: Item) -> tuple[int, int]:
+    return item.prompt.count("<|image|>"), item.prompt.count("<|video|>")
+
+
 def batches(items: list[Item], size: int) -> Iterator[list[Item]]:
-    """Consecutive items of one report group, at most `size` at a time (similar prompts batch well)."""
+    """Consecutive items with as many images and videos each, at most `size` at a time (a batch of prompts
+    alike in size wastes no padding: the distractor test's 400-image prompts never wait on 1-image ones)."""
     batch: list[Item] = []
     for item in items:
-        if batch and (len(batch) == size or item.group != batch[0].group):
+        if batch and (len(batch) == size or _shape(item) != _shape(batch[0])):
             yield batch
             batch = []
         batch.append(item)
