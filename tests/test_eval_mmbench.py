@@ -166,7 +166,8 @@ def test_owl3_eval_mmbench_end_to_end_on_the_tiny_model(tsv, tiny_dir, tmp_path,
     assert [r["row"] for r in final["rows"]][0] == "all" and 0.0 <= final["accuracy"] <= 1.0
     assert any(line.startswith("all ") for line in lines)
     header, records = read_results(out)
-    assert header["config"]["model"].startswith(str(tiny_dir)) and len(records) == 9
+    assert header["config"]["model"] == f"{tiny_dir.name} (float32)" and len(records) == 9
+    assert header["config"]["data"].startswith("MMBench_DEV_EN.tsv ")  # name, size, hash: not the path
     for r in records:
         assert {"id", "question", "variant", "prompt", "prediction", "extracted", "rule", "correct"} <= set(r)
         assert r["correct"] == (r["extracted"] == r["answer"])
@@ -202,3 +203,23 @@ def test_local_backend_answers_in_batches_of_one_group(tsv):
     # full batches (not one prompt, or one question, at a time), in task order
     assert [len(b) for b in pipe.batches] == [4, 4, 4, 4, 2]
     assert [p for b in pipe.batches for p in b] == [i.prompt for i in task.items()]
+
+
+def test_shards_run_where_the_data_lies_elsewhere_still_merge(tsv, tmp_path, capsys):
+    """Two machines keep the same TSV in different folders: their shards are one run."""
+    other = tmp_path / "machine2" / tsv.name
+    other.parent.mkdir()
+    other.write_bytes(tsv.read_bytes())
+    script = ScriptedBackend(lambda it: answer_colour(it.prompt))
+    run_benchmark(MMBenchTask(tsv), script, output=tmp_path / "s1.jsonl", shard=(1, 2))
+    run_benchmark(MMBenchTask(other), script, output=tmp_path / "s2.jsonl", shard=(2, 2))
+    assert main(["eval", "merge", str(tmp_path / "s1.jsonl"), str(tmp_path / "s2.jsonl"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["questions"] == 6
+    # a different file of the same name is another run
+    rows = mmbench_rows(6)
+    rows[0]["question"] = "Something else?"
+    (tmp_path / "machine3").mkdir()
+    changed = write_tsv(tmp_path / "machine3" / tsv.name, rows)
+    run_benchmark(MMBenchTask(changed), script, output=tmp_path / "s3.jsonl", shard=(2, 2))
+    assert main(["eval", "merge", str(tmp_path / "s1.jsonl"), str(tmp_path / "s3.jsonl")]) == 2
+    assert "another run" in capsys.readouterr().err

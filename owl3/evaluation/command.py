@@ -213,8 +213,10 @@ def _backend(args: argparse.Namespace):
     from owl3.options import load_pipeline
 
     pipe = load_pipeline(args)
+    # the folder's name, not its path: shards run on machines that keep the checkpoint elsewhere merge
+    name = Path(pipe.path).name if pipe.path else "model"
     return LocalBackend(pipe, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens), (
-        f"{pipe.path} ({args.dtype})"
+        f"{name} ({args.dtype})"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import hashlib
 import io
 import json
 import sys
@@ -26,6 +27,25 @@ ANSWER_LETTER = (
 )
 LETTERS = "ABCDEFGHIJ"
 _CSV_LOCK = threading.Lock()
+
+
+def fingerprint(path: str | Path) -> str:
+    """What identifies a benchmark's data wherever it lies: the file's name, size and a hash of its first
+    and last MiB (a folder: its name and the names and sizes of its annotation files). Results files
+    record it instead of a path, so shards run on machines with other folders still merge."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in (".json", ".jsonl", ".parquet", ".tsv"))
+        listing = ";".join(f"{f.relative_to(p)}:{f.stat().st_size}" for f in files)
+        return f"{p.name}/ {hashlib.sha1(listing.encode()).hexdigest()[:12]}"
+    size = p.stat().st_size
+    h = hashlib.sha1()
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+            h.update(f.read())
+    return f"{p.name} {size} {h.hexdigest()[:12]}"
 
 
 def need_file(path: str | Path, what: str) -> Path:

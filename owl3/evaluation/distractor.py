@@ -27,7 +27,7 @@ from typing import Any
 
 from owl3.errors import Owl3Error
 from owl3.evaluation.benchmark import Benchmark
-from owl3.evaluation.data import ANSWER_LETTER, options_text, rotate
+from owl3.evaluation.data import ANSWER_LETTER, fingerprint, options_text, rotate
 from owl3.evaluation.mmbench import MMBenchFile, Row
 from owl3.evaluation.task import Item
 
@@ -70,7 +70,7 @@ class DistractorTask(Benchmark):
 
     def config(self) -> dict[str, Any]:
         return {
-            "data": str(self.data.path),
+            "data": fingerprint(self.data.path),
             "images": self.counts,
             "variants": self.variants,
             "seed": self.seed,

@@ -25,7 +25,16 @@ from typing import Any
 
 from owl3.errors import Owl3Error
 from owl3.evaluation.benchmark import Benchmark
-from owl3.evaluation.data import ANSWER_LETTER, LETTERS, blank, load_image, options_text, read_tsv, rotate
+from owl3.evaluation.data import (
+    ANSWER_LETTER,
+    LETTERS,
+    blank,
+    fingerprint,
+    load_image,
+    options_text,
+    read_tsv,
+    rotate,
+)
 from owl3.evaluation.task import Item
 
 IMAGE_CACHE = 512  # decoded images kept
@@ -120,7 +129,7 @@ class MMBenchTask(Benchmark):
         self.circular = circular
 
     def config(self) -> dict[str, Any]:
-        return {"data": str(self.data.path), "circular": self.circular}
+        return {"data": fingerprint(self.data.path), "circular": self.circular}
 
     def _item(self, row: Row, q: int, variant: int, choices: dict[str, str], answer: str, main: Row) -> Item:
         img = self.data.image

@@ -23,7 +23,7 @@ from typing import Any
 
 from owl3.errors import Owl3Error
 from owl3.evaluation.benchmark import Benchmark
-from owl3.evaluation.data import ANSWER_LETTER, LETTERS
+from owl3.evaluation.data import ANSWER_LETTER, LETTERS, fingerprint
 from owl3.evaluation.task import Item
 from owl3.evaluation.videos import clip_loader, find_video
 
@@ -113,7 +113,7 @@ class MVBenchTask(Benchmark):
             )
 
     def config(self) -> dict[str, Any]:
-        return {"data": str(self.path), "video_root": str(self.root), "frames": self.frames}
+        return {"data": fingerprint(self.path), "frames": self.frames}
 
     def items(self, image_size: int | None = None) -> Iterator[Item]:
         for task, path in self.tasks.items():

@@ -20,7 +20,7 @@ from typing import Any
 
 from owl3.errors import Owl3Error
 from owl3.evaluation.benchmark import Benchmark
-from owl3.evaluation.data import load_image, read_table
+from owl3.evaluation.data import fingerprint, load_image, read_table
 from owl3.evaluation.task import Item
 
 PROMPT = (
@@ -51,7 +51,7 @@ class NLVR2Task(Benchmark):
         )
 
     def config(self) -> dict[str, Any]:
-        return {"data": str(self.path), "image_root": str(self.root)}
+        return {"data": fingerprint(self.path)}
 
     def _pair(self, row: dict[str, Any], where: str) -> tuple[Any, Any]:
         left, right = row.get("left_image"), row.get("right_image")

@@ -22,7 +22,7 @@ from typing import Any
 
 from owl3.errors import Owl3Error
 from owl3.evaluation.benchmark import Benchmark
-from owl3.evaluation.data import ANSWER_LETTER, read_table
+from owl3.evaluation.data import ANSWER_LETTER, fingerprint, read_table
 from owl3.evaluation.task import Item
 from owl3.evaluation.videos import clip_loader, find_video
 
@@ -58,7 +58,7 @@ class VideoMMETask(Benchmark):
         self.frames = frames
 
     def config(self) -> dict[str, Any]:
-        return {"data": str(self.path), "video_root": str(self.root), "frames": self.frames}
+        return {"data": fingerprint(self.path), "frames": self.frames}
 
     def items(self, image_size: int | None = None) -> Iterator[Item]:
         for n, row in enumerate(self.rows):
