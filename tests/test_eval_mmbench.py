@@ -223,3 +223,21 @@ def test_shards_run_where_the_data_lies_elsewhere_still_merge(tsv, tmp_path, cap
     run_benchmark(MMBenchTask(changed), script, output=tmp_path / "s3.jsonl", shard=(2, 2))
     assert main(["eval", "merge", str(tmp_path / "s1.jsonl"), str(tmp_path / "s3.jsonl")]) == 2
     assert "another run" in capsys.readouterr().err
+
+
+def test_shards_on_the_tiny_model_give_the_records_of_one_run(tsv, tiny_pipe, tmp_path):
+    """Greedy answers do not depend on what else is in the batch: two shards answer every prompt as the
+    whole run does, so the merged scores are the whole run's."""
+    from owl3.evaluation.backends import LocalBackend
+    from owl3.evaluation.records import merge, score_records
+
+    def backend(b):
+        return LocalBackend(tiny_pipe, batch_size=b, max_new_tokens=4)
+
+    whole = run_benchmark(MMBenchTask(tsv), backend(8), output=tmp_path / "all.jsonl", limit=4)
+    for i, b in ((1, 3), (2, 2)):
+        run_benchmark(MMBenchTask(tsv), backend(b), output=tmp_path / f"s{i}.jsonl", limit=4, shard=(i, 2))
+    _, records = merge([tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"])
+    by_id = {r["id"]: r["prediction"] for r in records}
+    assert by_id == {r["id"]: r["prediction"] for r in whole.records} and len(by_id) == 11
+    assert score_records("mmbench", records) == whole.summary
