@@ -212,3 +212,19 @@ def test_png_round_trip_keeps_pixels():
 
     img = Image.new("RGB", (5, 5), RGB[COLOURS[4]])
     assert Image.open(io.BytesIO(_decode(_png_url(img)))).convert("RGB").tobytes() == img.tobytes()
+
+
+def test_video_frames_are_scaled_down_and_kept_near_lossless():
+    import av
+    import numpy as np
+
+    from owl3.evaluation.backends import frames_to_video
+
+    frames = [Image.new("RGB", (1920, 1080), (10 * i, 100, 200 - 10 * i)) for i in range(5)]
+    data = frames_to_video(frames)
+    with av.open(io.BytesIO(data)) as c:
+        got = [f.to_image() for f in c.decode(video=0)]
+    assert len(got) == 5 and got[0].size == (768, 432)
+    for want, img in zip(frames, got, strict=True):
+        diff = np.abs(np.asarray(img, dtype=int) - np.asarray(want.resize(img.size), dtype=int))
+        assert diff.max() <= 3
