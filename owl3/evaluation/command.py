@@ -159,7 +159,6 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="answer length limit (64)")
     r.add_argument("--json", action="store_true", help="end with one line of JSON holding the scores")
-    # fmt: skip
 
 
 def _task(args: argparse.Namespace):
