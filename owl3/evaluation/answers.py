@@ -4,9 +4,10 @@ Models do not always answer "B". They write "(B)", "B. a cat", "The answer is B.
 text instead of its letter, or refuse. `extract_choice` tries a fixed list of rules, most specific first,
 and returns the letter with the rule's name, so every record says how its answer was read
 (`rule` in the results). An output no rule reads is wrong (rule "none", or "refusal" when it declines).
-The official evaluation differs per benchmark (MMBench: the last of E..A followed by `.,:)`, then a
-substring match on the options; Video-MME: the first capital A-D anywhere, else "A"); one rule set for all
-tasks keeps scores comparable across them and never guesses a letter for an empty answer.
+The official evaluation differs per benchmark (MMBench: E, D, C, B, A tried in that order for a letter
+followed by `.,:)`, then a substring match on the options; Video-MME: the first capital A-D anywhere, else
+"A"); one rule set for all tasks keeps scores comparable across them and never guesses a letter for an
+empty answer.
 """
 
 from __future__ import annotations
