@@ -243,8 +243,13 @@ def cmd_eval_benchmark(args: argparse.Namespace) -> int:
     backend, model = _backend(args)
     if args.task == "distractor" and args.output:
         sets = Path(args.output).with_suffix(".sets.json")
-        sets.parent.mkdir(parents=True, exist_ok=True)
-        sets.write_text(json.dumps({"config": task.config(), "sets": task.sets()}))
+        try:
+            sets.parent.mkdir(parents=True, exist_ok=True)
+            sets.write_text(json.dumps({"config": task.config(), "sets": task.sets()}))
+        except OSError as e:
+            from owl3.errors import Owl3Error
+
+            raise Owl3Error(f"cannot write {sets} ({e.strerror}); pick another --output") from None
     out = run_benchmark(
         task, backend, output=args.output, limit=args.limit, shard=shard, model=model, items=items
     )
