@@ -101,7 +101,13 @@ def run_benchmark(
     header = {
         "owl3_eval": 1,
         "task": task.name,
-        "config": {**task.config(), "limit": limit, "model": model, "extraction": METHOD},
+        "config": {
+            **task.config(),
+            "limit": limit,
+            "model": model,
+            "extraction": METHOD,
+            "max_new_tokens": getattr(backend, "max_new_tokens", None),
+        },  # fmt: skip
         "shard": list(shard),
     }
     out = ResultsFile(output, header) if output is not None else None
