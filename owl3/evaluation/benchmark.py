@@ -107,7 +107,7 @@ def run_benchmark(
             "model": model,
             "extraction": METHOD,
             "max_new_tokens": getattr(backend, "max_new_tokens", None),
-        },  # fmt: skip
+        },
         "shard": list(shard),
     }
     out = ResultsFile(output, header) if output is not None else None
