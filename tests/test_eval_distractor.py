@@ -111,3 +111,29 @@ def test_local_batches_hold_prompts_of_one_image_count(tsv):
     got = list(batches(items, 5))
     assert [len(b) for b in got] == [5, 5, 5, 3] * 2
     assert all(len({i.meta["images"] for i in b}) == 1 for b in got)
+
+
+def test_distractor_shards_merge_to_the_plot_and_compare_per_count(tsv, tmp_path, capsys):
+    def script(item):  # misses every variant-1 prompt of question 2 at 3 images
+        wrong = item.question == "2@3" and item.variant == 1
+        return "none" if wrong else answer_colour(item.prompt)
+
+    task = DistractorTask(tsv, images=[1, 3], variants=2)
+    whole = run_benchmark(task, ScriptedBackend(script), output=tmp_path / "all.jsonl")
+    for i in (1, 2):
+        run_benchmark(task, ScriptedBackend(script), output=tmp_path / f"s{i}.jsonl", shard=(i, 2))
+    merged = tmp_path / "m.jsonl"
+    shards = [str(tmp_path / "s1.jsonl"), str(tmp_path / "s2.jsonl")]
+    assert main(["eval", "merge", *shards, "--output", str(merged), "--json"]) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert final["results"] == whole.summary["results"]
+    assert [(r["images"], r["correct"]) for r in final["results"]] == [(1, 9), (3, 8)]
+    assert merged.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # compare pairs questions per image count: all-right vs the merged run differ on one question at N=3
+    perfect = run_benchmark(task, ScriptedBackend(lambda it: answer_colour(it.prompt)),
+                            output=tmp_path / "p.jsonl")  # fmt: skip
+    assert perfect.summary["accuracy"] == 1.0
+    assert main(["eval", "compare", str(tmp_path / "p.jsonl"), str(merged), "--json"]) == 0
+    rows = {r["group"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
+    assert (rows["1"]["questions"], rows["1"]["only_a"]) == (9, 0)
+    assert (rows["3"]["questions"], rows["3"]["only_a"], rows["3"]["only_b"]) == (9, 1, 0)
