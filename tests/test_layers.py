@@ -131,7 +131,8 @@ def test_the_checker_sees_a_cycle_and_a_layer_break(tmp_path):
 
 
 COMMANDS = ["", "generate", "encode", "chat", "bench latency", "bench serve", "eval synthetic",
-            "eval compare", "demo", "demo-train", "train", "build", "serve"]  # fmt: skip
+            "eval compare", "eval mmbench", "eval distractor", "eval nlvr2", "eval videomme", "eval mvbench",
+            "eval longvideobench", "eval merge", "demo", "demo-train", "train", "build", "serve"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,7 +1,8 @@
 """How sure a score is: Wilson intervals for one model's accuracy, and a paired comparison of two models
 that answered the same questions (`owl3 eval compare A.jsonl B.jsonl`).
 
-Two runs of `owl3 eval synthetic` with the same seed and options ask the same questions (same ids), so
+Two runs of `owl3 eval synthetic` with the same seed and options ask the same questions (same ids), as
+do two runs of a benchmark task on the same data (paired by question, after CircularEval), so
 their difference is best judged question by question: only the questions one model gets right and the
 other wrong carry information, and McNemar's exact test asks whether those split evenly. That is far
 more sensitive than comparing two accuracies as if they were independent samples.
@@ -66,7 +67,8 @@ class Paired:
 
 
 def read_records(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The per-question records of an `owl3 eval ... --output` file, by id."""
+    """The per-question records of an `owl3 eval ... --output` file, by id; a benchmark task's prompts
+    are folded into their questions (right only if every variant is), by question id."""
     p = Path(path)
     if not p.is_file():
         raise Owl3Error(f"records file {str(p)!r} not found (write one with owl3 eval ... --output FILE)")
@@ -76,11 +78,17 @@ def read_records(path: str | Path) -> dict[str, dict[str, Any]]:
             continue
         try:
             rec = json.loads(line)
+            if "owl3_eval" in rec:  # the header of a benchmark task's results file
+                continue
             key, group, right = str(rec["id"]), str(rec["group"]), rec["correct"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise Owl3Error(
                 f"{p}:{i} is not an owl3 eval record (a JSON object with id, group and correct)"
             ) from None
+        if rec.get("question"):  # a benchmark prompt: pair by question, right only if every variant is
+            key = str(rec["question"])
+            if key in out:
+                right = out[key]["correct"] and bool(right)
         out[key] = {**rec, "group": group, "correct": bool(right)}
     if not out:
         raise Owl3Error(f"records file {str(p)!r} holds no records")

@@ -27,6 +27,15 @@ class Item:
     media: Callable[[], Media]  # renders/reads the media on demand
     cut: bool = False  # crop images into the official grid (only sensible for real photos)
     meta: dict[str, Any] = field(default_factory=dict)
+    # benchmark tasks (owl3/evaluation/benchmark.py): the question this prompt is a variant of (a question
+    # is right only if all its variants are), which variant, the report rows the question counts in besides
+    # "all", and how the answer is read: "choice" (an option letter out of `choices`) or "yesno"
+    question: str = ""
+    variant: int = 0
+    rows: tuple[str, ...] = ()
+    choices: dict[str, str] | None = None
+    scoring: str = "exact"
+    frames: int | None = None  # for a server: video frames each clip holds (sent as num_frames)
 
 
 def normalize(text: str) -> str:

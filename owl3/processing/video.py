@@ -284,3 +284,17 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
                     raise Owl3Error(f"{path} does not state a frame rate; use mode='exact'")
                 got = _read_keyframes(container, stream, want, rate, bar)
     return [got[i] for i in indices]
+
+
+def read_frames(path: str | Path, indices: list[int]) -> list[Image.Image]:
+    """The frames at `indices` (presentation order, as decord numbers them; repeats allowed), for callers
+    with their own sampling rule (e.g. a benchmark's official one); indices past the end are clamped."""
+    with _open(path) as (container, stream):
+        stream.thread_type = "AUTO"
+        pts, keys = _packet_index(container, stream)
+        if not pts:
+            raise Owl3Error(f"{path} contains no video frames; pass a video with content")
+        clamped = [min(max(int(i), 0), len(pts) - 1) for i in indices]
+        with tqdm(total=0, disable=True) as bar:
+            got = _read_exact(container, stream, sorted(set(clamped)), pts, keys, bar)
+    return [got[i] for i in clamped]
