@@ -29,7 +29,7 @@ def task_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
         e = sub.add_parser(
             "eval",
             help="evaluate a model on a benchmark task",
-            description="Evaluate a model on a task; prints a table (and a JSON line with --json).",
+            description="Evaluate a model on a task; prints a table and a last line of JSON scores.",
         )
         tasks = e.add_subparsers(dest="task", metavar="TASK", required=True)
         _TASKS[e] = tasks
@@ -158,7 +158,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
         help="answer the i-th of K shares of the questions (join with owl3 eval merge)",
     )
     r.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="answer length limit (64)")
-    r.add_argument("--json", action="store_true", help="end with one line of JSON holding the scores")
+    r.add_argument(
+        "--json", action="store_true", help="print only the JSON scores (otherwise the table's last line)"
+    )
 
 
 def _task(args: argparse.Namespace):
@@ -222,15 +224,17 @@ def _backend(args: argparse.Namespace):
 def _report(summary: dict, *, title: str, plot: str | None, as_json: bool) -> None:
     from owl3.evaluation.records import format_summary
 
-    print(title)
-    print(format_summary(summary))
+    """The title and the table (not with `as_json`), the plot, then always a last line of JSON scores."""
+    if not as_json:
+        print(title)
+        print(format_summary(summary))
     if plot and summary.get("results"):
         from owl3.evaluation.plot import plot_accuracy
 
         plot_accuracy(summary, plot, f"owl3 distractor test: {summary.get('model', '')}"[:90])
-        print(f"plot: {plot}")
-    if as_json:
-        print(json.dumps(summary))
+        if not as_json:
+            print(f"plot: {plot}")
+    print(json.dumps(summary))
 
 
 def cmd_eval_benchmark(args: argparse.Namespace) -> int:
