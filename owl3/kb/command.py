@@ -111,8 +111,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    for key in ("path", "items", "with_image", "text_only", "size_mb", "model", "weights_sha256", "dim",
-                "image_size", "embedding"):  # fmt: skip
+    for key in (
+        "path",
+        "items",
+        "with_image",
+        "text_only",
+        "size_mb",
+        "model",
+        "weights_sha256",
+        "dim",
+        "image_size",
+        "embedding",
+    ):
         print(f"{key:>15}: {info[key]}")
     return 0
 
@@ -125,8 +135,12 @@ def _model_args(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def _item_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("items", metavar="ITEMS", help='a folder of images (+ same-name .txt) or a JSONL of {"id", '
-                   '"image"?, "text"?} lines (image paths relative to the file)')  # fmt: skip
+    p.add_argument(
+        "items",
+        metavar="ITEMS",
+        help='a folder of images (+ same-name .txt) or a JSONL of {"id", '
+        '"image"?, "text"?} lines (image paths relative to the file)',
+    )
     p.add_argument("--strict", action="store_true", help="refuse the whole input if an image is unreadable")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward (32)")
 
@@ -140,24 +154,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     ksub = kb.add_subparsers(dest="kb_command", metavar="COMMAND", required=True)
 
-    b = ksub.add_parser("build", help="embed items into a new knowledge base",
-                        description="Embed a folder or JSONL of items into a new knowledge base.")  # fmt: skip
+    b = ksub.add_parser(
+        "build",
+        help="embed items into a new knowledge base",
+        description="Embed a folder or JSONL of items into a new knowledge base.",
+    )
     _item_args(b)
     b.add_argument("-o", "--output", required=True, metavar="KB", help="the knowledge base folder to create")
     b.add_argument("--overwrite", action="store_true", help="replace an existing knowledge base there")
     _model_args(b, "the built-in model")
     b.set_defaults(func=cmd_build)
 
-    a = ksub.add_parser("add", help="add (or replace, by id) items in a knowledge base",
-                        description="Add items to a knowledge base; an item with an existing id replaces it.")  # fmt: skip
+    a = ksub.add_parser(
+        "add",
+        help="add (or replace, by id) items in a knowledge base",
+        description="Add items to a knowledge base; an item with an existing id replaces it.",
+    )
     a.add_argument("kb", metavar="KB", help="the knowledge base folder")
     _item_args(a)
     _model_args(a, "the model the knowledge base records")
     a.set_defaults(func=cmd_add)
 
-    s = ksub.add_parser("search", help="the best items for an image and/or a text query",
-                        description="Rank items by image similarity (--image), BM25 (--text) or both "
-                        "(reciprocal-rank fusion).")  # fmt: skip
+    s = ksub.add_parser(
+        "search",
+        help="the best items for an image and/or a text query",
+        description="Rank items by image similarity (--image), BM25 (--text) or both "
+        "(reciprocal-rank fusion).",
+    )
     s.add_argument("kb", metavar="KB", help="the knowledge base folder")
     s.add_argument("--image", metavar="PATH", default=None, help="a query image")
     s.add_argument("--text", metavar="TEXT", default=None, help="a text query")
@@ -166,8 +189,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _model_args(s, "the model the knowledge base records")
     s.set_defaults(func=cmd_search)
 
-    i = ksub.add_parser("info", help="what a knowledge base holds and which model embedded it",
-                        description="Describe a knowledge base.")  # fmt: skip
+    i = ksub.add_parser(
+        "info",
+        help="what a knowledge base holds and which model embedded it",
+        description="Describe a knowledge base.",
+    )
     i.add_argument("kb", metavar="KB", help="the knowledge base folder")
     i.add_argument("--json", action="store_true", help="one JSON object")
     i.set_defaults(func=cmd_info)

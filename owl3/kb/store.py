@@ -73,8 +73,15 @@ class KnowledgeBase:
 
     # ------------------------------------------------------------------ create / open
     @classmethod
-    def create(cls, path: str | Path, model_name: str, weights_sha256: str, dim: int, image_size: int,
-               overwrite: bool = False) -> KnowledgeBase:  # fmt: skip
+    def create(
+        cls,
+        path: str | Path,
+        model_name: str,
+        weights_sha256: str,
+        dim: int,
+        image_size: int,
+        overwrite: bool = False,
+    ) -> KnowledgeBase:
         import pyarrow as pa
 
         folder = Path(path)
@@ -118,7 +125,8 @@ class KnowledgeBase:
             meta = json.loads((folder / META_FILE).read_text())
         except FileNotFoundError:
             raise Owl3Error(
-                f"{str(folder)!r} is not an owl3 knowledge base (no {META_FILE}); build one with 'owl3 kb build'"
+                f"{str(folder)!r} is not an owl3 knowledge base (no {META_FILE}); "
+                "build one with 'owl3 kb build'"
             ) from None
         except (OSError, ValueError) as e:
             raise Owl3Error(
@@ -183,8 +191,15 @@ class KnowledgeBase:
                 vecs = iter(embed(imgs) if imgs else ())
                 for it, data, img in batch:
                     vector = next(vecs) if img is not None else np.zeros(dim, dtype=np.float32)
-                    rows.append({"id": it.id, "text": it.text, "has_image": data is not None,
-                                 "image": data, "vector": vector})  # fmt: skip
+                    rows.append(
+                        {
+                            "id": it.id,
+                            "text": it.text,
+                            "has_image": data is not None,
+                            "image": data,
+                            "vector": vector,
+                        }
+                    )
                 if bar is not None:
                     bar.update(min(batch_size, len(items) - start))
         finally:
@@ -250,8 +265,14 @@ class KnowledgeBase:
         n = len(self)
         n_img = self.table.count_rows("has_image") if n else 0
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-        return {"path": str(self.path), "items": n, "with_image": n_img, "text_only": n - n_img,
-                "size_mb": round(size / 2**20, 2), **self.meta}  # fmt: skip
+        return {
+            "path": str(self.path),
+            "items": n,
+            "with_image": n_img,
+            "text_only": n - n_img,
+            "size_mb": round(size / 2**20, 2),
+            **self.meta,
+        }
 
     # ------------------------------------------------------------------ search
     def search(self, text: str | None = None, vector: np.ndarray | None = None, top_k: int = 5) -> list[Hit]:
