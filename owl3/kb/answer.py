@@ -5,7 +5,7 @@ The prompt follows the mPLUG-Owl3 release's retrieval demo: the K retrieved item
 one, then the question. The answer comes back as a `Completion` whose `citations` list each item's id,
 retrieval score and attention share (the part of the answer's hyper-attention that fell on the item's
 image; owl3/inference/attribution.py), and whose `shares` hold every image's share (the query image's
-last). This module takes the pipeline as an argument and never imports it.
+last, when there is one). This module takes the pipeline as an argument and never imports it.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def answer_with_kb(
     videos: Sequence[Any] = (),
     *,
     top_k: int | None = None,
-    attribution: bool = True,
+    attribution: bool = True,  # accepted for symmetry with generate(): the shares are always computed
     **kw: Any,
 ) -> Any:
     """`pipe.generate(...)` with retrieved evidence (see the module docstring). `images`: at most one, the
@@ -112,6 +112,4 @@ def answer_with_kb(
     out.citations = [
         Citation(n, h.id, h.score, h.text, next(it) if h.has_image else None) for n, h in enumerate(hits, 1)
     ]
-    if not attribution:
-        out.shares = None
     return out

@@ -1,5 +1,10 @@
-"""Image embeddings with the model's own vision path: tower -> projector -> mean over the visual tokens
+"""Image embeddings with the model's own vision path: tower -> projector -> pooled over the visual tokens
 -> L2 normalization, in batches. No second model: the vectors live in the space the language model reads.
+
+Pooling (`pool`): each token's deviation from the picture's own mean token, weighted by the square of its
+length, so the tokens that stand out (the objects) count most and the many alike ones (a flat background)
+little; it needs no statistics of other pictures. On the demo model's redrawn-object queries it found the
+item first for 93% of queries where the plain mean found 80% (docs/rag.md, benchmarks/rag_eval.py).
 
 `weights_hash` fingerprints what the vectors depend on (the tower's and the projector's weights), so a
 knowledge base refuses queries embedded by another model.
@@ -37,11 +42,21 @@ def weights_hash(model: Owl3Model) -> str:
     return _HASHES[model]
 
 
+def pool(feats: torch.Tensor) -> torch.Tensor:
+    """(N, T, D) visual tokens -> (N, D) unit vectors: the tokens' deviations from their picture's mean
+    token, weighted by their squared length (a picture whose tokens are all alike: their mean)."""
+    mean = feats.mean(1, keepdim=True)  # (N, 1, D)
+    dev = feats - mean
+    w = dev.pow(2).sum(-1, keepdim=True)  # (N, T, 1)
+    total = w.sum(1)  # (N, 1)
+    pooled = torch.where(total > 0, (dev * w).sum(1) / total.clamp_min(1e-30), mean[:, 0])
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
 @torch.inference_mode()
 def embed_pixels(model: Owl3Model, pixels: torch.Tensor) -> np.ndarray:
     """(N, 3, S, S) pixels -> (N, D) float32 unit vectors."""
-    feats = model.encode_media(pixels, None).float()  # (N, T, D)
-    return torch.nn.functional.normalize(feats.mean(1), dim=-1).cpu().numpy()
+    return pool(model.encode_media(pixels, None).float()).cpu().numpy()  # tokens (N, T, D)
 
 
 def embed_images(

@@ -101,7 +101,7 @@ class KnowledgeBase:
             "weights_sha256": weights_sha256,
             "dim": dim,
             "image_size": image_size,
-            "embedding": "mean of the projected visual tokens of one global view, L2-normalized",
+            "embedding": "projected visual tokens of one global view, deviation-weighted pool, L2-normalized",
         }
         schema = pa.schema(
             [
@@ -277,6 +277,17 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ search
     def search(self, text: str | None = None, vector: np.ndarray | None = None, top_k: int = 5) -> list[Hit]:
         """The `top_k` best items for a text query, an image query (a unit vector) or both (fused)."""
+        try:
+            return self._search(text, vector, top_k)
+        except Owl3Error:
+            raise
+        except Exception as e:  # LanceDB reports damaged files only when it reads them
+            raise Owl3Error(
+                f"the knowledge base at {str(self.path)!r} is corrupt ({type(e).__name__}: {str(e)[:200]}); "
+                "build it again"
+            ) from None
+
+    def _search(self, text: str | None, vector: np.ndarray | None, top_k: int) -> list[Hit]:
         if (text is None or not text.strip()) and vector is None:
             raise Owl3Error("nothing to search for: give a text query, an image query or both")
         if top_k < 1:

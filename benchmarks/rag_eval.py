@@ -1,0 +1,119 @@
+"""Retrieval recall and attention-share accuracy of the built-in demo model (docs/rag.md).
+
+    .venv/bin/python benchmarks/rag_eval.py [--items 64] [--queries 2] [--questions 100] [--seed 0]
+
+1. Retrieval: a knowledge base (built through `owl3.kb`, LanceDB in a temporary folder) of `--items`
+   pictures, each one object of a distinct shape and colour (sizes drawn at random) in a random cell,
+   with its text "a big red star". Each query redraws an item's object (same shape, colour and size) in
+   another cell with a new jitter; recall@1 and @5 of the item among the image-query hits.
+2. Attention share: `owl3 eval synthetic`'s 8-image questions (`Image 1: <|image|> ... Image 8: <|image|>.
+   In Image X, ...`, seed `--seed`); for each, the answer with `attribution=True` and whether the image
+   with the largest share is X, counted apart for right and wrong answers.
+
+Prints two tables and a last line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import owl3
+from owl3.demo.synthetic import SyntheticTask
+from owl3.demo.world import COLOURS, SHAPES, SIZES, Scene, random_object, render
+from owl3.kb.embed import embed_images, weights_hash
+from owl3.kb.items import Item
+from owl3.kb.store import KnowledgeBase
+
+
+def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
+    rng = random.Random(f"rag:{seed}")
+    kinds = list(itertools.product(SHAPES, COLOURS))
+    rng.shuffle(kinds)
+    if n_items > len(kinds):
+        raise SystemExit(f"--items is at most {len(kinds)} (one per shape and colour)")
+    model = pipe.model
+    with tempfile.TemporaryDirectory() as tmp:
+        items, objects = [], []
+        for i, (shape, colour) in enumerate(kinds[:n_items]):
+            obj = random_object(rng, rng.randrange(9), shape=shape, colour=colour, size=rng.choice(SIZES))
+            path = Path(tmp) / f"item{i:03d}.png"
+            render(Scene((obj,))).save(path)
+            items.append(Item(f"item{i:03d}", path, f"a {obj.size} {colour} {shape}"))
+            objects.append(obj)
+        kb = KnowledgeBase.create(Path(tmp) / "kb", "built-in demo", weights_hash(model),
+                                  model.cfg.text.dim, model.cfg.image_size)  # fmt: skip
+        t0 = time.perf_counter()
+        kb.add(items, lambda imgs: embed_images(model, imgs))
+        build_s = time.perf_counter() - t0
+        queries, truth = [], []
+        for i, obj in enumerate(objects):
+            for _ in range(n_queries):
+                cell = rng.choice([c for c in range(9) if c != obj.cell])
+                moved = random_object(rng, cell, shape=obj.shape, colour=obj.colour, size=obj.size)
+                queries.append(render(Scene((moved,))))
+                truth.append(items[i].id)
+        vectors = embed_images(model, queries)
+        ranks = []
+        for v, want in zip(vectors, truth, strict=True):
+            ids = [h.id for h in kb.search(vector=v, top_k=5)]
+            ranks.append(ids.index(want) + 1 if want in ids else None)
+    n = len(ranks)
+    return {
+        "items": n_items,
+        "queries": n,
+        "recall@1": sum(r == 1 for r in ranks) / n,
+        "recall@5": sum(r is not None for r in ranks) / n,
+        "build_s": round(build_s, 2),
+    }
+
+
+def attention(pipe, n_questions: int, seed: int) -> dict:
+    task = SyntheticTask(seed=seed, images=[8], limit=n_questions, frames=0, which_images=0)
+    counts = {True: [0, 0], False: [0, 0]}  # answer right? -> [largest share on X, questions]
+    for item in task.items(pipe.config.image_size):
+        images, _ = item.media()
+        out = pipe.generate(item.prompt, images, attribution=True, cut=False, max_new_tokens=24)
+        top = max(range(len(out.shares)), key=lambda i: out.shares[i].share) + 1
+        right = task.score(out.text, item)
+        counts[right][0] += top == item.meta["target"]
+        counts[right][1] += 1
+    hit = counts[True][0] + counts[False][0]
+    return {
+        "questions": n_questions,
+        "top_share_is_X": hit / n_questions,
+        "right_answers": counts[True][1],
+        "top_share_is_X_when_right": counts[True][0] / max(1, counts[True][1]),
+        "wrong_answers": counts[False][1],
+        "top_share_is_X_when_wrong": counts[False][0] / max(1, counts[False][1]),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--items", type=int, default=64)
+    p.add_argument("--queries", type=int, default=2, help="queries per item")
+    p.add_argument("--questions", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    pipe = owl3.load()
+    r = retrieval(pipe, args.items, args.queries, args.seed)
+    print(f"retrieval: {r['items']} items, {r['queries']} image queries (object redrawn in another cell)")
+    print(f"  recall@1 {100 * r['recall@1']:.1f}%   recall@5 {100 * r['recall@5']:.1f}%   "
+          f"(target recall@1 >= 90%)")  # fmt: skip
+    a = attention(pipe, args.questions, args.seed)
+    print(f"attention share: {a['questions']} questions with 8 images (owl3 eval synthetic, seed {args.seed})")
+    print(f"  {'answers':<8} {'n':>4}  largest share on the asked Image X")
+    print(f"  {'all':<8} {a['questions']:>4}  {100 * a['top_share_is_X']:.1f}%   (target >= 80%)")
+    print(f"  {'right':<8} {a['right_answers']:>4}  {100 * a['top_share_is_X_when_right']:.1f}%")
+    print(f"  {'wrong':<8} {a['wrong_answers']:>4}  {100 * a['top_share_is_X_when_wrong']:.1f}%")
+    print(json.dumps({"retrieval": r, "attention": a, "seed": args.seed}))
+
+
+if __name__ == "__main__":
+    main()
