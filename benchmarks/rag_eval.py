@@ -46,8 +46,9 @@ def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
             render(Scene((obj,))).save(path)
             items.append(Item(f"item{i:03d}", path, f"a {obj.size} {colour} {shape}"))
             objects.append(obj)
-        kb = KnowledgeBase.create(Path(tmp) / "kb", "built-in demo", weights_hash(model),
-                                  model.cfg.text.dim, model.cfg.image_size)  # fmt: skip
+        kb = KnowledgeBase.create(
+            Path(tmp) / "kb", "built-in demo", weights_hash(model), model.cfg.text.dim, model.cfg.image_size
+        )
         t0 = time.perf_counter()
         kb.add(items, lambda imgs: embed_images(model, imgs))
         build_s = time.perf_counter() - t0
@@ -104,10 +105,14 @@ def main() -> None:
     pipe = owl3.load()
     r = retrieval(pipe, args.items, args.queries, args.seed)
     print(f"retrieval: {r['items']} items, {r['queries']} image queries (object redrawn in another cell)")
-    print(f"  recall@1 {100 * r['recall@1']:.1f}%   recall@5 {100 * r['recall@5']:.1f}%   "
-          f"(target recall@1 >= 90%)")  # fmt: skip
+    print(
+        f"  recall@1 {100 * r['recall@1']:.1f}%   recall@5 {100 * r['recall@5']:.1f}%   "
+        f"(target recall@1 >= 90%)"
+    )
     a = attention(pipe, args.questions, args.seed)
-    print(f"attention share: {a['questions']} questions with 8 images (owl3 eval synthetic, seed {args.seed})")
+    print(
+        f"attention share: {a['questions']} questions with 8 images (owl3 eval synthetic, seed {args.seed})"
+    )
     print(f"  {'answers':<8} {'n':>4}  largest share on the asked Image X")
     print(f"  {'all':<8} {a['questions']:>4}  {100 * a['top_share_is_X']:.1f}%   (target >= 80%)")
     print(f"  {'right':<8} {a['right_answers']:>4}  {100 * a['top_share_is_X_when_right']:.1f}%")

@@ -24,7 +24,7 @@ from owl3.inference.detokenizer import StreamDetokenizer
 from owl3.inference.engine import Engine
 from owl3.inference.memory import VisualMemory, remember
 from owl3.inference.sampling import SamplingParams
-from owl3.model import Owl3Model
+from owl3.model import Owl3Model, VisualContext
 from owl3.processing import Encoding, Processor, load_image
 from owl3.processing.chat import chat_segments
 from owl3.processing.pixels import presize
@@ -236,9 +236,13 @@ class Owl3Pipeline:
         out = self.generate(messages, images, videos, **kw)
         return out if kw.get("attribution") or kw.get("kb") is not None else out.text
 
-    def attention_shares(self, enc: Encoding, token_ids: Sequence[int]) -> list[Share]:
+    def attention_shares(
+        self, enc: Encoding, token_ids: Sequence[int], use_engine: bool = True
+    ) -> list[Share]:
         """Each image's and video frame's share of the hyper-attention of an answer `token_ids` to `enc`
-        (a trailing stop token is left out). Empty for a prompt without media."""
+        (a trailing stop token is left out). Empty for a prompt without media. `use_engine=False` leaves
+        the engine alone (its media cache is not thread-safe; the server's engine runs in its own thread)
+        and runs the vision tower again."""
         if enc.pixel_values is None:
             return []
         ids = list(token_ids)
@@ -246,7 +250,11 @@ class Owl3Pipeline:
         while ids and ids[-1] in stops:
             ids.pop()
         with torch.inference_mode():
-            ctx = self.engine.encode_visual([enc])  # through the media cache: no tower for seen views
+            if use_engine:
+                ctx = self.engine.encode_visual([enc])  # through the media cache: no tower for seen views
+            else:
+                kv = self.model.encode_visual_kv(enc.pixel_values, enc.media_starts)
+                ctx = VisualContext.from_kv(kv, enc.media_starts, self.model.cfg.vision.n_tokens)
         return group_shares(enc, view_mass(self.model, ctx, enc, ids))
 
     def stream(

@@ -68,6 +68,40 @@ def retrieve(pipe: Any, kb: KnowledgeBase, question: str, image: Any, top_k: int
     return kb.search(text=question or None, vector=vector, top_k=top_k)
 
 
+def knowledge_request(
+    pipe: Any, kb: KnowledgeBase, messages: Any, images: Sequence[Any], top_k: int
+) -> tuple[list[dict[str, str]], list[Any], list[Hit]]:
+    """Retrieve for the last user turn and rewrite it: (messages, images: the items' then the query
+    image, the hits). `images`: at most one, the query image."""
+    if len(images) > 1:
+        raise Owl3Error(f"an answer from a knowledge base takes at most one query image, got {len(images)}")
+    token = pipe.processor.image_token
+    question = question_of(messages, token)
+    if not question and not images:
+        raise Owl3Error("the question is empty; ask something")
+    hits = retrieve(pipe, kb, question, images[0] if images else None, top_k)
+    content = knowledge_prompt(hits, question, token, bool(images))
+    if isinstance(messages, str):
+        msgs = [{"role": "user", "content": content}]
+    else:
+        msgs = [dict(m) for m in messages]
+        last = max(i for i, m in enumerate(msgs) if m.get("role") == "user")
+        if any(token in str(m.get("content", "")) for i, m in enumerate(msgs) if i != last):
+            raise Owl3Error("with a knowledge base, only the last user turn may hold an image")
+        msgs[last]["content"] = content
+    item_images = [kb.image(h.id) for h in hits if h.has_image]
+    return msgs, [*item_images, *images], hits
+
+
+def cite(hits: Sequence[Hit], shares: Sequence[Any]) -> list[Citation]:
+    """The citations of an answer: each hit with its image's share (`shares` in prompt order)."""
+    it = iter(s.share for s in shares)
+    return [
+        Citation(n, h.id, h.score, h.text, next(it, None) if h.has_image else None)
+        for n, h in enumerate(hits, 1)
+    ]
+
+
 def answer_with_kb(
     pipe: Any,
     kb: KnowledgeBase | str | Path,
@@ -88,28 +122,8 @@ def answer_with_kb(
         images = list(images)
     else:
         images = [] if images is None else [images]
-    if len(images) > 1:
-        raise Owl3Error(f"an answer from a knowledge base takes at most one query image, got {len(images)}")
-    token = pipe.processor.image_token
-    question = question_of(messages, token)
-    if not question and not images:
-        raise Owl3Error("the question is empty; ask something")
-    hits = retrieve(pipe, kb, question, images[0] if images else None, top_k or DEFAULT_TOP_K)
-    content = knowledge_prompt(hits, question, token, bool(images))
-    if isinstance(messages, str):
-        msgs = [{"role": "user", "content": content}]
-    else:
-        msgs = [dict(m) for m in messages]
-        last = max(i for i, m in enumerate(msgs) if m.get("role") == "user")
-        msgs[last]["content"] = content
-        if any(token in str(m.get("content", "")) for i, m in enumerate(msgs) if i != last):
-            raise Owl3Error("with a knowledge base, only the last user turn may hold an image")
-    item_images = [kb.image(h.id) for h in hits if h.has_image]
+    msgs, all_images, hits = knowledge_request(pipe, kb, messages, images, top_k or DEFAULT_TOP_K)
     kw.setdefault("cut", False)  # many small pictures: no crops (the paper's multi-image setting)
-    out = pipe.generate(msgs, [*item_images, *images], attribution=True, **kw)
-    shares = [s.share for s in out.shares]
-    it = iter(shares)
-    out.citations = [
-        Citation(n, h.id, h.score, h.text, next(it) if h.has_image else None) for n, h in enumerate(hits, 1)
-    ]
+    out = pipe.generate(msgs, all_images, attribution=True, **kw)
+    out.citations = cite(hits, out.shares)
     return out

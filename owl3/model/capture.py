@@ -4,12 +4,14 @@
 the hyper layers' gate_proj) for the length of one forward and removes them afterwards; it rebuilds the
 rotated queries and keys from the captured outputs with the decoder's own RoPE. The model is not told and
 not changed: no module's forward holds a tap, and a model that is not being captured runs exactly as
-before. Training (attention targets, owl3/training/attention.py) and inference (the attention share of an
-answer, owl3/inference/attribution.py) both read attention this way.
+before. Only the capturing thread's forward is recorded (a server's engine thread may be running the same
+modules meanwhile). Training (attention targets, owl3/training/attention.py) and inference (the
+attention share of an answer, owl3/inference/attribution.py) both read attention this way.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,7 +57,12 @@ class Projections:
                 h.remove()
 
     def _keeper(self, key: tuple[int, str]):
+        owner = threading.get_ident()
+
         def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            # only the capturing thread's forward: a server's engine thread may run the same modules
+            if threading.get_ident() != owner:
+                return
             # v_kv_proj runs in chunks of visual tokens for very long inputs: kept in order, joined later
             self.outputs.setdefault(key, []).append(out)
 
