@@ -1,6 +1,7 @@
 """Retrieval recall and attention-share accuracy of the built-in demo model (docs/rag.md).
 
     .venv/bin/python benchmarks/rag_eval.py [--items 64] [--queries 2] [--questions 100] [--seed 0]
+    .venv/bin/python benchmarks/rag_eval.py --write-items DIR     # the items only, for 'owl3 kb build DIR'
 
 1. Retrieval: a knowledge base (built through `owl3.kb`, LanceDB in a temporary folder) of `--items`
    pictures, each one object of a distinct shape and colour (sizes drawn at random) in a random cell,
@@ -31,21 +32,30 @@ from owl3.kb.items import Item
 from owl3.kb.store import KnowledgeBase
 
 
-def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
-    rng = random.Random(f"rag:{seed}")
+def write_items(folder: Path, n_items: int, rng: random.Random) -> tuple[list[Item], list]:
+    """`n_items` pictures of one object each (distinct shape and colour) with their .txt, in `folder`."""
     kinds = list(itertools.product(SHAPES, COLOURS))
     rng.shuffle(kinds)
     if n_items > len(kinds):
         raise SystemExit(f"--items is at most {len(kinds)} (one per shape and colour)")
+    folder.mkdir(parents=True, exist_ok=True)
+    items, objects = [], []
+    for i, (shape, colour) in enumerate(kinds[:n_items]):
+        obj = random_object(rng, rng.randrange(9), shape=shape, colour=colour, size=rng.choice(SIZES))
+        path = folder / f"item{i:03d}.png"
+        render(Scene((obj,))).save(path)
+        text = f"a {obj.size} {colour} {shape}"
+        path.with_suffix(".txt").write_text(text + "\n")
+        items.append(Item(f"item{i:03d}", path, text))
+        objects.append(obj)
+    return items, objects
+
+
+def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
+    rng = random.Random(f"rag:{seed}")
     model = pipe.model
     with tempfile.TemporaryDirectory() as tmp:
-        items, objects = [], []
-        for i, (shape, colour) in enumerate(kinds[:n_items]):
-            obj = random_object(rng, rng.randrange(9), shape=shape, colour=colour, size=rng.choice(SIZES))
-            path = Path(tmp) / f"item{i:03d}.png"
-            render(Scene((obj,))).save(path)
-            items.append(Item(f"item{i:03d}", path, f"a {obj.size} {colour} {shape}"))
-            objects.append(obj)
+        items, objects = write_items(Path(tmp) / "items", n_items, rng)
         kb = KnowledgeBase.create(
             Path(tmp) / "kb", "built-in demo", weights_hash(model), model.cfg.text.dim, model.cfg.image_size
         )
@@ -77,6 +87,7 @@ def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
 def attention(pipe, n_questions: int, seed: int) -> dict:
     task = SyntheticTask(seed=seed, images=[8], limit=n_questions, frames=0, which_images=0)
     counts = {True: [0, 0], False: [0, 0]}  # answer right? -> [largest share on X, questions]
+    layer_hits: dict[int, int] = {}  # the same within each hyper layer alone (Share.by_layer)
     for item in task.items(pipe.config.image_size):
         images, _ = item.media()
         out = pipe.generate(item.prompt, images, attribution=True, cut=False, max_new_tokens=24)
@@ -84,8 +95,12 @@ def attention(pipe, n_questions: int, seed: int) -> dict:
         right = task.score(out.text, item)
         counts[right][0] += top == item.meta["target"]
         counts[right][1] += 1
+        for layer in out.shares[0].by_layer:
+            best = max(range(len(out.shares)), key=lambda i: out.shares[i].by_layer[layer]) + 1
+            layer_hits[layer] = layer_hits.get(layer, 0) + (best == item.meta["target"])
     hit = counts[True][0] + counts[False][0]
     return {
+        "by_layer": {layer: n / n_questions for layer, n in layer_hits.items()},
         "questions": n_questions,
         "top_share_is_X": hit / n_questions,
         "right_answers": counts[True][1],
@@ -101,7 +116,17 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=2, help="queries per item")
     p.add_argument("--questions", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--write-items",
+        metavar="DIR",
+        default=None,
+        help="only write the items (PNG + .txt) to DIR, for trying 'owl3 kb build DIR', and stop",
+    )
     args = p.parse_args()
+    if args.write_items:
+        write_items(Path(args.write_items), args.items, random.Random(f"rag:{args.seed}"))
+        print(f"wrote {args.items} items to {args.write_items}")
+        return
     pipe = owl3.load()
     r = retrieval(pipe, args.items, args.queries, args.seed)
     print(f"retrieval: {r['items']} items, {r['queries']} image queries (object redrawn in another cell)")
@@ -117,6 +142,8 @@ def main() -> None:
     print(f"  {'all':<8} {a['questions']:>4}  {100 * a['top_share_is_X']:.1f}%   (target >= 80%)")
     print(f"  {'right':<8} {a['right_answers']:>4}  {100 * a['top_share_is_X_when_right']:.1f}%")
     print(f"  {'wrong':<8} {a['wrong_answers']:>4}  {100 * a['top_share_is_X_when_wrong']:.1f}%")
+    for layer, rate in a["by_layer"].items():
+        print(f"  hyper layer {layer} (0-based) alone: largest share on X {100 * rate:.1f}%")
     print(json.dumps({"retrieval": r, "attention": a, "seed": args.seed}))
 
 

@@ -93,11 +93,14 @@ def sources_table(citations, query_share: float | None = None) -> str:
 
 
 def shares_table(shares) -> str:
-    """Each image's (and video frame's) share of the answer's hyper-attention, with a bar."""
-    lines = ["Attention share"]
+    """Each image's (and video frame's) share of the answer's hyper-attention, with a bar, and its share
+    within each hyper layer alone."""
+    layers = list(shares[0].by_layer) if shares else []
+    head = "".join(f"  {'layer ' + str(i):>8}" for i in layers)
+    lines = [f"Attention share{'':<16}{head}  (hyper layers, 0-based)"]
     for s in shares:
-        bar = "#" * round(30 * s.share)
-        lines.append(f"  {s.label:<20} {100 * s.share:5.1f}%  {bar}")
+        per = "".join(f"  {100 * s.by_layer[i]:7.1f}%" for i in layers)
+        lines.append(f"  {s.label:<20} {100 * s.share:5.1f}%   {per}  {'#' * round(30 * s.share)}")
     return "\n".join(lines)
 
 

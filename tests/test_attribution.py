@@ -38,6 +38,9 @@ def test_shares_add_up_and_the_answer_is_unchanged(tiny_pipe):
     assert [(s.kind, s.index, s.frame) for s in out.shares] == [("image", i, None) for i in range(3)]
     assert sum(s.share for s in out.shares) == pytest.approx(1.0)
     assert all(s.share > 0 for s in out.shares)
+    layers = hyper_layers(tiny_pipe.model)
+    for layer in layers:  # the share within each hyper layer alone adds up to 1 too
+        assert sum(s.by_layer[layer] for s in out.shares) == pytest.approx(1.0)
     assert _no_hooks(tiny_pipe.model)
     # chat returns the Completion (its str is the text) when attribution is asked for
     answer = tiny_pipe.chat(prompt, _pictures(3), attribution=True, max_new_tokens=6)

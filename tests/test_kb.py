@@ -113,6 +113,8 @@ def test_add_replaces_by_id_and_reports_bad_images(tmp_path, kb_dir, capsys):
     assert len(k) == 9 and k.search(text="moons", top_k=1)[0].text == "a new note about moons"
     assert cli.main(["kb", "add", str(kb), str(tmp_path / "new.jsonl"), "--strict"]) == 2
     assert "item 'broken'" in capsys.readouterr().err
+    assert cli.main(["kb", "build", str(tmp_path / "new.jsonl"), "-o", str(tmp_path / "s"), "--strict"]) == 2
+    assert not (tmp_path / "s").exists()  # a refused build leaves nothing behind
 
 
 def test_a_kb_of_another_model_is_refused(tmp_path, tiny_dir, capsys):

@@ -15,13 +15,14 @@ Share rules, one per attention variant (`SHARE_RULES`, keyed by `Owl3Config.atte
   [image keys; text keys]: capture k_proj too, score the text keys causally, and sum the image columns.
 
 The per-view masses are summed over the views of one image (crops and global view) and normalized over
-the images and frames of the request, so the shares add up to 1.
+the images and frames of the request, so the shares add up to 1; `Share.by_layer` holds the same share
+within each hyper layer alone (layers can read the images very differently: docs/rag.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -40,6 +41,8 @@ class Share:
     index: int  # the image's (or the video's) 0-based place among the request's images (videos)
     frame: int | None  # the frame of the video; None for an image
     share: float  # in [0, 1]; the shares of a request add up to 1
+    # the share within each hyper layer alone (decoder layer index -> share; each layer's add up to 1)
+    by_layer: dict[int, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -48,7 +51,13 @@ class Share:
         return f"video {self.index + 1} frame {self.frame + 1}"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "index": self.index, "frame": self.frame, "share": self.share}
+        return {
+            "kind": self.kind,
+            "index": self.index,
+            "frame": self.frame,
+            "share": self.share,
+            "by_layer": dict(self.by_layer),
+        }
 
 
 def hyper_layers(model: Owl3Model) -> list[int]:
@@ -70,8 +79,11 @@ SHARE_RULES: dict[str, tuple[set[str], Callable[[Projections, int, VisualContext
 
 
 @torch.inference_mode()
-def view_mass(model: Owl3Model, ctx: VisualContext, enc: Encoding, answer_ids: Sequence[int]) -> Tensor:
-    """(n_views,) float32: the un-normalized attention mass of the answer on each view of `enc`.
+def view_mass(
+    model: Owl3Model, ctx: VisualContext, enc: Encoding, answer_ids: Sequence[int]
+) -> dict[int, Tensor]:
+    """{hyper layer index: (n_views,) float32}: the un-normalized attention mass of the answer on each view
+    of `enc`, per hyper layer.
 
     `ctx` is the request's visual context with every hyper layer's K/V (`Engine.encode_visual([enc])`);
     `answer_ids` the answer's tokens without its stop token. The queries are the positions that produced
@@ -84,29 +96,42 @@ def view_mass(model: Owl3Model, ctx: VisualContext, enc: Encoding, answer_ids: S
         )
     names, rule = SHARE_RULES[variant]
     n_views = len(enc.media_starts)
+    layers = hyper_layers(model)
     if not answer_ids or not n_views:
-        return torch.zeros(n_views)
+        return {i: torch.zeros(n_views) for i in layers}
     dev = model.device
     ids = torch.cat([enc.input_ids, torch.tensor(list(answer_ids[:-1]), dtype=torch.long)]).to(dev)[None]
     positions = torch.arange(ids.shape[1], device=dev)[None]  # (1, T)
     queries = torch.arange(enc.input_ids.shape[0] - 1, ids.shape[1], device=dev)  # (n,)
-    layers = hyper_layers(model)
     taps = Projections(model.language_model.model, {i: set(names) for i in layers})
     with taps.capture(positions, model.dtype):
         model(ids, positions, visual=ctx, last_only=True)
-    mass = sum(rule(taps, i, ctx, queries) for i in layers)  # (M,)
-    return mass.view(n_views, -1).sum(-1).cpu()
+    return {i: rule(taps, i, ctx, queries).view(n_views, -1).sum(-1).cpu() for i in layers}  # (M,) each
 
 
-def group_shares(enc: Encoding, mass: Tensor) -> list[Share]:
-    """Per-view masses -> one `Share` per image (its crops and global view together) and per video
-    frame, normalized to add up to 1 (all zero if the answer put no mass anywhere)."""
-    owners = enc.view_owners or [("image", i, 0) for i in range(len(mass))]
-    totals: dict[tuple[str, int, int | None], float] = {}
-    for (kind, index, sub), m in zip(owners, mass.tolist(), strict=True):
-        key = (kind, index, None if kind == "image" else sub)
-        totals[key] = totals.get(key, 0.0) + m
-    z = sum(totals.values())
+def group_shares(enc: Encoding, mass: dict[int, Tensor]) -> list[Share]:
+    """Per-layer per-view masses -> one `Share` per image (its crops and global view together) and per
+    video frame, normalized to add up to 1 over the layers together and within each layer (all zero if
+    the answer put no mass anywhere)."""
+    n = len(enc.media_starts)
+    owners = enc.view_owners or [("image", i, 0) for i in range(n)]
+    owner_keys = [(kind, index, None if kind == "image" else sub) for kind, index, sub in owners]
+    keys = list(dict.fromkeys(owner_keys))  # images and frames in view order
+    slot = [keys.index(k) for k in owner_keys]
+    per_layer = {}
+    for layer, m in mass.items():
+        totals = [0.0] * len(keys)
+        for j, v in zip(slot, m.tolist(), strict=True):
+            totals[j] += v
+        per_layer[layer] = totals
+    total = [sum(t[j] for t in per_layer.values()) for j in range(len(keys))]
+    shares, by_layer = _normalized(total), {layer: _normalized(t) for layer, t in per_layer.items()}
     return [
-        Share(kind, index, frame, (m / z) if z > 0 else 0.0) for (kind, index, frame), m in totals.items()
+        Share(kind, index, frame, shares[j], {layer: v[j] for layer, v in by_layer.items()})
+        for j, (kind, index, frame) in enumerate(keys)
     ]
+
+
+def _normalized(xs: list[float]) -> list[float]:
+    z = sum(xs)
+    return [x / z if z > 0 else 0.0 for x in xs]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 
 from owl3.errors import Owl3Error
@@ -59,7 +60,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     kb = KnowledgeBase.create(
         args.output, name, weights_hash(model), model.cfg.text.dim, model.cfg.image_size, args.overwrite
     )
-    report = kb.add(items, _embedder(model, args.batch_size), args.strict, True, args.batch_size)
+    try:
+        report = kb.add(items, _embedder(model, args.batch_size), args.strict, True, args.batch_size)
+    except BaseException:  # --strict refused an item, or the user stopped it: leave no half-built KB
+        shutil.rmtree(kb.path, ignore_errors=True)
+        raise
     _report(kb, report, "built")
     return 0
 
