@@ -24,12 +24,32 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 import owl3
 from owl3.demo.synthetic import SyntheticTask
 from owl3.demo.world import COLOURS, SHAPES, SIZES, Scene, random_object, render
 from owl3.kb.embed import embed_images, weights_hash
 from owl3.kb.items import Item
 from owl3.kb.store import KnowledgeBase
+from owl3.processing import global_view
+
+POOLS = ("deviation", "mean", "max")  # owl3's pool (owl3/kb/embed.py), and two plain ones to compare
+
+
+def embedder(model, pool: str):
+    """Images -> unit vectors with owl3's pool, or with a plain mean / max over the visual tokens."""
+    if pool == "deviation":
+        return lambda imgs: embed_images(model, imgs)
+
+    def embed(imgs):
+        px = torch.stack([global_view(i, model.cfg.image_size) for i in imgs])
+        with torch.inference_mode():
+            f = model.encode_media(px, None).float()  # (N, T, D)
+            v = f.mean(1) if pool == "mean" else f.amax(1)
+        return torch.nn.functional.normalize(v, dim=-1).numpy()
+
+    return embed
 
 
 def write_items(folder: Path, n_items: int, rng: random.Random) -> tuple[list[Item], list]:
@@ -51,7 +71,9 @@ def write_items(folder: Path, n_items: int, rng: random.Random) -> tuple[list[It
     return items, objects
 
 
-def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
+def retrieval(
+    pipe, n_items: int, n_queries: int, seed: int, show_misses: bool = False, pool: str = "deviation"
+) -> dict:
     rng = random.Random(f"rag:{seed}")
     model = pipe.model
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +82,8 @@ def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
             Path(tmp) / "kb", "built-in demo", weights_hash(model), model.cfg.text.dim, model.cfg.image_size
         )
         t0 = time.perf_counter()
-        kb.add(items, lambda imgs: embed_images(model, imgs))
+        embed = embedder(model, pool)
+        kb.add(items, embed)
         build_s = time.perf_counter() - t0
         queries, truth = [], []
         for i, obj in enumerate(objects):
@@ -69,13 +92,18 @@ def retrieval(pipe, n_items: int, n_queries: int, seed: int) -> dict:
                 moved = random_object(rng, cell, shape=obj.shape, colour=obj.colour, size=obj.size)
                 queries.append(render(Scene((moved,))))
                 truth.append(items[i].id)
-        vectors = embed_images(model, queries)
+        vectors = embed(queries)
         ranks = []
+        texts = {it.id: it.text for it in items}
         for v, want in zip(vectors, truth, strict=True):
-            ids = [h.id for h in kb.search(vector=v, top_k=5)]
+            hits = kb.search(vector=v, top_k=5)
+            ids = [h.id for h in hits]
             ranks.append(ids.index(want) + 1 if want in ids else None)
+            if show_misses and ids[0] != want:
+                print(f"  miss: {texts[want]!r} found {hits[0].text!r} first")
     n = len(ranks)
     return {
+        "pool": pool,
         "items": n_items,
         "queries": n,
         "recall@1": sum(r == 1 for r in ranks) / n,
@@ -114,8 +142,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--items", type=int, default=64)
     p.add_argument("--queries", type=int, default=2, help="queries per item")
-    p.add_argument("--questions", type=int, default=100)
+    p.add_argument("--questions", type=int, default=100, help="8-image questions (0: retrieval only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", choices=POOLS, default="deviation", help="image pooling (a comparison)")
+    p.add_argument(
+        "--show-misses", action="store_true", help="print each image query whose item is not first"
+    )
     p.add_argument(
         "--write-items",
         metavar="DIR",
@@ -128,12 +160,15 @@ def main() -> None:
         print(f"wrote {args.items} items to {args.write_items}")
         return
     pipe = owl3.load()
-    r = retrieval(pipe, args.items, args.queries, args.seed)
+    r = retrieval(pipe, args.items, args.queries, args.seed, args.show_misses, args.pool)
     print(f"retrieval: {r['items']} items, {r['queries']} image queries (object redrawn in another cell)")
     print(
         f"  recall@1 {100 * r['recall@1']:.1f}%   recall@5 {100 * r['recall@5']:.1f}%   "
         f"(target recall@1 >= 90%)"
     )
+    if args.questions < 1:  # retrieval only
+        print(json.dumps({"retrieval": r, "seed": args.seed}))
+        return
     a = attention(pipe, args.questions, args.seed)
     print(
         f"attention share: {a['questions']} questions with 8 images (owl3 eval synthetic, seed {args.seed})"
