@@ -72,6 +72,8 @@ def _generate_with_sources(args: argparse.Namespace) -> int:
         print("\n" + sources_table(out.citations, query))
     if out.shares and (args.attribution or args.kb is None):
         print("\n" + shares_table(out.shares))
+    elif args.attribution and not out.shares:
+        print("(no images or video frames: no attention shares)", file=sys.stderr)
     return 0
 
 

@@ -83,6 +83,8 @@ def test_text_query_ranks_by_bm25_and_fusion_combines(kb_dir, demo_pipe, capsys)
     assert cli.main(["kb", "search", str(kb_dir), "--text", "yellow star", "--json", "--top-k", "2"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2 and lines[0]["id"] == "star" and set(lines[0]) == {"id", "score", "text"}
+    assert cli.main(["kb", "search", str(kb_dir), "--text", "zebra"]) == 0
+    assert "no item matches" in capsys.readouterr().err
 
 
 def test_reciprocal_rank_fusion():

@@ -108,3 +108,14 @@ def test_retrieval_without_a_knowledge_base_is_a_400(demo_pipe):
             headers={"Content-Type": "application/json"},
         )
         assert urllib.request.urlopen(ok, timeout=30).status == 200
+
+
+def test_serve_refuses_a_knowledge_base_of_another_model(tmp_path, tiny_dir, capsys):
+    from owl3 import cli
+
+    items = _write_items(tmp_path / "items")
+    assert cli.main(["kb", "build", str(items), "-o", str(tmp_path / "kb"), "--model", str(tiny_dir)]) == 0
+    capsys.readouterr()
+    assert cli.main(["serve", "--kb", str(tmp_path / "kb")]) == 2  # the built-in model, not the tiny one
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embedded by another model" in err[0]

@@ -101,6 +101,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         for h in hits:
             print(json.dumps(h.to_dict(), ensure_ascii=False))
         return 0
+    if not hits:
+        print("no item matches (a text query finds items whose text shares a word with it)", file=sys.stderr)
+        return 0
     width = max([2, *(len(h.id) for h in hits)])
     print(f"{'#':>2}  {'id':<{width}}  {'score':>8}  text")
     for n, h in enumerate(hits, 1):
