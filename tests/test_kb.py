@@ -178,3 +178,33 @@ def test_answer_with_citations_end_to_end(tmp_path, tiny_dir, tiny_pipe, capsys)
     out_lines = capsys.readouterr().out.splitlines()
     i = out_lines.index("Sources")
     assert len(out_lines[i + 2 :]) == 3 and "query image" in out_lines[-1]
+
+
+def test_items_from_a_folder_and_jsonl_mistakes(tmp_path):
+    from owl3.kb.items import read_items
+
+    d = tmp_path / "folder"
+    d.mkdir()
+    render(Scene(())).save(d / "b.png")
+    (d / "b.txt").write_text("an empty picture\n")
+    render(Scene(())).save(d / "a.jpg")
+    (d / "c.txt").write_text("only words")
+    items = read_items(d)
+    assert [(i.id, i.image.name if i.image else None, i.text) for i in items] == [
+        ("a", "a.jpg", ""),
+        ("b", "b.png", "an empty picture"),
+        ("c", None, "only words"),
+    ]
+    bad = {
+        "not json": ("{oops\n", "not valid JSON"),
+        "no id": ('{"text": "x"}\n', '"id"'),
+        "empty": ('{"id": "x"}\n', "neither an image nor text"),
+        "twice": ('{"id": "x", "text": "a"}\n{"id": "x", "text": "b"}\n', "appears twice"),
+    }
+    for name, (text, message) in bad.items():
+        f = tmp_path / f"{name.replace(' ', '_')}.jsonl"
+        f.write_text(text)
+        with pytest.raises(Owl3Error, match=message):
+            read_items(f)
+    with pytest.raises(Owl3Error, match="no such file"):
+        read_items(tmp_path / "nope.jsonl")
