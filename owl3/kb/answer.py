@@ -123,7 +123,8 @@ def answer_with_kb(
     else:
         images = [] if images is None else [images]
     msgs, all_images, hits = knowledge_request(pipe, kb, messages, images, top_k or DEFAULT_TOP_K)
-    kw.setdefault("cut", False)  # many small pictures: no crops (the paper's multi-image setting)
+    if kw.get("cut") is None:  # no crops unless asked for, even when one picture is left
+        kw["cut"] = False
     out = pipe.generate(msgs, all_images, attribution=True, **kw)
     out.citations = cite(hits, out.shares)
     return out
