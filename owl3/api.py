@@ -19,11 +19,12 @@ from PIL import Image
 
 from owl3.checkpoint import load_model
 from owl3.errors import Owl3Error
+from owl3.inference.attribution import Share, group_shares, view_mass
 from owl3.inference.detokenizer import StreamDetokenizer
 from owl3.inference.engine import Engine
 from owl3.inference.memory import VisualMemory, remember
 from owl3.inference.sampling import SamplingParams
-from owl3.model import Owl3Model
+from owl3.model import Owl3Model, VisualContext
 from owl3.processing import Encoding, Processor, load_image
 from owl3.processing.chat import chat_segments
 from owl3.processing.pixels import presize
@@ -42,6 +43,13 @@ class Completion:
     token_ids: list[int]
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
+    # with attribution=True: each image's (and video frame's) part of the answer's hyper-attention
+    shares: list[Share] | None = None
+    # with kb=...: the retrieved knowledge items the answer was given, with their scores and shares
+    citations: list[Any] | None = None
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass
@@ -187,18 +195,67 @@ class Owl3Pipeline:
     # and the sampling options of `SamplingParams` (max_new_tokens, temperature, top_p, top_k,
     # repetition_penalty, seed, stop) as keyword arguments.
     def generate(
-        self, messages: Messages, images: Sequence[Any] = (), videos: Sequence[VideoInput] = (), **kw: Any
+        self,
+        messages: Messages,
+        images: Sequence[Any] = (),
+        videos: Sequence[VideoInput] = (),
+        *,
+        attribution: bool = False,
+        kb: Any = None,
+        top_k: int | None = None,
+        **kw: Any,
     ) -> Completion:
-        """The answer to a conversation, with its token ids and finish reason."""
+        """The answer to a conversation, with its token ids and finish reason.
+
+        `attribution=True` adds `shares`: each image's and video frame's part of the answer's
+        hyper-attention (owl3/inference/attribution.py; one extra forward, only when asked).
+        `kb=` a knowledge base (`owl3.kb.open_kb(path)` or its folder) answers with retrieved evidence:
+        `top_k` items (default 4) go into the prompt before the question and come back as `citations`,
+        each with its retrieval score and attention share (docs/rag.md). Without `kb`, `top_k` is the
+        sampling option of that name."""
+        if kb is not None:
+            from owl3.kb.answer import answer_with_kb
+
+            return answer_with_kb(
+                self, kb, messages, images, videos, top_k=top_k, attribution=attribution, **kw
+            )
+        if top_k is not None:
+            kw["top_k"] = top_k
         media, sampling = _split_options(kw)
         enc = self.encode(messages, images, videos, **media)
-        return self._complete([enc], self.sampling(**sampling))[0]
+        out = self._complete([enc], self.sampling(**sampling))[0]
+        if attribution:
+            out.shares = self.attention_shares(enc, out.token_ids)
+        return out
 
     def chat(
         self, messages: Messages, images: Sequence[Any] = (), videos: Sequence[VideoInput] = (), **kw: Any
-    ) -> str:
-        """The answer to a conversation, as text."""
-        return self.generate(messages, images, videos, **kw).text
+    ) -> str | Completion:
+        """The answer to a conversation, as text; with `attribution=True` or `kb=...`, the whole
+        `Completion` (its `str()` is the text) with its `shares` or `citations`."""
+        out = self.generate(messages, images, videos, **kw)
+        return out if kw.get("attribution") or kw.get("kb") is not None else out.text
+
+    def attention_shares(
+        self, enc: Encoding, token_ids: Sequence[int], use_engine: bool = True
+    ) -> list[Share]:
+        """Each image's and video frame's share of the hyper-attention of an answer `token_ids` to `enc`
+        (a trailing stop token is left out). Empty for a prompt without media. `use_engine=False` leaves
+        the engine alone (its media cache is not thread-safe; the server's engine runs in its own thread)
+        and runs the vision tower again."""
+        if enc.pixel_values is None:
+            return []
+        ids = list(token_ids)
+        stops = set(self.engine.stop_token_ids)
+        while ids and ids[-1] in stops:
+            ids.pop()
+        with torch.inference_mode():
+            if use_engine:
+                ctx = self.engine.encode_visual([enc])  # through the media cache: no tower for seen views
+            else:
+                kv = self.model.encode_visual_kv(enc.pixel_values, enc.media_starts)
+                ctx = VisualContext.from_kv(kv, enc.media_starts, self.model.cfg.vision.n_tokens)
+        return group_shares(enc, view_mass(self.model, ctx, enc, ids))
 
     def stream(
         self, messages: Messages, images: Sequence[Any] = (), videos: Sequence[VideoInput] = (), **kw: Any
@@ -341,4 +398,4 @@ def load(
     return Owl3Pipeline(model, processor, folder)
 
 
-__all__ = ["Completion", "Conversation", "Owl3Pipeline", "VisualMemory", "load", "DEFAULT_MODEL"]
+__all__ = ["Completion", "Conversation", "Owl3Pipeline", "Share", "VisualMemory", "load", "DEFAULT_MODEL"]

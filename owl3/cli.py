@@ -25,6 +25,7 @@ COMMANDS = (
     "owl3.demo.command",  # demo, demo-train, eval synthetic
     "owl3.training.cli",  # train, build
     "owl3.serving.command",  # serve
+    "owl3.kb.command",  # kb build | add | search | info
 )
 
 

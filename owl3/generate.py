@@ -24,6 +24,8 @@ from owl3.options import (
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.memory is not None:
         return _generate_from_memory(args)
+    if args.kb is not None or args.attribution:
+        return _generate_with_sources(args)
     pipe = load_pipeline(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})
@@ -41,7 +43,72 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_with_sources(args: argparse.Namespace) -> int:
+    """--kb (retrieve, answer, cite) or --attribution: the answer, then its table of sources."""
+    pipe = load_pipeline(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": args.prompt})
+    sampling = sampling_kwargs(args)
+    if args.kb is not None:
+        # with a knowledge base, --top-k counts the retrieved items (docs/rag.md)
+        sampling.pop("top_k")
+        out = pipe.generate(
+            messages,
+            images=args.image,
+            videos=args.video,
+            kb=args.kb,
+            top_k=args.top_k or None,
+            attribution=args.attribution,
+            **media_kwargs(args),
+            **sampling,
+        )
+    else:
+        out = pipe.generate(
+            messages, images=args.image, videos=args.video, attribution=True, **media_kwargs(args), **sampling
+        )
+    print(out.text)
+    if out.citations is not None:
+        query = out.shares[-1].share if args.image and out.shares else None
+        print("\n" + sources_table(out.citations, query))
+    if out.shares and (args.attribution or args.kb is None):
+        print("\n" + shares_table(out.shares))
+    elif args.attribution and not out.shares:
+        print("(no images or video frames: no attention shares)", file=sys.stderr)
+    return 0
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def sources_table(citations, query_share: float | None = None) -> str:
+    """The "Sources" table of an answer from a knowledge base (and the query image's share)."""
+    width = max([2, *(len(c.id) for c in citations)] + ([11] if query_share is not None else []))
+    lines = ["Sources", f"{'#':>2}  {'id':<{width}}  {'score':>8}  {'share':>6}  text"]
+    for c in citations:
+        share = "-" if c.share is None else f"{100 * c.share:.1f}%"
+        lines.append(f"{c.n:>2}  {c.id:<{width}}  {c.score:>8.4f}  {share:>6}  {_short(c.text)}")
+    if query_share is not None:
+        lines.append(f"{'':>2}  {'query image':<{width}}  {'':>8}  {100 * query_share:5.1f}%")
+    return "\n".join(lines)
+
+
+def shares_table(shares) -> str:
+    """Each image's (and video frame's) share of the answer's hyper-attention, with a bar, and its share
+    within each hyper layer alone."""
+    layers = list(shares[0].by_layer) if shares else []
+    head = "".join(f"  {'layer ' + str(i):>8}" for i in layers)
+    lines = [f"Attention share{'':<16}{head}  (hyper layers, 0-based)"]
+    for s in shares:
+        per = "".join(f"  {100 * s.by_layer[i]:7.1f}%" for i in layers)
+        lines.append(f"  {s.label:<20} {100 * s.share:5.1f}%   {per}  {'#' * round(30 * s.share)}")
+    return "\n".join(lines)
+
+
 def _generate_from_memory(args: argparse.Namespace) -> int:
+    if args.kb is not None or args.attribution:
+        raise Owl3Error("--memory cannot be combined with --kb or --attribution")
     if args.image or args.video:
         raise Owl3Error("--memory already holds the media; drop --image/--video (or encode them anew)")
     if args.system:
@@ -174,6 +241,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         default=None,
         help="answer from media saved by 'owl3 encode' (no re-encoding); same --model as there",
+    )
+    g.add_argument(
+        "--kb",
+        metavar="KB",
+        default=None,
+        help="answer from a knowledge base ('owl3 kb build'): retrieve --top-k items (default 4), put them "
+        "in the prompt, and print the answer with a Sources table; --image is the query image",
+    )
+    g.add_argument(
+        "--attribution",
+        action="store_true",
+        help="after the answer, print each image's (and video frame's) share of its hyper-attention",
     )
     add_model_args(g)
     add_media_args(g)

@@ -26,14 +26,15 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoint": BASE | {"config", "model"},
     "processing": BASE | {"config"},
     "inference": CORE,
-    "api": CORE,
+    "api": CORE | {"kb"},  # pipe.chat(..., kb=KB) hands the answer to kb.answer
     "options": BASE | {"api"},
-    "generate": BASE | {"options", "api"},
+    "generate": BASE | {"options", "api", "kb"},
+    "kb": CORE,  # knowledge bases: take a pipeline as an argument, never import api
     "training": CORE,
     "train": BASE | {"training"},
     "evaluation": CORE | {"api", "options"},
     "bench": CORE | {"api", "options", "evaluation"},
-    "serving": CORE | {"api", "options"},
+    "serving": CORE | {"api", "options", "kb"},
     "demo": CORE | {"api", "options", "evaluation", "training", "bench"},
     "cli": BASE,  # the command table names its modules as strings
     "__init__": BASE,
@@ -132,7 +133,8 @@ def test_the_checker_sees_a_cycle_and_a_layer_break(tmp_path):
 
 COMMANDS = ["", "generate", "encode", "chat", "bench latency", "bench serve", "eval synthetic",
             "eval compare", "eval mmbench", "eval distractor", "eval nlvr2", "eval videomme", "eval mvbench",
-            "eval longvideobench", "eval merge", "demo", "demo-train", "train", "build", "serve"]  # fmt: skip
+            "eval longvideobench", "eval merge", "demo", "demo-train", "train", "build", "serve", "kb",
+            "kb build", "kb add", "kb search", "kb info"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

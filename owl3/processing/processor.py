@@ -45,6 +45,9 @@ class Encoding:
     pixel_values: torch.Tensor | None
     media_starts: list[int]  # s_k: index in input_ids of the k-th <|image|> token; len N
     prompt: str  # the expanded prompt text, with <|image|> placeholders
+    # what each view shows: ("image", i, view j of image i: crops first, the global view last) or
+    # ("video", v, frame f of video v), in view order; None when not known (encodings made by hand)
+    view_owners: list[tuple[str, int, int]] | None = None
 
 
 def official_media_offset(enc: Encoding) -> torch.Tensor:
@@ -128,16 +131,22 @@ class Processor:
         cut = cut and not videos
 
         views: list[torch.Tensor] = []  # each (n, 3, S, S), in placeholder order
+        owners: list[tuple[str, int, int]] = []
+        views_of: dict[str, list[int]] = {"image": [], "video": []}  # views of each image / video so far
         next_image, next_video = iter(images), iter(videos)
         for m in msgs:
             parts: list[str] = []
             for piece in self._media_split.split(m["content"]):
                 if piece == self.image_token:
                     pixels, grid = image_views(load_image(next(next_image)), self.image_size, cut)
+                    owners += [("image", len(views_of["image"]), j) for j in range(pixels.shape[0])]
+                    views_of["image"].append(pixels.shape[0])
                     views.append(pixels)
                     parts.append(cut_prompt(*grid, self.image_token) if grid else self.image_token)
                 elif piece == self.video_token:
                     frames = next(next_video)
+                    owners += [("video", len(views_of["video"]), f) for f in range(len(frames))]
+                    views_of["video"].append(len(frames))
                     views += [global_view(load_image(f), self.image_size).unsqueeze(0) for f in frames]
                     parts.append(self.image_token * len(frames))
                 else:
@@ -153,7 +162,7 @@ class Processor:
                 f"the prompt holds {len(starts)} {self.image_token} tokens but {n_views} image views were "
                 f"made; do not write {self.image_token} or {self.video_token} inside the text itself"
             )
-        return Encoding(input_ids, pixel_values, starts, "".join(segments))
+        return Encoding(input_ids, pixel_values, starts, "".join(segments), owners)
 
     def _check_counts(self, msgs: list[dict[str, str]], n_images: int, n_videos: int) -> None:
         n_img_ph = sum(m["content"].count(self.image_token) for m in msgs)

@@ -40,6 +40,7 @@ class ServeConfig:
     max_body_bytes: int = 128 * MiB
     shutdown_timeout_s: float = 30.0  # on SIGTERM, running requests get this long before an abort
     encode_threads: int = 4
+    kb: Any = None  # a knowledge base (owl3.kb) for requests with "retrieval" (`owl3 serve --kb KB`)
 
 
 class ChatService:
@@ -97,6 +98,7 @@ class ChatService:
             self.config.media,
             self.max_model_len,
             self.clips,
+            self.config.kb,
         )
         self._check_room()  # again: others may have come in while this one was encoding
         handle = Handle(prep.encoding, prep.params, loop)
@@ -157,6 +159,7 @@ class Run:
         self.model = service.config.model_name
         self.text = TextStream(service.pipe.tokenizer, prep.stop)
         self.tokens = 0
+        self.ids: list[int] | None = [] if prep.hits is not None else None  # kept for the citations
         self.finish: str | None = None
         self._last: float | None = None
         self._closed = False
@@ -178,6 +181,8 @@ class Run:
                 self.finish = "abort"
                 break
             self.tokens += 1
+            if self.ids is not None:
+                self.ids.append(item.token_id)
             if self._last is None:
                 m.ttft.labels(name).observe(now - self.t0)
             else:
@@ -207,7 +212,19 @@ class Run:
             self.close()
         if self.finish is None:
             return Response(status_code=499)  # the client is gone: nobody reads this
-        return JSONResponse(P.completion(self.rid, self.model, self.text.text, self.finish, self.usage()))
+        body = P.completion(self.rid, self.model, self.text.text, self.finish, self.usage())
+        if self.ids is not None:
+            body["citations"] = await self.citations()
+        return JSONResponse(body)
+
+    async def citations(self) -> list[dict[str, Any]]:
+        """The retrieved items with their scores and attention shares (one more forward, in the pool)."""
+        from owl3.kb.answer import cite
+
+        pipe, enc = self.service.pipe, self.prep.encoding
+        loop = asyncio.get_running_loop()
+        shares = await loop.run_in_executor(self.service.pool, pipe.attention_shares, enc, self.ids, False)
+        return [c.to_dict() for c in cite(self.prep.hits, shares)]
 
     async def _drain(self) -> None:
         async for _ in self.deltas():
@@ -220,6 +237,8 @@ class Run:
             async for piece in self.deltas():
                 yield P.chunk(self.rid, self.model, created, {"content": piece})
             yield P.chunk(self.rid, self.model, created, {}, self.finish)
+            if self.ids is not None and self.finish != "abort":  # owl3: a last chunk carries them
+                yield P.sse(P.citations_chunk(self.rid, self.model, created, await self.citations()))
             if include_usage:
                 yield P.chunk(self.rid, self.model, created, None, usage_=self.usage())
         except APIError as e:

@@ -34,6 +34,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pipe = load_pipeline(args)
+    kb = None
+    if args.kb is not None:
+        from owl3.kb.embed import weights_hash
+        from owl3.kb.store import open_kb
+
+        kb = open_kb(args.kb)
+        kb.check_model(weights_hash(pipe.model), args.model or "the built-in model")
     engine = make_engine(pipe, args.max_num_seqs, args.prefix_cache_mb)
     name = args.served_model_name or (args.model if args.model else DEFAULT_NAME)
     config = ServeConfig(
@@ -49,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_request_mb * MiB),
         shutdown_timeout_s=args.shutdown_timeout,
+        kb=kb,
     )
     app = create_app(pipe, engine, config)
     where = f"http://{args.host}:{args.port}"
@@ -89,6 +97,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "GET /v1/models, /health, /metrics, and a chat page at /. See docs/serving.md.",
     )
     add_model_args(p)
+    p.add_argument(
+        "--kb",
+        metavar="KB",
+        default=None,
+        help='a knowledge base (owl3 kb build) for requests with "retrieval": {"top_k": K}; their answers '
+        "carry citations (docs/rag.md)",
+    )
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     g.add_argument("--port", type=int, default=8000, help="port (default: 8000)")

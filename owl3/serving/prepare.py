@@ -35,6 +35,7 @@ class Prepared:
     prompt_tokens: int
     images: int
     frames: int
+    hits: list[Any] | None = None  # with "retrieval": the knowledge items put in the prompt
 
 
 def prepare(
@@ -44,9 +45,11 @@ def prepare(
     policy: MediaPolicy,
     max_model_len: int,
     clips: ClipCache | None = None,
+    kb: Any = None,
 ) -> Prepared:
     """Build the request's engine input; every problem the client caused is a 400 (`APIError`).
-    `clips`: videos decoded for earlier requests, reused when the same one comes back."""
+    `clips`: videos decoded for earlier requests, reused when the same one comes back. `kb`: the
+    server's knowledge base, for requests that ask for `retrieval`."""
     messages, images, videos = _messages(req, pipe.processor.image_token, pipe.processor.video_token)
     if len(images) > limits.max_images:
         raise bad_request(
@@ -82,8 +85,12 @@ def prepare(
             code="too_many_frames",
             param="media_io_kwargs",
         )
+    hits, cut = None, None
+    if req.retrieval is not None:
+        messages, pil_images, hits = _retrieve(pipe, kb, req, messages, pil_images, clips)
+        cut = False  # several small pictures: no crops, as pipe.chat(..., kb=KB)
     try:
-        enc = pipe.encode(messages, pil_images, clips)
+        enc = pipe.encode(messages, pil_images, clips, cut=cut)
     except Owl3Error as e:
         raise bad_request(str(e)) from None
     n = int(enc.input_ids.shape[0])
@@ -91,7 +98,25 @@ def prepare(
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
-    return Prepared(enc, params, stop, n, len(pil_images), n_frames)
+    return Prepared(enc, params, stop, n, len(pil_images), n_frames, hits)
+
+
+def _retrieve(pipe: Any, kb: Any, req: ChatRequest, messages: list, images: list, clips: list):
+    """The last user turn with its retrieved knowledge items in front (owl3.kb.answer)."""
+    if kb is None:
+        raise bad_request(
+            "this server has no knowledge base; start it with 'owl3 serve --kb KB' or drop \"retrieval\"",
+            code="retrieval_unavailable",
+            param="retrieval",
+        )
+    if clips:
+        raise bad_request("retrieval takes a query image, not videos", param="retrieval")
+    from owl3.kb.answer import knowledge_request
+
+    try:
+        return knowledge_request(pipe, kb, messages, images, req.retrieval.top_k)
+    except Owl3Error as e:
+        raise bad_request(str(e), param="retrieval") from None
 
 
 def _messages(

@@ -105,6 +105,12 @@ class MediaOptions(_Model):
     video: VideoOptions | None = None
 
 
+class Retrieval(_Model):
+    """owl3's extension: answer from the server's knowledge base (`owl3 serve --kb KB`; docs/rag.md)."""
+
+    top_k: int = Field(default=4, ge=1, le=32)
+
+
 class ChatRequest(_Model):
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
@@ -120,6 +126,7 @@ class ChatRequest(_Model):
     stream_options: StreamOptions | None = None
     n: int = 1
     media_io_kwargs: MediaOptions | None = None
+    retrieval: Retrieval | None = None
     # accepted only at their neutral values: owl3 does not implement them
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -213,6 +220,19 @@ def chunk(
     if usage_ is not None:
         body["usage"] = usage_
     return sse(body)
+
+
+def citations_chunk(rid: str, model: str, created: int, citations: list[dict[str, Any]]) -> dict[str, Any]:
+    """owl3's extension of a stream answered from a knowledge base: a chunk with no choices that carries
+    the citations (OpenAI clients skip chunks without choices, as they do the usage chunk)."""
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "citations": citations,
+    }
 
 
 def sse(body: dict[str, Any]) -> str:

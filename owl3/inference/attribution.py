@@ -1,0 +1,137 @@
+"""The attention share of an answer: how much of its hyper-attention fell on each image or video frame.
+
+After an answer is generated, one teacher-forced forward runs over prompt + answer with forward hooks on
+the hyper layers' projections (owl3/model/capture.py: the model's forward holds no tap, and nothing runs
+when no attribution is asked for). From the captured queries and gates and the visual keys that the
+engine computed for the request, the cross-attention probabilities of the queries that produced the
+answer's tokens are rebuilt exactly as the model computed them (rotated queries, MI-RoPE keys, the
+s_k < p mask).
+
+Share rules, one per attention variant (`SHARE_RULES`, keyed by `Owl3Config.attention`):
+- "gated" (240728 family): a query's cross-attention probability on each visual token times the mean of
+  its head's gate (the fraction of that head's output the cross branch gets), summed over the answer's
+  queries, the heads and the hyper layers.
+- "fused" (241101 family): not here yet. Its rule is the image keys' part of the one softmax over
+  [image keys; text keys]: capture k_proj too, score the text keys causally, and sum the image columns.
+
+The per-view masses are summed over the views of one image (crops and global view) and normalized over
+the images and frames of the request, so the shares add up to 1; `Share.by_layer` holds the same share
+within each hyper layer alone (layers can read the images very differently: docs/rag.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from owl3.errors import Owl3Error
+from owl3.model import Owl3Model, VisualContext
+from owl3.model.capture import Projections, cross_scores
+from owl3.processing import Encoding
+
+
+@dataclass(frozen=True)
+class Share:
+    """One image's (or video frame's) part of an answer's hyper-attention."""
+
+    kind: str  # "image" or "video"
+    index: int  # the image's (or the video's) 0-based place among the request's images (videos)
+    frame: int | None  # the frame of the video; None for an image
+    share: float  # in [0, 1]; the shares of a request add up to 1
+    # the share within each hyper layer alone (decoder layer index -> share; each layer's add up to 1)
+    by_layer: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "image":
+            return f"image {self.index + 1}"
+        return f"video {self.index + 1} frame {self.frame + 1}"
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "index": self.index,
+            "frame": self.frame,
+            "share": self.share,
+            "by_layer": dict(self.by_layer),
+        }
+
+
+def hyper_layers(model: Owl3Model) -> list[int]:
+    return [i for i, layer in enumerate(model.language_model.model.layers) if layer.self_attn.is_hyper]
+
+
+def _gated_mass(taps: Projections, layer: int, ctx: VisualContext, queries: Tensor) -> Tensor:
+    """(M,) probability mass times gate on each visual token, summed over heads and `queries` (n,)."""
+    q = taps.queries(layer)[:, :, queries].float()  # (1, H, n, d)
+    k = ctx.kv[layer][0].float()  # (1, kv, M, d) rotated as the layer used them
+    p = cross_scores(q, k, ctx.key_starts, queries[None]).softmax(-1)  # (1, H, n, M)
+    g = taps.gates(layer)[:, :, queries].float().mean(-1)  # (1, H, n): the cross branch's part per head
+    return (p * g[..., None]).sum((0, 1, 2))
+
+
+SHARE_RULES: dict[str, tuple[set[str], Callable[[Projections, int, VisualContext, Tensor], Tensor]]] = {
+    "gated": ({"q_proj", "gate_proj"}, _gated_mass),
+}
+
+
+@torch.inference_mode()
+def view_mass(
+    model: Owl3Model, ctx: VisualContext, enc: Encoding, answer_ids: Sequence[int]
+) -> dict[int, Tensor]:
+    """{hyper layer index: (n_views,) float32}: the un-normalized attention mass of the answer on each view
+    of `enc`, per hyper layer.
+
+    `ctx` is the request's visual context with every hyper layer's K/V (`Engine.encode_visual([enc])`);
+    `answer_ids` the answer's tokens without its stop token. The queries are the positions that produced
+    them: the prompt's last token and the answer's tokens but the last."""
+    variant = model.cfg.attention
+    if variant not in SHARE_RULES:
+        raise Owl3Error(
+            f"attention shares are not available for the {variant!r} attention variant yet; "
+            "ask without attribution"
+        )
+    names, rule = SHARE_RULES[variant]
+    n_views = len(enc.media_starts)
+    layers = hyper_layers(model)
+    if not answer_ids or not n_views:
+        return {i: torch.zeros(n_views) for i in layers}
+    dev = model.device
+    ids = torch.cat([enc.input_ids, torch.tensor(list(answer_ids[:-1]), dtype=torch.long)]).to(dev)[None]
+    positions = torch.arange(ids.shape[1], device=dev)[None]  # (1, T)
+    queries = torch.arange(enc.input_ids.shape[0] - 1, ids.shape[1], device=dev)  # (n,)
+    taps = Projections(model.language_model.model, {i: set(names) for i in layers})
+    with taps.capture(positions, model.dtype):
+        model(ids, positions, visual=ctx, last_only=True)
+    return {i: rule(taps, i, ctx, queries).view(n_views, -1).sum(-1).cpu() for i in layers}  # (M,) each
+
+
+def group_shares(enc: Encoding, mass: dict[int, Tensor]) -> list[Share]:
+    """Per-layer per-view masses -> one `Share` per image (its crops and global view together) and per
+    video frame, normalized to add up to 1 over the layers together and within each layer (all zero if
+    the answer put no mass anywhere)."""
+    n = len(enc.media_starts)
+    owners = enc.view_owners or [("image", i, 0) for i in range(n)]
+    owner_keys = [(kind, index, None if kind == "image" else sub) for kind, index, sub in owners]
+    keys = list(dict.fromkeys(owner_keys))  # images and frames in view order
+    slot = [keys.index(k) for k in owner_keys]
+    per_layer = {}
+    for layer, m in mass.items():
+        totals = [0.0] * len(keys)
+        for j, v in zip(slot, m.tolist(), strict=True):
+            totals[j] += v
+        per_layer[layer] = totals
+    total = [sum(t[j] for t in per_layer.values()) for j in range(len(keys))]
+    shares, by_layer = _normalized(total), {layer: _normalized(t) for layer, t in per_layer.items()}
+    return [
+        Share(kind, index, frame, shares[j], {layer: v[j] for layer, v in by_layer.items()})
+        for j, (kind, index, frame) in enumerate(keys)
+    ]
+
+
+def _normalized(xs: list[float]) -> list[float]:
+    z = sum(xs)
+    return [x / z if z > 0 else 0.0 for x in xs]
