@@ -5,7 +5,8 @@
 """
 
 from owl3.processing.chat import chat_segments, cut_prompt, render
-from owl3.processing.image import GRIDS, choose_grid, crop_views, global_view, image_views, load_image
+from owl3.processing.decode import load_image, to_rgb
+from owl3.processing.image import GRIDS, choose_grid, crop_views, global_view, image_views
 from owl3.processing.processor import Encoding, Processor, official_media_offset
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "load_image",
     "official_media_offset",
     "render",
+    "to_rgb",
 ]
