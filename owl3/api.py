@@ -151,19 +151,20 @@ class Owl3Pipeline:
         frame rate, so `fps` is refused for it)."""
         frames, fps, max_frames = check_sampling(frames, fps, max_frames)
         official = self.processor.official_pixels
+        room = self.engine.max_model_len  # each frame is a prompt token: no more frames than that are decoded
         if isinstance(video, str) and video[:5].lower() == "data:":
             video = data_url_bytes(video, what)
         if isinstance(video, (bytes, bytearray, memoryview)):
             with video_file(video) as path:
                 try:
                     return read_video(path, frames=frames, fps=fps, max_frames=max_frames, progress=progress,
-                                      max_pixels=max_pixels, official=official)
+                                      max_pixels=max_pixels, official=official, max_count=room)
                 except Owl3Error as e:  # name the caller's bytes, not the temporary file
                     e.args = (str(e).replace(str(path), f"{what} ({len(video)} bytes)"),)
                     raise e from None
         if isinstance(video, (str, Path)):
             return read_video(local_path(video, what), frames=frames, fps=fps, max_frames=max_frames,
-                              progress=progress, max_pixels=max_pixels, official=official)
+                              progress=progress, max_pixels=max_pixels, official=official, max_count=room)
         if isinstance(video, Image.Image):
             raise Owl3Error("a video given as frames must be a list of images: pass videos=[frames]")
         if is_array(video):

@@ -223,10 +223,11 @@ def chat_session(pipe, args: argparse.Namespace, read=input) -> int:
         except KeyboardInterrupt:  # stop this answer, keep the conversation
             if pieces is not None:
                 pieces.close()  # the engine drops the request
+            print(flush=True)  # end the answer's line
             if not out:  # stopped before the answer began: as if the message was never sent
-                print("\n(stopped)", file=sys.stderr)
+                print("(stopped; your attachments stay for the next message)", file=sys.stderr)
                 continue
-            print("\n(stopped; the partial answer stays in the conversation)", file=sys.stderr)
+            print("(stopped; the partial answer stays in the conversation)", file=sys.stderr)
         history += [turn, {"role": "assistant", "content": "".join(out)}]
         images, videos = all_images, all_videos
         pending_images, pending_videos = [], []

@@ -31,6 +31,7 @@ from owl3.errors import MediaTooLarge
 from owl3.processing import Processor
 from owl3.processing.decode import DEFAULT_MAX_PIXELS, load_image, open_image
 from owl3.processing.video import read_video
+from owl3.serving.media import MediaPolicy, decode_image, decode_video
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 TINY = Path(__file__).parent / "fixtures" / "official-240728-tiny"
@@ -149,8 +150,9 @@ def test_image_pixels(media, case, official):
     img = load_image(media[name], official=official)
     assert img.mode == "RGB"
     check(img, official)
-    # the same from bytes, and through the processor's switch
+    # the same from bytes, and in the server (one decoder for both)
     check(load_image(media[name].read_bytes(), official=official), official)
+    check(decode_image(media[name].read_bytes(), "img", MediaPolicy(official_pixels=official)), official)
 
 
 def test_the_pipeline_and_processor_take_the_switch(media, tiny_pipe):
@@ -244,6 +246,8 @@ def test_video_rotation_is_applied_as_players_show_it(media):
     assert frame.size == (32, 64)  # stored 64x32 with a -90° display matrix: shown portrait
     assert _close(_px(frame, 16, 4), RED, 40) and _close(_px(frame, 16, 60), BLUE, 40)
     assert read_video(media["rotated"], frames=1, official=True)[0].size == (64, 32)
+    data = media["rotated"].read_bytes()  # the server reads it the same way
+    assert decode_video(data, "v", MediaPolicy(), frames=1, fps=None, max_frames=4)[0].size == (32, 64)
 
 
 @pytest.mark.parametrize("mode", ["exact", "keyframe"])
@@ -395,15 +399,29 @@ def test_chat_batch_takes_per_request_options(tiny_pipe):
         tiny_pipe.chat_batch([{"messages": "hi", "tempreature": 1.0}])
 
 
+def _short_context(tmp_path: Path, n: int) -> Path:
+    ckpt = tmp_path / f"context-{n}"
+    shutil.copytree(TINY, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["max_position_embeddings"] = n
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    return ckpt
+
+
+def test_more_frames_than_the_context_are_refused_before_decoding(tmp_path, media):
+    pipe = owl3.load(_short_context(tmp_path, 24))
+    with pytest.raises(Owl3Error, match=r"gives 30 frames, more than the 24"):
+        pipe.encode("x", videos=[media["mp4"]], frames=10**9)
+    with pytest.raises(Owl3Error, match=r"gives 30 frames"):
+        pipe.encode("x", videos=[media["mp4"]], fps=1000)
+    assert len(pipe.load_video(media["mp4"], frames=10**9, max_frames=8)) == 8
+
+
 def test_max_new_tokens_beyond_the_context_is_bounded_by_it(tmp_path):
     """max_new_tokens=10**9 ends at the model's context ("length") under an address-space limit of 1 GiB
     over what the loaded process holds: no allocation follows the number typed (the old engine sized
     its KV cache by prompt + max_new_tokens and died here)."""
-    ckpt = tmp_path / "short"
-    shutil.copytree(TINY, ckpt)
-    cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["max_position_embeddings"] = 96
-    (ckpt / "config.json").write_text(json.dumps(cfg))
+    ckpt = _short_context(tmp_path, 96)
     script = textwrap.dedent("""
         import resource, sys
         import owl3
@@ -541,7 +559,37 @@ def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(tiny_pipe, caps
         {"role": "user", "content": "go on"},
     ]
     assert not tiny_pipe.engine.has_unfinished  # the stopped request left the engine
-    assert out.endswith(tiny_pipe.chat(pipe.calls[1], **long) + "\n")
+    assert out == f"{first}\n{tiny_pipe.chat(pipe.calls[1], **long)}\n"
+
+
+def test_chat_ctrl_c_inside_a_decode_step_leaves_the_engine_clean(tiny_pipe, capsys):
+    """The interrupt lands in the middle of a model forward (a forward hook raises it, as a signal
+    would there): the answer stops, and the next turn answers exactly as a fresh pipeline would."""
+    from owl3.generate import chat_session
+
+    layer = dict(tiny_pipe.model.named_modules())["language_model.model.layers.1"]
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 5:  # prefill, then the 4th decode step
+            raise KeyboardInterrupt
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        rc = chat_session(tiny_pipe, _Args(max_new_tokens=12), _lines("tell me a story", "go on"))
+    finally:
+        handle.remove()
+    assert rc == 0
+    out, err = capsys.readouterr()
+    partial, second = out.split("\n")[:2]
+    assert "(stopped; the partial answer stays" in err and "Traceback" not in err
+    full = tiny_pipe.chat("tell me a story", max_new_tokens=12)
+    assert partial and full.startswith(partial) and partial != full
+    history = [{"role": "user", "content": "tell me a story"}, {"role": "assistant", "content": partial},
+               {"role": "user", "content": "go on"}]
+    assert not tiny_pipe.engine.has_unfinished
+    assert second == tiny_pipe.chat(history, max_new_tokens=12)
 
 
 def test_chat_ctrl_c_at_the_prompt(tiny_pipe, capsys):

@@ -314,15 +314,16 @@ def _read_in_order(container: InputContainer, stream: VideoStream, want: list[in
 
 def read_video(path: str | Path, *, frames: int | None = None, fps: float | None = None,
                max_frames: int | None = None, sampling: str = "segment", mode: str = "exact",
-               progress: bool = False, max_pixels: int | None = None, official: bool = False
-               ) -> list[Image.Image]:
+               progress: bool = False, max_pixels: int | None = None, official: bool = False,
+               max_count: int | None = None) -> list[Image.Image]:
     """Sample frames from a video file (see `frame_indices`) and return them as RGB PIL images.
 
     mode="exact" returns exactly the frames at those indices (one demux pass to index the packets, then
     keyframe seeks plus decoding forward). mode="keyframe" is fast and approximate: each wanted time gives
     the keyframe at or before it, so frames close together may repeat. A stream without timestamps (raw
     H.264/HEVC) is decoded from the start in either mode. Frames are turned by the rotation metadata
-    unless `official`; a frame size over `max_pixels` is refused (`MediaTooLarge`) before decoding.
+    unless `official`; a frame size over `max_pixels` is refused (`MediaTooLarge`) before decoding, and
+    so is a sampling that gives more than `max_count` frames (e.g. more than a model's context holds).
     """
     if mode not in MODES:
         raise Owl3Error(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -353,6 +354,11 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
             raise Owl3Error(f"{path} contains no video frames; pass a video with content")
         indices = frame_indices(n_total, frames=frames, fps=fps, video_fps=rate, max_frames=max_frames,
                                 sampling=sampling)
+        if max_count is not None and len(indices) > max_count:
+            raise Owl3Error(
+                f"sampling {path} gives {len(indices)} frames, more than the {max_count} the model's context "
+                "holds (each frame takes a prompt token); ask for fewer (frames=N, or max_frames=N with fps)"
+            )
         want = sorted(set(indices))
         with tqdm(total=len(want), disable=not progress, file=sys.stderr, desc="video frames",
                   unit="frame") as bar:
