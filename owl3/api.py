@@ -270,10 +270,19 @@ class Owl3Pipeline:
                     raise Owl3Error(f"stop string {s!r} is not a single token; give a single-token stop")
                 tid = enc[0]
             ids.append(tid)
-        try:
-            params = SamplingParams(stop_token_ids=tuple(ids), **kw)
-        except TypeError as e:
-            raise Owl3Error(f"unknown generation option: {e}") from None
+        media = [k for k in kw if k in MEDIA_OPTIONS]
+        if media:  # e.g. frames= when asking a memory: its media are sampled and encoded already
+            raise Owl3Error(
+                f"{', '.join(media)} do(es) not apply here: the media are already encoded; pass "
+                f"{'it' if len(media) == 1 else 'them'} when encoding them (watch / owl3 encode)"
+            )
+        unknown = [k for k in kw if k not in SAMPLING_OPTIONS]
+        if unknown:
+            raise Owl3Error(
+                f"unknown generation option {', '.join(map(repr, unknown))}; the options are "
+                f"{', '.join(SAMPLING_OPTIONS)} (and, with media, {', '.join(MEDIA_OPTIONS)})"
+            )
+        params = SamplingParams(stop_token_ids=tuple(ids), **kw)
         params.validate()
         return params
 

@@ -440,6 +440,12 @@ def test_max_new_tokens_beyond_the_context_is_bounded_by_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- memory files
+def test_media_options_do_not_apply_to_a_memory(tiny_pipe):
+    mem = tiny_pipe.watch([Image.new("RGB", (32, 32), "red")], cut=False)
+    with pytest.raises(Owl3Error, match=r"frames do\(es\) not apply here.*watch / owl3 encode"):
+        tiny_pipe.ask(mem, "what?", frames=4)
+
+
 def test_memory_save_leaves_nothing_behind_on_failure(tiny_pipe, tmp_path):
     mem = tiny_pipe.watch([Image.new("RGB", (32, 32), "red")], cut=False)
     target = tmp_path / "already-a-folder"
