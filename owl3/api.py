@@ -238,6 +238,11 @@ class Owl3Pipeline:
             load_image(x, max_pixels=max_pixels, official=official, what=f"images[{i}]")
             for i, x in enumerate(images)
         ]
+        if cut and vids:
+            raise Owl3Error(
+                "cut=True (--crop) crops images, but cropping is off in a conversation with a video (as in "
+                "the official processor); drop it, or ask about the images without the video"
+            )
         if cut is None:
             cut = len(images) == 1 and not vids
         size = self.processor.image_size

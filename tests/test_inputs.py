@@ -277,6 +277,7 @@ ERRORS = {
     "stop=[123]": (dict(stop=[123]), r"stop must be a string or a list"),
     "stop=''": (dict(stop=[""]), r"non-empty"),
     "cut='yes'": (dict(cut="yes"), r"cut must be"),
+    "cut=True with a video": (dict(videos=["{mp4}"], cut=True), r"cropping is off.*video"),
     "max_pixels=0": (dict(max_pixels=0), r"max_pixels must be a positive"),
     "https image": (dict(images=["https://example.com/cat.jpg"]),
                     r"'https://example.com/cat.jpg'.*do not fetch URLs.*path"),
