@@ -179,12 +179,19 @@ def test_official_switch_changes_nothing_for_plain_rgb_images(tiny_pipe):
         assert torch.equal(a.pixel_values, b.pixel_values), f.name
 
 
+def test_a_dark_16_bit_image_stays_dark():
+    """16-bit values that happen to be under 256 are still 16-bit: 200/65535 is black, not 200/255."""
+    img = load_image(Image.fromarray(np.full((4, 4), 200, np.uint16)))
+    assert _px(img, 0, 0) == (1, 1, 1)
+
+
 ARRAYS = {
     "uint8 H×W×3": (lambda: _halves(), None),
     "float H×W×3 in [0, 1]": (lambda: _halves().astype(np.float32) / 255, None),
     "tensor uint8 H×W×3": (lambda: torch.from_numpy(_halves()), None),
     "tensor float H×W×3": (lambda: torch.from_numpy(_halves()).float() / 255, None),
     "tensor bfloat16 H×W×3": (lambda: (torch.from_numpy(_halves()).float() / 255).bfloat16(), None),
+    "uint16 H×W×3": (lambda: _halves().astype(np.uint16) * 257, None),
     "uint8 H×W×4 (alpha 255)": (lambda: np.dstack([_halves(), np.full((32, 64), 255, np.uint8)]), None),
     "tensor C×H×W": (lambda: torch.from_numpy(_halves()).permute(2, 0, 1), r"channel-first.*permute"),
     "float out of [0, 1]": (lambda: _halves().astype(np.float32), r"outside \[0, 1\]"),

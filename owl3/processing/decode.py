@@ -152,21 +152,23 @@ def open_image(source: Path | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIX
 
 # ------------------------------------------------------------------------------------------------ pixels
 def _scale_to_u8(a: np.ndarray, kind: str) -> np.ndarray:
-    """An integer or float array -> uint8, by its type's range (not clipped at 255)."""
+    """A 16-bit, 32-bit integer or float array -> uint8 by its range, not clipped at 255.
+
+    kind "16": 0..65535 -> 0..255. "int" (32-bit, whose range Pillow does not say): 8-bit values stay,
+    16-bit ones are scaled as 16 bits, wider ones stretched from min to max. "float": [0, 1] -> 0..255,
+    another range stretched from min to max (NaN and infinities as 0)."""
     if kind == "float":
-        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 1.0)
         if lo < 0.0 or hi > 1.0:  # not a [0, 1] image: stretch what is there
             a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
         return np.rint(a * 255.0).astype(np.uint8)
-    a = a.astype(np.int64)
-    hi = int(a.max()) if a.size else 0
-    if a.size and int(a.min()) >= 0 and hi <= 255:
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if kind == "int" and lo >= 0 and hi <= 255:
         return a.astype(np.uint8)
-    if a.size and int(a.min()) >= 0 and hi <= 65535:
-        return ((a * 255 + 32767) // 65535).astype(np.uint8)  # 16 bits -> 8, rounded
-    lo = int(a.min())
-    return ((a - lo) * 255 // max(1, hi - lo)).astype(np.uint8)
+    if kind == "16" or (lo >= 0 and hi <= 65535):
+        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounded
+    return ((a.astype(np.int64) - lo) * 255 // max(1, hi - lo)).astype(np.uint8)
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -194,7 +196,8 @@ def to_rgb(img: Image.Image, *, official: bool = False) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        u8 = _scale_to_u8(np.asarray(img), "float" if img.mode == "F" else "int")
+        kind = "float" if img.mode == "F" else "16" if img.mode.startswith("I;16") else "int"
+        u8 = _scale_to_u8(np.asarray(img), kind)
         return Image.fromarray(u8, "L").convert("RGB")
     if _has_alpha(img):
         return _on_white(img)
@@ -223,7 +226,7 @@ def array_to_image(a: Any, what: str = "image") -> Image.Image:
     elif a.dtype == np.uint8:
         u8 = a
     elif a.dtype == np.uint16:
-        u8 = _scale_to_u8(a, "int")
+        u8 = _scale_to_u8(a, "16")
     elif np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
             raise Owl3Error(f"{what} is a float array holding NaN or infinity; pass floats in [0, 1]")
