@@ -506,6 +506,12 @@ def test_cli_max_pixels_raised_and_max_new_tokens_huge(capsys, media, tmp_path):
                         "--max-new-tokens", "3")
     assert rc == 0, err
     assert out == owl3.load(TINY).chat("hi", images=[media["rgba"]], max_new_tokens=3) + "\n"
+    short = _short_context(tmp_path, 48)
+    assert main(["generate", "--model", str(short), "--max-new-tokens", str(10**9), "Tell me"]) == 0
+    out, err = capsys.readouterr()
+    c = owl3.load(short).generate("Tell me", max_new_tokens=10**9)
+    assert c.finish_reason == "length" and c.prompt_tokens + len(c.token_ids) == 48
+    assert out == c.text + "\n"
 
 
 # ---------------------------------------------------------------------------------------- owl3 chat
