@@ -103,10 +103,9 @@ def _media_list(items: Any, name: str) -> list[Any]:
             return [items]
         return list(items)
     if not isinstance(items, Sequence):
+        example = "photo.jpg" if name == "images" else "clip.mp4"
         raise Owl3Error(
-            f"{name} must be a list, got {type(items).__name__} ({items!r:.40}); e.g. {name}=['photo.jpg']"
-            if name == "images" else
-            f"{name} must be a list, got {type(items).__name__} ({items!r:.40}); e.g. {name}=['clip.mp4']"
+            f"{name} must be a list, got {type(items).__name__} ({items!r:.40}); e.g. {name}=[{example!r}]"
         )
     return list(items)
 
@@ -228,6 +227,11 @@ class Owl3Pipeline:
         msgs = _normalize(
             messages, len(images), len(videos), self.processor.image_token, self.processor.video_token
         )
+        if cut and videos:
+            raise Owl3Error(
+                "cut=True (--crop) crops images, but cropping is off in a conversation with a video (as in "
+                "the official processor); drop it, or ask about the images without the video"
+            )
         official = self.processor.official_pixels
         vids = [
             self.load_video(v, frames=frames, fps=fps, max_frames=max_frames, progress=progress,
@@ -238,11 +242,6 @@ class Owl3Pipeline:
             load_image(x, max_pixels=max_pixels, official=official, what=f"images[{i}]")
             for i, x in enumerate(images)
         ]
-        if cut and vids:
-            raise Owl3Error(
-                "cut=True (--crop) crops images, but cropping is off in a conversation with a video (as in "
-                "the official processor); drop it, or ask about the images without the video"
-            )
         if cut is None:
             cut = len(images) == 1 and not vids
         size = self.processor.image_size
