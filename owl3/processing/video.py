@@ -145,9 +145,15 @@ def _rate(stream: VideoStream) -> float | None:
     return None
 
 
-def _packet_index(container: InputContainer, stream: VideoStream) -> tuple[list[int], list[int], int]:
-    """Demux (no decoding) once: every frame's pts in presentation order, the keyframes' pts, and the count
-    of packets without any timestamp (a raw .h264/.hevc stream has only those)."""
+def _packet_index(container: InputContainer, stream: VideoStream) -> tuple[list[int], list[int]]:
+    """Demux (no decoding) once: every timed frame's pts in presentation order, and the keyframes' pts."""
+    pts, keys, _ = _packet_scan(container, stream)
+    return pts, keys
+
+
+def _packet_scan(container: InputContainer, stream: VideoStream) -> tuple[list[int], list[int], int]:
+    """`_packet_index`, and the count of packets without any timestamp (a raw .h264/.hevc stream has only
+    those)."""
     pts: list[int] = []
     keys: list[int] = []
     untimed = 0
@@ -170,7 +176,7 @@ def video_info(path: str | Path) -> VideoInfo:
     """Frame count, rate, duration and size; frames are counted by demuxing when the container is silent."""
     with _open(path) as (container, stream):
         if not stream.frames:
-            pts, _, untimed = _packet_index(container, stream)
+            pts, _, untimed = _packet_scan(container, stream)
         n = stream.frames or len(pts) + untimed
         tb = stream.time_base
         if stream.duration is not None and tb is not None:
@@ -229,7 +235,7 @@ def _chain(first: VideoFrame | None, rest: Iterator[VideoFrame]) -> Iterator[Vid
 
 
 def _read_exact(container: InputContainer, stream: VideoStream, want: list[int], pts: list[int],
-                keys: list[int], bar: tqdm, official: bool) -> dict[int, Image.Image]:
+                keys: list[int], bar: tqdm, official: bool = False) -> dict[int, Image.Image]:
     """Decode the exact frames want (ascending, unique), identified by pts.
 
     Cost is counted in decoded frames. Before each wanted frame, seek iff the last keyframe at or before
@@ -265,7 +271,8 @@ def _read_exact(container: InputContainer, stream: VideoStream, want: list[int],
 
 
 def _read_keyframes(container: InputContainer, stream: VideoStream,
-                    want: list[int], fps: float, bar: tqdm, official: bool) -> dict[int, Image.Image]:
+                    want: list[int], fps: float, bar: tqdm, official: bool = False
+                    ) -> dict[int, Image.Image]:
     """Approximate: for each wanted time, seek to the keyframe before it and take the first decoded frame."""
     tb = stream.time_base
     start = stream.start_time or 0
@@ -340,7 +347,7 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
         untimed = 0
         if mode == "exact":
             stream.thread_type = "AUTO"  # long forward decodes gain from frame threads; keyframe mode doesn't
-            pts, keys, untimed = _packet_index(container, stream)
+            pts, keys, untimed = _packet_scan(container, stream)
             n_total = len(pts) + untimed
         else:
             tb = stream.time_base
@@ -348,7 +355,7 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
             if not n_total and rate and stream.duration is not None and tb is not None:
                 n_total = round(float(stream.duration * tb) * rate)
             if not n_total:
-                pts, keys, untimed = _packet_index(container, stream)
+                pts, keys, untimed = _packet_scan(container, stream)
                 n_total = len(pts) + untimed
         if n_total == 0:
             raise Owl3Error(f"{path} contains no video frames; pass a video with content")
