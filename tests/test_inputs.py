@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -610,6 +611,27 @@ def test_chat_ctrl_c_inside_a_decode_step_leaves_the_engine_clean(tiny_pipe, cap
                {"role": "user", "content": "go on"}]
     assert not tiny_pipe.engine.has_unfinished
     assert second == tiny_pipe.chat(history, max_new_tokens=12)
+
+
+def test_chat_real_sigint_stops_the_answer_not_the_session():
+    """A real process and a real SIGINT once the answer has begun: the answer stops, the session goes on
+    to the next command (here /quit), and it exits 0 (before: the session ended with code 130)."""
+    code = "import sys; from owl3.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "chat", "--model", str(TINY), "--max-new-tokens", "3000"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        proc.stdin.write(b"tell me a story\n")
+        proc.stdin.flush()
+        assert proc.stdout.read(1)  # the answer has begun (greedy: it runs long on the tiny model)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(b"/quit\n", timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"(stopped; the partial answer stays in the conversation)" in err
+    assert b"Traceback" not in err
 
 
 def test_chat_ctrl_c_at_the_prompt(tiny_pipe, capsys):
