@@ -258,7 +258,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Encode a video or a set of images once and save the result (visual K/V and the "
         "prompt prefix's KV cache, safetensors) for 'owl3 generate --memory FILE QUESTION'.",
     )
-    e.add_argument("media", nargs="*", help="video or image files (videos recognized by their suffix)")
+    e.add_argument(
+        "media", nargs="*", help="video or image files (videos told apart by suffix, else by content)"
+    )
     e.add_argument("-o", "--output", required=True, metavar="FILE", help="the memory file to write (.owl3)")
     e.add_argument("--system", default=None, metavar="TEXT", help="a system prompt kept with the memory")
     add_model_args(e)
