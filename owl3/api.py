@@ -1,7 +1,9 @@
 """The Python API: `pipe = owl3.load(path)`, then `pipe.chat(...)`, `pipe.stream(...)`, `chat_batch(...)`.
 
-A conversation is a string (one user turn) or a list of {"role", "content"} messages. Images are PIL
-images or paths; videos are paths (sampled with PyAV) or lists of PIL frames. If no message holds a
+A conversation is a string (one user turn) or a list of {"role", "content"} messages, whose content is a
+string or a list of OpenAI-style parts (text, image_url, video_url, image, video). Images are PIL images,
+paths, bytes of an image file, or arrays / tensors H×W×C; videos are paths or bytes of a video file
+(sampled with PyAV), lists of frames, or arrays T×H×W×C (docs/inputs.md). If no message holds a
 `<|image|>` / `<|video|>` placeholder, they are put at the start of the last user turn, the way the
 official examples write them. For advanced use the pipeline exposes `model`, `processor`, `engine` and
 `logits(...)`.
@@ -10,7 +12,7 @@ official examples write them. For advanced use the pipeline exposes `model`, `pr
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,16 @@ from owl3.inference.memory import VisualMemory, remember
 from owl3.inference.sampling import SamplingParams
 from owl3.model import Owl3Model, VisualContext
 from owl3.processing import Encoding, Processor, load_image
-from owl3.processing.chat import chat_segments
+from owl3.processing.chat import chat_segments, check_text, split_parts
+from owl3.processing.decode import DEFAULT_MAX_PIXELS, data_url_bytes, is_array, is_image_file, local_path
 from owl3.processing.pixels import presize
-from owl3.processing.video import read_video
+from owl3.processing.video import check_sampling, frame_indices, read_video, video_file
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "demo"  # the demo model trained by owl3 (docs/demo.md)
 PRESIZE_MIN_VIEWS = 4  # from this many images/frames, resize them in parallel before the processor
 
-Messages = str | Sequence[dict[str, str]]
-VideoInput = str | Path | Sequence[Image.Image]
+Messages = str | Sequence[dict[str, Any]]
+VideoInput = str | Path | bytes | Sequence[Any] | Any  # a file, its bytes, a list of frames, an array T×H×W×C
 
 
 @dataclass
@@ -68,6 +71,7 @@ def _normalize(
 ) -> list[dict[str, str]]:
     """Copy the messages (never mutate the caller's) and add placeholders if there are none."""
     if isinstance(messages, str):
+        check_text(messages, "the prompt")
         msgs = [{"role": "user", "content": messages}]
     else:
         try:
@@ -88,7 +92,30 @@ def _normalize(
     return msgs
 
 
-MEDIA_OPTIONS = ("cut", "frames", "fps", "max_frames", "progress")
+MEDIA_OPTIONS = ("cut", "frames", "fps", "max_frames", "progress", "max_pixels")
+SAMPLING_OPTIONS = (*(f.name for f in fields(SamplingParams)), "stop")
+CONVERSATION_FIELDS = ("messages", "images", "videos", "cut", "extra")
+
+
+def _media_list(items: Any, name: str) -> list[Any]:
+    """images= / videos= as a list: None is none, a lone item (a path, bytes, a PIL image, one image
+    array) is wrapped, a batch array (N×H×W×C images) is split; anything else must be a list."""
+    if items is None:
+        return []
+    if isinstance(items, (str, Path, bytes, bytearray, Image.Image)):
+        return [items]
+    if is_array(items):
+        if name == "images" and items.ndim in (2, 3):
+            return [items]
+        if name == "videos" and items.ndim == 4:
+            return [items]
+        return list(items)
+    if not isinstance(items, Sequence):
+        example = "photo.jpg" if name == "images" else "clip.mp4"
+        raise Owl3Error(
+            f"{name} must be a list, got {type(items).__name__} ({items!r:.40}); e.g. {name}=[{example!r}]"
+        )
+    return list(items)
 
 
 def _split_options(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -123,15 +150,53 @@ class Owl3Pipeline:
         fps: float | None = None,
         max_frames: int | None = None,
         progress: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        what: str = "the video",
     ) -> list[Image.Image]:
+        """A video's sampled frames: a file (path, `file://` or `data:` URL, or its bytes) is sampled with
+        PyAV; a list of frames or an array T×H×W×C is sampled by `frames` / `max_frames` (a list has no
+        frame rate, so `fps` is refused for it)."""
+        frames, fps, max_frames = check_sampling(frames, fps, max_frames)
+        official = self.processor.official_pixels
+        room = self.engine.max_model_len  # each frame is a prompt token: no more frames than that are decoded
+        if isinstance(video, str) and video[:5].lower() == "data:":
+            video = data_url_bytes(video, what)
+        if isinstance(video, (bytes, bytearray, memoryview)):
+            with video_file(video) as path:
+                try:
+                    return read_video(path, frames=frames, fps=fps, max_frames=max_frames, progress=progress,
+                                      max_pixels=max_pixels, official=official, max_count=room)
+                except Owl3Error as e:  # name the caller's bytes, not the temporary file
+                    e.args = (str(e).replace(str(path), f"{what} ({len(video)} bytes)"),)
+                    raise e from None
         if isinstance(video, (str, Path)):
-            return read_video(video, frames=frames, fps=fps, max_frames=max_frames, progress=progress)
+            return read_video(local_path(video, what), frames=frames, fps=fps, max_frames=max_frames,
+                              progress=progress, max_pixels=max_pixels, official=official, max_count=room)
         if isinstance(video, Image.Image):
             raise Owl3Error("a video given as frames must be a list of images: pass videos=[frames]")
+        if is_array(video):
+            if video.ndim != 4:
+                raise Owl3Error(
+                    f"{what} is an array of shape {tuple(video.shape)}; a video array is T×H×W×C "
+                    "(for one image, use images=)"
+                )
+        elif not isinstance(video, Sequence):
+            raise Owl3Error(
+                f"{what} is a {type(video).__name__}; pass a video file's path or bytes, a list of frames "
+                "or an array T×H×W×C"
+            )
         frames_list = list(video)
         if not frames_list:
-            raise Owl3Error("a video given as frames has no frames")
-        return frames_list
+            raise Owl3Error(f"{what} is given as frames but has no frames")
+        if fps is not None:
+            raise Owl3Error(
+                f"{what} is a list of frames, which has no frame rate, so fps does not apply; "
+                "pass frames=N to sample N of them, or pass the video file"
+            )
+        if frames is not None or max_frames is not None:
+            frames_list = [frames_list[i] for i in frame_indices(len(frames_list), frames=frames,
+                                                                   max_frames=max_frames)]
+        return [load_image(f, official=official, what=f"{what}[{k}]") for k, f in enumerate(frames_list)]
 
     def encode(
         self,
@@ -144,28 +209,55 @@ class Owl3Pipeline:
         fps: float | None = None,
         max_frames: int | None = None,
         progress: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> Encoding:
-        """Messages + media -> model inputs. `cut=None` crops a lone image only (the paper's evaluation)."""
-        if images is None or isinstance(images, (str, Path, Image.Image)):
-            images = [] if images is None else [images]
-        if videos is None or isinstance(videos, (str, Path)):
-            videos = [] if videos is None else [videos]
-        images, videos = list(images), list(videos)
+        """Messages + media -> model inputs. `cut=None` crops a lone image only (the paper's evaluation).
+        `max_pixels` (None = no limit) refuses larger images and video frames before decoding them."""
+        if cut is not None and not isinstance(cut, bool):
+            raise Owl3Error(f"cut must be True, False or None (crop a lone image), got {cut!r}")
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                       or max_pixels < 1):
+            raise Owl3Error(f"max_pixels must be a positive integer or None (no limit), got {max_pixels!r}")
+        frames, fps, max_frames = check_sampling(frames, fps, max_frames)
+        images, videos = _media_list(images, "images"), _media_list(videos, "videos")
+        split, part_images, part_videos = split_parts(
+            messages, self.processor.image_token, self.processor.video_token
+        )
+        if part_images or part_videos:
+            if images or videos:
+                raise Owl3Error(
+                    "the messages hold image/video parts and images=/videos= were given too; pass the media "
+                    "one way: as content parts, or as images=/videos= with placeholders"
+                )
+            messages, images, videos = split, part_images, part_videos
+        elif not isinstance(messages, str):
+            messages = split
         msgs = _normalize(
             messages, len(images), len(videos), self.processor.image_token, self.processor.video_token
         )
+        if cut and videos:
+            raise Owl3Error(
+                "cut=True (--crop) crops images, but cropping is off in a conversation with a video (as in "
+                "the official processor); drop it, or ask about the images without the video"
+            )
+        official = self.processor.official_pixels
         vids = [
-            self.load_video(v, frames=frames, fps=fps, max_frames=max_frames, progress=progress)
-            for v in videos
+            self.load_video(v, frames=frames, fps=fps, max_frames=max_frames, progress=progress,
+                            max_pixels=max_pixels, what=f"videos[{j}]")
+            for j, v in enumerate(videos)
+        ]
+        images = [
+            load_image(x, max_pixels=max_pixels, official=official, what=f"images[{i}]")
+            for i, x in enumerate(images)
         ]
         if cut is None:
             cut = len(images) == 1 and not vids
         size = self.processor.image_size
         if len(images) + sum(len(v) for v in vids) >= PRESIZE_MIN_VIEWS:
-            # many views: decode and resize them in parallel threads; the processor's own resize of an
-            # image already S×S is a copy, so the pixels are unchanged
+            # many views: resize them in parallel threads; the processor's own resize of an image already
+            # S×S is a copy, so the pixels are unchanged
             if images and not (cut and not vids):
-                images = presize([load_image(i) for i in images], size)
+                images = presize(images, size)
             vids = [presize(v, size) for v in vids]
         return self.processor(msgs, images=images, videos=vids, cut=cut)
 
@@ -174,7 +266,14 @@ class Owl3Pipeline:
         stop = kw.pop("stop", None) or ()
         if isinstance(stop, str):
             stop = [stop]
-        ids = list(kw.pop("stop_token_ids", ()))
+        if not isinstance(stop, Sequence) or not all(isinstance(x, str) and x for x in stop):
+            raise Owl3Error(f"stop must be a string or a list of non-empty strings, got {stop!r:.80}")
+        for x in stop:
+            check_text(x, "a stop string")
+        ids = kw.pop("stop_token_ids", ())
+        if isinstance(ids, int) or not isinstance(ids, Sequence):
+            raise Owl3Error(f"stop_token_ids must be a list of token ids, got {ids!r:.80}")
+        ids = list(ids)
         for s in stop:
             tid = self.tokenizer.token_to_id(s)
             if tid is None:
@@ -183,10 +282,19 @@ class Owl3Pipeline:
                     raise Owl3Error(f"stop string {s!r} is not a single token; give a single-token stop")
                 tid = enc[0]
             ids.append(tid)
-        try:
-            params = SamplingParams(stop_token_ids=tuple(ids), **kw)
-        except TypeError as e:
-            raise Owl3Error(f"unknown generation option: {e}") from None
+        media = [k for k in kw if k in MEDIA_OPTIONS]
+        if media:  # e.g. frames= when asking a memory: its media are sampled and encoded already
+            raise Owl3Error(
+                f"{', '.join(media)} do(es) not apply here: the media are already encoded; pass "
+                f"{'it' if len(media) == 1 else 'them'} when encoding them (watch / owl3 encode)"
+            )
+        unknown = [k for k in kw if k not in SAMPLING_OPTIONS]
+        if unknown:
+            raise Owl3Error(
+                f"unknown generation option {', '.join(map(repr, unknown))}; the options are "
+                f"{', '.join(SAMPLING_OPTIONS)} (and, with media, {', '.join(MEDIA_OPTIONS)})"
+            )
+        params = SamplingParams(stop_token_ids=tuple(ids), **kw)
         params.validate()
         return params
 
@@ -268,17 +376,19 @@ class Owl3Pipeline:
     def chat_batch(
         self, conversations: Sequence[Conversation | dict[str, Any]], **sampling: Any
     ) -> list[str]:
-        """Answer several conversations in one batch; each answer equals the one it gets alone (greedy)."""
-        encs = []
+        """Answer several conversations in one batch; each answer equals the one it gets alone (greedy).
+
+        A conversation (a `Conversation` or a dict of its fields) may carry its own media options (cut,
+        frames, fps, max_frames, max_pixels) and sampling options (max_new_tokens, temperature, seed, stop,
+        ...), at the top level of the dict or in `extra`; they override the batch's keyword arguments."""
+        if isinstance(conversations, (str, dict, Conversation)) or not isinstance(conversations, Sequence):
+            raise Owl3Error("conversations must be a list of Conversation objects or dicts")
+        encs, params = [], []
         for i, c in enumerate(conversations):
-            try:
-                conv = c if isinstance(c, Conversation) else Conversation(**c)
-            except TypeError:
-                raise Owl3Error(
-                    f"conversation {i} must be a dict with keys messages, images, videos, cut, extra"
-                ) from None
-            encs.append(self.encode(conv.messages, conv.images, conv.videos, cut=conv.cut, **conv.extra))
-        return [c.text for c in self._complete(encs, self.sampling(**sampling))]
+            conv, media, own = _conversation(i, c)
+            encs.append(self.encode(conv.messages, conv.images, conv.videos, cut=conv.cut, **media))
+            params.append(self.sampling(**{**sampling, **own}))
+        return [c.text for c in self._complete(encs, params)]
 
     def _stream(
         self, enc: Encoding, params: SamplingParams, memory: VisualMemory | None = None
@@ -293,7 +403,10 @@ class Owl3Pipeline:
             yield tail
 
     def _complete(
-        self, encs: list[Encoding], params: SamplingParams, memory: VisualMemory | None = None
+        self,
+        encs: list[Encoding],
+        params: SamplingParams | Sequence[SamplingParams],
+        memory: VisualMemory | None = None,
     ) -> list[Completion]:
         ids: list[list[int]] = [[] for _ in encs]
         reasons = ["length"] * len(encs)
@@ -318,17 +431,14 @@ class Owl3Pipeline:
         fps: float | None = None,
         max_frames: int | None = None,
         progress: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> VisualMemory:
         """Encode media once into a `VisualMemory` (save it with `.save(path)`); ask it with `ask`.
 
         The media are laid out as `generate(question, images, videos)` lays them out without placeholders
         (images, then videos, at the start of the user turn); cropping as there (`cut=None` crops a lone
         image)."""
-        if isinstance(images, (str, Path)) or hasattr(images, "size"):
-            images = [images]
-        if isinstance(videos, (str, Path)):
-            videos = [videos]
-        images, videos = list(images), list(videos)
+        images, videos = _media_list(images, "images"), _media_list(videos, "videos")
         if not images and not videos:
             raise Owl3Error("nothing to encode: give at least one image or video")
         proc = self.processor
@@ -337,7 +447,8 @@ class Owl3Pipeline:
         msgs = [{"role": "system", "content": system}] if system else []
         msgs.append({"role": "user", "content": placeholders + "\n"})
         enc = self.encode(
-            msgs, images, videos, cut=cut, frames=frames, fps=fps, max_frames=max_frames, progress=progress
+            msgs, images, videos, cut=cut, frames=frames, fps=fps, max_frames=max_frames, progress=progress,
+            max_pixels=max_pixels,
         )
         sources = [str(x) for x in [*images, *videos] if isinstance(x, (str, Path))]
         return remember(self.engine, enc, system=system, sources=sources)
@@ -350,6 +461,7 @@ class Owl3Pipeline:
         """The full prompt of `question` asked of `memory` (token ids only: the media are in the memory)."""
         if not isinstance(question, str) or not question.strip():
             raise Owl3Error("the question is empty; ask something")
+        check_text(question, "the question")
         tok = self.processor
         if tok.image_token in question or tok.video_token in question:
             raise Owl3Error("a question to a memory cannot add media placeholders; encode the media instead")
@@ -385,16 +497,70 @@ class Owl3Pipeline:
         return self.model(enc.input_ids[None].to(self.model.device), visual=visual)[0]
 
 
+# files named like this are videos, like this images; anything else is looked at (Pillow reads it or not)
+VIDEO_SUFFIXES = {
+    ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
+    ".3gp", ".ogv", ".vob", ".mxf", ".ivf", ".y4m", ".h264", ".264", ".h265", ".265", ".hevc", ".m2v",
+    ".mjpeg", ".mjpg",
+}
+IMAGE_SUFFIXES = {
+    ".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".jp2", ".j2k", ".ppm",
+    ".pgm", ".pbm", ".tga", ".ico", ".heic", ".heif",
+}
+
+
+def media_kind(path: str | Path) -> str:
+    """"video" or "image" for a file: by its suffix, else by its content (a header Pillow reads is an
+    image; a raw .h264 stream or an unknown suffix that Pillow does not read is taken as a video)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
+        return "video" if suffix in VIDEO_SUFFIXES else "image"
+    return "image" if not Path(path).is_file() or is_image_file(path) else "video"
+
+
+def _conversation(i: int, c: Any) -> tuple[Conversation, dict[str, Any], dict[str, Any]]:
+    """A batch entry -> (the Conversation, its media options, its sampling options)."""
+    if isinstance(c, Conversation):
+        conv, loose = c, {}
+    elif isinstance(c, dict):
+        if "messages" not in c:
+            raise Owl3Error(
+                f"conversation {i} has no 'messages'; a conversation is a dict with keys messages, images, "
+                "videos, cut, extra (and media or sampling options)"
+            )
+        conv = Conversation(**{k: c[k] for k in CONVERSATION_FIELDS if k in c})
+        loose = {k: v for k, v in c.items() if k not in CONVERSATION_FIELDS}
+    else:
+        raise Owl3Error(f"conversation {i} is a {type(c).__name__}; pass a Conversation or a dict")
+    if not isinstance(conv.extra, dict):
+        raise Owl3Error(f"conversation {i}: extra must be a dict of options, got {type(conv.extra).__name__}")
+    options = {**conv.extra, **loose}
+    unknown = sorted(k for k in options if k not in MEDIA_OPTIONS and k not in SAMPLING_OPTIONS)
+    if unknown:
+        raise Owl3Error(
+            f"conversation {i} has unknown keys {', '.join(map(repr, unknown))}; a conversation takes "
+            f"messages, images, videos, cut, extra, the media options {', '.join(MEDIA_OPTIONS)} and the "
+            f"sampling options {', '.join(SAMPLING_OPTIONS)}"
+        )
+    media, own = _split_options(options)
+    return conv, media, own
+
+
 def load(
     path: str | Path | None = None,
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = "cpu",
+    official_pixels: bool = False,
 ) -> Owl3Pipeline:
-    """Load a checkpoint folder (official layout); with no path, owl3's built-in default model."""
+    """Load a checkpoint folder (official layout); with no path, owl3's built-in default model.
+
+    `official_pixels=True` turns images into RGB as the official code does (a plain convert("RGB"): no
+    EXIF orientation or video rotation, 16-bit and float images clipped, transparency dropped), for
+    parity checks; by default images look as a viewer shows them (docs/faithfulness.md)."""
     folder = Path(path) if path is not None else DEFAULT_MODEL
     model = load_model(folder, dtype=dtype, device=device)
-    processor = Processor.from_dir(folder, model.cfg.image_size)
+    processor = Processor.from_dir(folder, model.cfg.image_size, official_pixels=official_pixels)
     return Owl3Pipeline(model, processor, folder)
 
 

@@ -7,3 +7,11 @@ it as one line and exits with code 2. Programming errors stay ordinary exception
 
 class Owl3Error(Exception):
     """A user-facing error: bad path, bad media, wrong placeholder count, prompt too long, ..."""
+
+
+class MediaTooLarge(Owl3Error):
+    """An image (or a video frame) with more pixels than the caller's limit; the message names the limit."""
+
+    def __init__(self, message: str, *, width: int, height: int, limit: int) -> None:
+        super().__init__(message)
+        self.width, self.height, self.limit = width, height, limit

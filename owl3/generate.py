@@ -12,6 +12,7 @@ from pathlib import Path
 
 from owl3.errors import Owl3Error
 from owl3.options import (
+    DEFAULT_MAX_PIXELS,
     add_media_args,
     add_model_args,
     add_sampling_args,
@@ -106,6 +107,19 @@ def shares_table(shares) -> str:
     return "\n".join(lines)
 
 
+def _media_options_given(args: argparse.Namespace) -> list[str]:
+    """The media options on the command line that differ from their defaults."""
+    given = [name for name, value in (("--frames", args.frames), ("--fps", args.fps),
+                                      ("--max-frames", args.max_frames)) if value is not None]
+    if args.cut is not None:
+        given.append("--crop" if args.cut else "--no-crop")
+    if args.max_pixels != DEFAULT_MAX_PIXELS:
+        given.append("--max-pixels")
+    if args.official_pixels:
+        given.append("--official-pixels")
+    return given
+
+
 def _generate_from_memory(args: argparse.Namespace) -> int:
     if args.kb is not None or args.attribution:
         raise Owl3Error("--memory cannot be combined with --kb or --attribution")
@@ -115,6 +129,13 @@ def _generate_from_memory(args: argparse.Namespace) -> int:
         raise Owl3Error(
             "--memory keeps the system prompt it was encoded with; pass --system to 'owl3 encode'"
         )
+    given = _media_options_given(args)
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        raise Owl3Error(
+            f"{', '.join(given)} {verb} not apply with --memory: the memory holds media already sampled and "
+            "encoded; pass them to 'owl3 encode' instead"
+        )
     pipe = load_pipeline(args)
     for piece in pipe.ask_stream(args.memory, args.prompt, **sampling_kwargs(args)):
         sys.stdout.write(piece)
@@ -123,15 +144,14 @@ def _generate_from_memory(args: argparse.Namespace) -> int:
     return 0
 
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
-
-
 def cmd_encode(args: argparse.Namespace) -> int:
     import time
 
+    from owl3.api import media_kind
+
     images, videos = list(args.image), list(args.video)
-    for m in args.media:  # positional media: videos by their suffix, the rest as images
-        (videos if Path(m).suffix.lower() in VIDEO_SUFFIXES else images).append(m)
+    for m in args.media:  # positional media: videos by their suffix (or content), the rest as images
+        (videos if media_kind(m) == "video" else images).append(m)
     if not images and not videos:
         raise Owl3Error(
             "nothing to encode: pass image or video files (e.g. owl3 encode movie.mp4 -o movie.owl3)"
@@ -157,25 +177,63 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-CHAT_HELP = """commands: /image PATH  attach an image to your next message
+CHAT_HELP = """commands: /image PATH  attach an image to your next message ("quote" paths with spaces)
           /video PATH  attach a video to your next message
-          /reset       forget the conversation    /quit  leave (or Ctrl-D)"""
+          /reset       forget the conversation    /quit  leave (or Ctrl-D)
+          Ctrl-C       stop the answer (the conversation stays); at the prompt, twice to leave"""
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
+    return chat_session(pipe, args, input)
+
+
+def _attach(line: str) -> tuple[str, list[str]]:
+    """`/image PATH...` -> ("/image", [paths]); paths may be quoted as in a shell."""
+    import shlex
+
+    kind, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if rest and Path(rest).expanduser().is_file():  # a path with spaces, unquoted, as it always worked
+        return kind, [str(Path(rest).expanduser())]
+    try:
+        paths = shlex.split(rest)
+    except ValueError as e:  # an unclosed quote
+        raise Owl3Error(f"cannot read the path in {line!r} ({e}); close the quote") from None
+    if not paths:
+        what = "an image" if kind == "/image" else "a video"
+        raise Owl3Error(f'{kind} needs a path: {kind} PATH attaches {what} to your next message, e.g. '
+                        f'{kind} "my {kind[1:]}.{"jpg" if kind == "/image" else "mp4"}"')
+    return kind, [str(Path(p).expanduser()) for p in paths]
+
+
+def chat_session(pipe, args: argparse.Namespace, read=input) -> int:
+    """The chat loop over `pipe`; `read(prompt)` gives the user's lines (EOFError ends the session).
+
+    Ctrl-C while an answer streams stops that answer and keeps the conversation (the partial answer
+    included); Ctrl-C at the prompt asks for a second one (or /quit) to leave."""
     interactive = sys.stdin.isatty()
     history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     images: list[str] = []
     videos: list = []
     pending_images, pending_videos = list(args.image), list(args.video)
+    media = dict(max_pixels=args.max_pixels)
     if interactive:
         print(f"owl3 chat with {pipe.path}\n{CHAT_HELP}", file=sys.stderr)
+    interrupted = False  # the last prompt ended with Ctrl-C
     while True:
         try:
-            line = input("you> " if interactive else "")
+            line = read("you> " if interactive else "")
         except EOFError:
             return 0
+        except KeyboardInterrupt:
+            if interrupted:
+                print(file=sys.stderr)
+                return 0
+            interrupted = True
+            print("\n(Ctrl-C again or /quit to leave)", file=sys.stderr)
+            continue
+        interrupted = False
         line = line.strip()
         if not line:
             continue
@@ -186,14 +244,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
             images, videos, pending_images, pending_videos = [], [], [], []
             print("(conversation cleared)", file=sys.stderr)
             continue
-        if line.startswith(("/image ", "/video ")):
-            kind, _, path = line.partition(" ")
-            path = path.strip()
-            if not Path(path).is_file():
-                print(f"owl3: error: no such file: {path}", file=sys.stderr)
+        if line.split()[0] in ("/image", "/video"):
+            try:
+                kind, paths = _attach(line)
+            except Owl3Error as e:
+                print(f"owl3: error: {e}", file=sys.stderr)
                 continue
-            (pending_images if kind == "/image" else pending_videos).append(path)
-            print(f"(attached {path} to your next message)", file=sys.stderr)
+            for path in paths:
+                if not Path(path).is_file():
+                    print(f"owl3: error: no such file: {path}", file=sys.stderr)
+                    continue
+                (pending_images if kind == "/image" else pending_videos).append(path)
+                print(f"(attached {path} to your next message)", file=sys.stderr)
             continue
         if line.startswith("/"):
             print(f"owl3: unknown command {line.split()[0]}\n{CHAT_HELP}", file=sys.stderr)
@@ -202,20 +264,22 @@ def cmd_chat(args: argparse.Namespace) -> int:
             pending_videos
         )
         turn = {"role": "user", "content": (tags + "\n" if tags else "") + line}
+        out: list[str] = []
+        pieces = None
         try:
             frames = [
                 pipe.load_video(
-                    v, frames=args.frames, fps=args.fps, max_frames=args.max_frames, progress=True
+                    v, frames=args.frames, fps=args.fps, max_frames=args.max_frames, progress=True, **media
                 )
                 for v in pending_videos
             ]
             messages = history + [turn]
             all_images, all_videos = images + pending_images, videos + frames
-            out = []
             print("owl3> " if interactive else "", end="", flush=True)
-            for piece in pipe.stream(
-                messages, images=all_images, videos=all_videos, cut=args.cut, **sampling_kwargs(args)
-            ):
+            pieces = pipe.stream(
+                messages, images=all_images, videos=all_videos, cut=args.cut, **media, **sampling_kwargs(args)
+            )
+            for piece in pieces:
                 out.append(piece)
                 print(piece, end="", flush=True)
             print()
@@ -223,6 +287,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"owl3: error: {e}", file=sys.stderr)
             pending_images, pending_videos = [], []
             continue
+        except KeyboardInterrupt:  # stop this answer, keep the conversation
+            if pieces is not None:
+                pieces.close()  # the engine drops the request
+            print(flush=True)  # end the answer's line
+            if not out:  # stopped before the answer began: as if the message was never sent
+                print("(stopped; your attachments stay for the next message)", file=sys.stderr)
+                continue
+            print("(stopped; the partial answer stays in the conversation)", file=sys.stderr)
         history += [turn, {"role": "assistant", "content": "".join(out)}]
         images, videos = all_images, all_videos
         pending_images, pending_videos = [], []
@@ -265,7 +337,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Encode a video or a set of images once and save the result (visual K/V and the "
         "prompt prefix's KV cache, safetensors) for 'owl3 generate --memory FILE QUESTION'.",
     )
-    e.add_argument("media", nargs="*", help="video or image files (videos recognized by their suffix)")
+    e.add_argument(
+        "media", nargs="*", help="video or image files (videos told apart by suffix, else by content)"
+    )
     e.add_argument("-o", "--output", required=True, metavar="FILE", help="the memory file to write (.owl3)")
     e.add_argument("--system", default=None, metavar="TEXT", help="a system prompt kept with the memory")
     add_model_args(e)

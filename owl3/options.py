@@ -8,6 +8,43 @@ from __future__ import annotations
 
 import argparse
 
+# = owl3.processing.decode.DEFAULT_MAX_PIXELS (not imported: that module loads PIL and numpy, and `--help`
+# must stay light); tests/test_inputs.py checks that the two agree
+DEFAULT_MAX_PIXELS = 128_000_000
+
+
+def max_pixels_arg(text: str) -> int | None:
+    """--max-pixels: a positive count (underscores and a trailing M for millions allowed), 0 = no limit."""
+    t = text.strip().replace("_", "").lower()
+    scale = 1_000_000 if t.endswith("m") else 1
+    try:
+        n = round(float(t.rstrip("m")) * scale)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"not a pixel count: {text!r} (e.g. 200000000, 200M, or 0 = no limit)"
+        ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = no limit), got {text!r}")
+    return n or None
+
+
+def add_pixel_args(g: argparse._ArgumentGroup, default: int = DEFAULT_MAX_PIXELS) -> None:
+    """--max-pixels and --official-pixels (the commands that decode images: generate, encode, chat, serve)."""
+    g.add_argument(
+        "--max-pixels",
+        type=max_pixels_arg,
+        default=default,
+        metavar="N",
+        help=f"refuse images (and video frames) over N pixels before decoding them; 0 = no limit "
+        f"(default: {default // 1_000_000}M)",
+    )
+    g.add_argument(
+        "--official-pixels",
+        action="store_true",
+        help="make images RGB as the official code does: no EXIF orientation or video rotation, 16-bit and "
+        "float images clipped, transparency dropped (for parity checks; docs/faithfulness.md)",
+    )
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
@@ -62,6 +99,7 @@ def add_media_args(p: argparse.ArgumentParser) -> None:
         help="crop images into a grid plus a global view (default: only for a single image)",
     )
     crop.add_argument("--no-crop", dest="cut", action="store_false", help="never crop images")
+    add_pixel_args(g)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -87,11 +125,14 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def media_kwargs(args: argparse.Namespace) -> dict:
-    return dict(cut=args.cut, frames=args.frames, fps=args.fps, max_frames=args.max_frames)
+    return dict(
+        cut=args.cut, frames=args.frames, fps=args.fps, max_frames=args.max_frames, max_pixels=args.max_pixels
+    )
 
 
 def load_pipeline(args: argparse.Namespace):
     """The pipeline of `--model` (default: the built-in model) on `--device` in `--dtype`."""
     from owl3.api import load
 
-    return load(args.model, dtype=args.dtype, device=args.device)
+    official = getattr(args, "official_pixels", False)
+    return load(args.model, dtype=args.dtype, device=args.device, official_pixels=official)

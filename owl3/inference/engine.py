@@ -288,15 +288,23 @@ class Engine:
         return events
 
     def generate(
-        self, encodings: Sequence[Encoding], params: SamplingParams, memory: PromptMemory | None = None
+        self,
+        encodings: Sequence[Encoding],
+        params: SamplingParams | Sequence[SamplingParams],
+        memory: PromptMemory | None = None,
     ) -> Iterator[TokenEvent]:
         """Run requests to their end: a TokenEvent per generated token, `request_id` being the request's
-        index in `encodings`. Closing the iterator early aborts what is left."""
+        index in `encodings`. `params`: one for all, or one per encoding. Closing the iterator early
+        aborts what is left."""
         if not encodings:
             raise Owl3Error("nothing to generate: the batch is empty")
+        per = [params] * len(encodings) if isinstance(params, SamplingParams) else list(params)
+        if len(per) != len(encodings):
+            raise Owl3Error(f"{len(per)} sampling settings for {len(encodings)} requests; give one each")
         for i, e in enumerate(encodings):  # refuse the batch before queueing any of it
             self.check_length(int(e.input_ids.shape[0]), i)
-        index = {self.add_request(e, params, memory): i for i, e in enumerate(encodings)}
+            per[i].validate()
+        index = {self.add_request(e, per[i], memory): i for i, e in enumerate(encodings)}
         left = set(index)
         try:
             while left:

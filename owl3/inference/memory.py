@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,13 +137,23 @@ class VisualMemory:
             "media_text": self.media_text,
             "system": json.dumps(self.system),
         }
-        tmp = out.with_name(out.name + ".tmp")
+        if out.is_dir():
+            raise Owl3Error(f"{str(out)!r} is a directory; name the file, e.g. {str(out / 'x.owl3')!r}")
+        # a unique temporary name next to the target, renamed into place when complete: a crash, a full disk
+        # or a second writer never leaves a half-written memory file, and a failure leaves nothing behind
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, tmp, metadata=meta)
             tmp.replace(out)
         except OSError as e:
-            raise Owl3Error(f"cannot write the memory file {str(out)!r} ({e}); check the path") from e
+            why = e.strerror or e
+            raise Owl3Error(f"cannot write the memory file {str(out)!r} ({why}); check the path") from e
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # its folder could not be made: there is nothing to remove
+                pass
         return out
 
     @classmethod

@@ -52,8 +52,96 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
                 f"messages[{i}].content must be a string (media go in as <|image|>/<|video|> "
                 f"placeholders), got {type(content).__name__}"
             )
+        check_text(content, f"messages[{i}].content")
         out.append({"role": role, "content": content})
     return out
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. from a bad JSON escape or a file read
+    with errors="surrogateescape"): the tokenizer cannot encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Owl3Error(
+            f"{where} holds {text[e.start]!r} at character {e.start}, a lone surrogate that is not valid "
+            "Unicode; fix the text (e.g. decode it with errors='replace')"
+        ) from None
+
+
+PART_TYPES = ("text", "image_url", "video_url", "image", "video")
+
+
+def split_parts(messages: Any, image_token: str = "<|image|>", video_token: str = "<|video|>"
+                ) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+    """Messages whose content may be a list of OpenAI-style parts -> (messages with string content, the
+    parts' images, the parts' videos), in the order given.
+
+    Parts: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}` (or the
+    URL as a string), `{"type": "video_url", "video_url": {"url": ...}}`, `{"type": "image", "image": x}`
+    and `{"type": "video", "video": x}` (x: a path, a PIL image, an array, bytes; a video's x may be a list
+    of frames). The parts of one message are joined with newlines, as the server (and vLLM) joins them,
+    each media part becoming a placeholder where it stands. String content is kept as it is; None is "".
+    The caller's messages are never touched; the media are not opened here.
+    """
+    if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Sequence):
+        return messages, [], []  # check_messages reports it
+    out: list[dict[str, Any]] = []
+    images: list[Any] = []
+    videos: list[Any] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            out.append(m)  # check_messages reports it
+            continue
+        if "content" in m and m["content"] is None:  # OpenAI's assistant turn without text
+            out.append({**m, "content": ""})
+            continue
+        if not isinstance(m.get("content"), (list, tuple)):
+            out.append(dict(m))
+            continue
+        pieces: list[str] = []
+        for j, part in enumerate(m["content"]):
+            where = f"messages[{i}].content[{j}]"
+            if isinstance(part, str):
+                part = {"type": "text", "text": part}
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in PART_TYPES:
+                raise Owl3Error(
+                    f"{where} is {part!r:.80}; a content part is a dict whose type is one of "
+                    f"{', '.join(PART_TYPES)}"
+                )
+            if kind not in part:
+                raise Owl3Error(f'{where} has type {kind!r} but no {kind!r} key, e.g. {_example(kind)}')
+            value = part[kind]
+            if kind == "text":
+                if not isinstance(value, str):
+                    raise Owl3Error(f"{where}.text must be a string, got {type(value).__name__}")
+                if image_token in value or video_token in value:
+                    raise Owl3Error(
+                        f"{where} holds the text {image_token} or {video_token}; with content parts, "
+                        "give media as image / video parts instead"
+                    )
+                pieces.append(value)
+                continue
+            if kind in ("image_url", "video_url"):
+                value = value.get("url") if isinstance(value, dict) else value
+                if not isinstance(value, str):
+                    raise Owl3Error(f"{where} needs a URL string, e.g. {_example(kind)}")
+            is_image = kind.startswith("image")
+            (images if is_image else videos).append(value)
+            pieces.append(image_token if is_image else video_token)
+        out.append({**m, "content": "\n".join(pieces)})
+    return out, images, videos
+
+
+def _example(kind: str) -> str:
+    return {
+        "text": '{"type": "text", "text": "What is this?"}',
+        "image_url": '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}',
+        "video_url": '{"type": "video_url", "video_url": {"url": "file:///videos/clip.mp4"}}',
+        "image": '{"type": "image", "image": "photo.jpg"}',
+        "video": '{"type": "video", "video": "clip.mp4"}',
+    }[kind]
 
 
 def chat_segments(messages: Sequence[dict[str, str]]) -> list[str]:

@@ -4,50 +4,24 @@ Every view the vision tower sees is an S×S float32 tensor: RGB, PIL bicubic res
 /255, then normalize with mean = std = 0.5. With cropping ("cut") on, an image is resized to one of a
 few grids of S×S cells, split row-major into cells, and followed by one global view of the whole image.
 
-This module knows nothing about text or tokens; the prompt text for a grid lives in `chat.py`.
+Turning what a user passes into RGB pixels is `decode.py`'s job. This module knows nothing about text or
+tokens; the prompt text for a grid lives in `chat.py`.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from owl3.errors import Owl3Error
 
-ImageInput = Image.Image | str | os.PathLike
+# a PIL image, a path, bytes of an image file, or an H×W×C array / tensor (see decode.py)
+ImageInput = Any
 
 # The official "grid_squ_6" anchors as (rows, cols), in the official order: the order decides ties.
 GRIDS: tuple[tuple[int, int], ...] = ((2, 2), (1, 3), (1, 4), (3, 1), (4, 1), (2, 3), (3, 2))
-
-
-def load_image(item: ImageInput) -> Image.Image:
-    """Return `item` as an RGB PIL image, opening it first if it is a path.
-
-    A missing, unreadable or corrupt file raises `Owl3Error` naming the file.
-    """
-    if isinstance(item, Image.Image):
-        return item if item.mode == "RGB" else item.convert("RGB")
-    if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        try:
-            with Image.open(path) as img:
-                img.load()  # decode now so a truncated file fails here, not later
-                return img.convert("RGB")
-        except FileNotFoundError:
-            raise Owl3Error(f"image file not found: {str(path)!r}; check the path") from None
-        except IsADirectoryError:
-            raise Owl3Error(f"image path is a directory, not a file: {str(path)!r}") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise Owl3Error(
-                f"cannot read image file {str(path)!r} ({type(e).__name__}: {e}); "
-                "pass a valid PNG/JPEG/... file or a PIL.Image"
-            ) from None
-    raise Owl3Error(
-        f"unsupported image of type {type(item).__name__}; pass a PIL.Image, a str or a pathlib.Path"
-    )
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -30,7 +30,8 @@ from PIL import Image
 
 from owl3.errors import Owl3Error
 from owl3.processing.chat import END_OF_TEXT, IM_END, chat_segments, check_messages, cut_prompt, render
-from owl3.processing.image import ImageInput, global_view, image_views, load_image
+from owl3.processing.decode import load_image
+from owl3.processing.image import ImageInput, global_view, image_views
 
 NO_IMAGE_OFFSET = -1000000  # the official media_offset value for a sample without images
 
@@ -73,6 +74,7 @@ class Processor:
         *,
         image_token: str = "<|image|>",
         video_token: str = "<|video|>",
+        official_pixels: bool = False,
     ) -> None:
         if not isinstance(image_size, int) or image_size <= 0:
             raise Owl3Error(f"image_size must be a positive int, got {image_size!r}")
@@ -80,6 +82,9 @@ class Processor:
         self.image_size = image_size
         self.image_token = image_token
         self.video_token = video_token
+        # True: images become RGB by a plain convert("RGB") as in the official code (no EXIF orientation,
+        # 16-bit/float clipped, alpha dropped); False: as a viewer shows them (decode.py)
+        self.official_pixels = official_pixels
         self.image_token_id = self._token_id(image_token)
         self.pad_token_id = self._token_id(END_OF_TEXT)
         self.stop_token_ids = [self._token_id(IM_END), self._token_id(END_OF_TEXT)]
@@ -89,7 +94,9 @@ class Processor:
     official_media_offset = staticmethod(official_media_offset)
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, image_size: int) -> Processor:
+    def from_dir(
+        cls, path: str | os.PathLike, image_size: int, *, official_pixels: bool = False
+    ) -> Processor:
         """Load `tokenizer.json` from a checkpoint folder."""
         file = Path(path) / "tokenizer.json"
         if not file.is_file():
@@ -100,7 +107,7 @@ class Processor:
             raise Owl3Error(
                 f"cannot read {str(file)!r} ({e}); the file is not a valid tokenizer.json"
             ) from None
-        return cls(tok, image_size)
+        return cls(tok, image_size, official_pixels=official_pixels)
 
     def _token_id(self, token: str) -> int:
         tid = self.tokenizer.token_to_id(token)
@@ -133,21 +140,26 @@ class Processor:
         views: list[torch.Tensor] = []  # each (n, 3, S, S), in placeholder order
         owners: list[tuple[str, int, int]] = []
         views_of: dict[str, list[int]] = {"image": [], "video": []}  # views of each image / video so far
-        next_image, next_video = iter(images), iter(videos)
+        next_image, next_video = iter(enumerate(images)), iter(enumerate(videos))
+        official = self.official_pixels
         for m in msgs:
             parts: list[str] = []
             for piece in self._media_split.split(m["content"]):
                 if piece == self.image_token:
-                    pixels, grid = image_views(load_image(next(next_image)), self.image_size, cut)
+                    i, item = next(next_image)
+                    img = load_image(item, official=official, what=f"images[{i}]")
+                    pixels, grid = image_views(img, self.image_size, cut)
                     owners += [("image", len(views_of["image"]), j) for j in range(pixels.shape[0])]
                     views_of["image"].append(pixels.shape[0])
                     views.append(pixels)
                     parts.append(cut_prompt(*grid, self.image_token) if grid else self.image_token)
                 elif piece == self.video_token:
-                    frames = next(next_video)
+                    j, frames = next(next_video)
                     owners += [("video", len(views_of["video"]), f) for f in range(len(frames))]
                     views_of["video"].append(len(frames))
-                    views += [global_view(load_image(f), self.image_size).unsqueeze(0) for f in frames]
+                    for k, f in enumerate(frames):
+                        img = load_image(f, official=official, what=f"videos[{j}][{k}]")
+                        views.append(global_view(img, self.image_size).unsqueeze(0))
                     parts.append(self.image_token * len(frames))
                 else:
                     parts.append(piece)

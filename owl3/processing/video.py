@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
+import numbers
+import os
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +29,8 @@ from av.video.stream import VideoStream
 from PIL import Image
 from tqdm import tqdm
 
-from owl3.errors import Owl3Error
+from owl3.errors import MediaTooLarge, Owl3Error
+from owl3.processing.decode import local_path
 
 DEFAULT_FRAMES = 8  # the official evaluation's default frame count
 SAMPLINGS = ("segment", "uniform")
@@ -52,6 +57,28 @@ def _sample(items: list[int], n: int, sampling: str) -> list[int]:
     return [items[int(j)] for j in np.round(np.linspace(0, len(items) - 1, n))]
 
 
+def check_sampling(frames: object = None, fps: object = None, max_frames: object = None
+                   ) -> tuple[int | None, float | None, int | None]:
+    """Validate the sampling options a user typed: counts are positive integers, a rate a finite positive
+    number, not both. Returns them as (int, float, int)."""
+    if frames is not None and fps is not None:
+        raise Owl3Error("pass either frames (a count) or fps (a rate), not both")
+    for name, value in (("frames", frames), ("max_frames", max_frames)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise Owl3Error(f"{name} must be a whole number of frames, got {value!r}; e.g. {name}=8")
+        if value <= 0:
+            raise Owl3Error(f"{name} must be a positive count, got {value}")
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+            raise Owl3Error(f"fps must be a number of frames per second, got {fps!r}; e.g. fps=1")
+        if not math.isfinite(fps) or fps <= 0:
+            raise Owl3Error(f"fps must be a finite number > 0, got {fps!r}; e.g. fps=1 (a frame per second)")
+    return (None if frames is None else int(frames), None if fps is None else float(fps),
+            None if max_frames is None else int(max_frames))
+
+
 def frame_indices(n_total: int, *, frames: int | None = None, fps: float | None = None,
                   video_fps: float | None = None, max_frames: int | None = None,
                   sampling: str = "segment") -> list[int]:
@@ -66,20 +93,13 @@ def frame_indices(n_total: int, *, frames: int | None = None, fps: float | None 
         raise Owl3Error(f"the video has {n_total} frames; pass a video with at least one frame")
     if sampling not in SAMPLINGS:
         raise Owl3Error(f"unknown sampling {sampling!r}; use one of {', '.join(SAMPLINGS)}")
-    if frames is not None and fps is not None:
-        raise Owl3Error("pass either frames (a count) or fps (a rate), not both")
-    if frames is not None and frames <= 0:
-        raise Owl3Error(f"frames must be a positive count, got {frames}")
-    if max_frames is not None and max_frames <= 0:
-        raise Owl3Error(f"max_frames must be a positive count, got {max_frames}")
+    frames, fps, max_frames = check_sampling(frames, fps, max_frames)
     everything = list(range(n_total))
     if fps is None:
         n = frames if frames is not None else DEFAULT_FRAMES
         if max_frames is not None:
             n = min(n, max_frames)
         return _sample(everything, n, sampling)
-    if fps <= 0:
-        raise Owl3Error(f"fps must be positive, got {fps}; e.g. fps=1 for one frame per second")
     if video_fps is None or video_fps <= 0:
         raise Owl3Error("sampling by fps needs the video's frame rate (video_fps > 0); pass frames instead")
     step = max(1, round(video_fps / fps))
@@ -92,7 +112,7 @@ def frame_indices(n_total: int, *, frames: int | None = None, fps: float | None 
 @contextmanager
 def _open(path: str | Path) -> Iterator[tuple[InputContainer, VideoStream]]:
     """Open a video file and its first video stream, turning every way that fails into an Owl3Error."""
-    p = Path(path)
+    p = local_path(path, "the video")
     if p.is_dir():
         raise Owl3Error(f"{p} is a directory; pass the path of a video file")
     if not p.is_file():
@@ -126,25 +146,38 @@ def _rate(stream: VideoStream) -> float | None:
 
 
 def _packet_index(container: InputContainer, stream: VideoStream) -> tuple[list[int], list[int]]:
-    """Demux (no decoding) once: every frame's pts in presentation order, and the keyframes' pts."""
+    """Demux (no decoding) once: every timed frame's pts in presentation order, and the keyframes' pts."""
+    pts, keys, _ = _packet_scan(container, stream)
+    return pts, keys
+
+
+def _packet_scan(container: InputContainer, stream: VideoStream) -> tuple[list[int], list[int], int]:
+    """`_packet_index`, and the count of packets without any timestamp (a raw .h264/.hevc stream has only
+    those)."""
     pts: list[int] = []
     keys: list[int] = []
+    untimed = 0
     for packet in container.demux(stream):
+        if packet.size == 0:  # the flush packet at end of stream
+            continue
         ts = packet.pts if packet.pts is not None else packet.dts
-        if packet.size == 0 or ts is None:  # the flush packet at end of stream
+        if ts is None:
+            untimed += 1
             continue
         pts.append(ts)
         if packet.is_keyframe:
             keys.append(ts)
     pts.sort()
     keys.sort()
-    return pts, keys
+    return pts, keys, untimed
 
 
 def video_info(path: str | Path) -> VideoInfo:
     """Frame count, rate, duration and size; frames are counted by demuxing when the container is silent."""
     with _open(path) as (container, stream):
-        n = stream.frames or len(_packet_index(container, stream)[0])
+        if not stream.frames:
+            pts, _, untimed = _packet_scan(container, stream)
+        n = stream.frames or len(pts) + untimed
         tb = stream.time_base
         if stream.duration is not None and tb is not None:
             duration = float(stream.duration * tb)
@@ -156,6 +189,22 @@ def video_info(path: str | Path) -> VideoInfo:
         if duration <= 0 and fps > 0:
             duration = n / fps
         return VideoInfo(n, fps, duration, stream.codec_context.width, stream.codec_context.height)
+
+
+def frame_image(frame: VideoFrame, official: bool = False) -> Image.Image:
+    """A decoded frame as an RGB PIL image, turned by the stream's rotation metadata as players show it
+    (a phone's portrait video is stored landscape with a display matrix); `official`: as stored."""
+    img = frame.to_image()
+    if official:
+        return img
+    try:
+        quarter = round(frame.rotation / 90) % 4  # counterclockwise quarter turns
+    except (AttributeError, ValueError, TypeError):
+        quarter = 0
+    return img.transpose(_TURNS[quarter]) if quarter else img
+
+
+_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
 
 def _seek(container: InputContainer, stream: VideoStream, target: int, tries: Iterable[int]
@@ -186,7 +235,7 @@ def _chain(first: VideoFrame | None, rest: Iterator[VideoFrame]) -> Iterator[Vid
 
 
 def _read_exact(container: InputContainer, stream: VideoStream, want: list[int], pts: list[int],
-                keys: list[int], bar: tqdm) -> dict[int, Image.Image]:
+                keys: list[int], bar: tqdm, official: bool = False) -> dict[int, Image.Image]:
     """Decode the exact frames want (ascending, unique), identified by pts.
 
     Cost is counted in decoded frames. Before each wanted frame, seek iff the last keyframe at or before
@@ -216,13 +265,14 @@ def _read_exact(container: InputContainer, stream: VideoStream, want: list[int],
         # a frame past the target (or the last one, at a broken tail) means the target was undecodable
         if last is None:
             raise Owl3Error(f"frame {i} could not be decoded; the video may be truncated or corrupt")
-        out[i] = last.to_image()  # RGB
+        out[i] = frame_image(last, official)
         bar.update(1)
     return out
 
 
 def _read_keyframes(container: InputContainer, stream: VideoStream,
-                    want: list[int], fps: float, bar: tqdm) -> dict[int, Image.Image]:
+                    want: list[int], fps: float, bar: tqdm, official: bool = False
+                    ) -> dict[int, Image.Image]:
     """Approximate: for each wanted time, seek to the keyframe before it and take the first decoded frame."""
     tb = stream.time_base
     start = stream.start_time or 0
@@ -241,48 +291,93 @@ def _read_keyframes(container: InputContainer, stream: VideoStream,
         frame = next(_seek(container, stream, target, tries(target)), None)
         if frame is None:
             raise Owl3Error(f"no frame decodes near frame {i}; the video may be truncated or corrupt")
-        out[i] = frame.to_image()
+        out[i] = frame_image(frame, official)
         bar.update(1)
+    return out
+
+
+def _read_in_order(container: InputContainer, stream: VideoStream, want: list[int], bar: tqdm,
+                   official: bool) -> dict[int, Image.Image]:
+    """Decode from the start and keep the wanted frames by their place in decoding order: the only way
+    through a stream without timestamps (no seeking). A frame lost at a broken tail is replaced by the
+    last frame that decoded."""
+    wanted, out = set(want), {}
+    last: VideoFrame | None = None
+    for n, frame in enumerate(_decode(container, stream)):
+        last = frame
+        if n in wanted:
+            out[n] = frame_image(frame, official)
+            bar.update(1)
+        if n >= want[-1]:
+            break
+    if last is None:
+        raise Owl3Error("no frame of the video decodes; the file may be corrupt or truncated")
+    for i in want:
+        if i not in out:
+            out[i] = frame_image(last, official)
+            bar.update(1)
     return out
 
 
 def read_video(path: str | Path, *, frames: int | None = None, fps: float | None = None,
                max_frames: int | None = None, sampling: str = "segment", mode: str = "exact",
-               progress: bool = False) -> list[Image.Image]:
+               progress: bool = False, max_pixels: int | None = None, official: bool = False,
+               max_count: int | None = None) -> list[Image.Image]:
     """Sample frames from a video file (see `frame_indices`) and return them as RGB PIL images.
 
     mode="exact" returns exactly the frames at those indices (one demux pass to index the packets, then
     keyframe seeks plus decoding forward). mode="keyframe" is fast and approximate: each wanted time gives
-    the keyframe at or before it, so frames close together may repeat.
+    the keyframe at or before it, so frames close together may repeat. A stream without timestamps (raw
+    H.264/HEVC) is decoded from the start in either mode. Frames are turned by the rotation metadata
+    unless `official`; a frame size over `max_pixels` is refused (`MediaTooLarge`) before decoding, and
+    so is a sampling that gives more than `max_count` frames (e.g. more than a model's context holds).
     """
     if mode not in MODES:
         raise Owl3Error(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    frames, fps, max_frames = check_sampling(frames, fps, max_frames)
     with _open(path) as (container, stream):
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if max_pixels is not None and w * h > max_pixels:
+            raise MediaTooLarge(
+                f"the video {path} has {w}x{h} = {w * h} pixels per frame, over the limit of {max_pixels}; "
+                "raise it with max_pixels=... (--max-pixels N) if you mean it",
+                width=w, height=h, limit=max_pixels,
+            )
         rate = _rate(stream)
+        untimed = 0
         if mode == "exact":
             stream.thread_type = "AUTO"  # long forward decodes gain from frame threads; keyframe mode doesn't
-            pts, keys = _packet_index(container, stream)
-            n_total = len(pts)
+            pts, keys, untimed = _packet_scan(container, stream)
+            n_total = len(pts) + untimed
         else:
             tb = stream.time_base
             n_total = stream.frames
             if not n_total and rate and stream.duration is not None and tb is not None:
                 n_total = round(float(stream.duration * tb) * rate)
             if not n_total:
-                n_total = len(_packet_index(container, stream)[0])
+                pts, keys, untimed = _packet_scan(container, stream)
+                n_total = len(pts) + untimed
         if n_total == 0:
             raise Owl3Error(f"{path} contains no video frames; pass a video with content")
         indices = frame_indices(n_total, frames=frames, fps=fps, video_fps=rate, max_frames=max_frames,
                                 sampling=sampling)
+        if max_count is not None and len(indices) > max_count:
+            raise Owl3Error(
+                f"sampling {path} gives {len(indices)} frames, more than the {max_count} the model's context "
+                "holds (each frame takes a prompt token); ask for fewer (frames=N, or max_frames=N with fps)"
+            )
         want = sorted(set(indices))
         with tqdm(total=len(want), disable=not progress, file=sys.stderr, desc="video frames",
                   unit="frame") as bar:
-            if mode == "exact":
-                got = _read_exact(container, stream, want, pts, keys, bar)
+            if untimed:  # no timestamps to seek by (nor to rewind): decode in order from a fresh start
+                with _open(path) as (again, again_stream):
+                    got = _read_in_order(again, again_stream, want, bar, official)
+            elif mode == "exact":
+                got = _read_exact(container, stream, want, pts, keys, bar, official)
             else:
                 if not rate:
                     raise Owl3Error(f"{path} does not state a frame rate; use mode='exact'")
-                got = _read_keyframes(container, stream, want, rate, bar)
+                got = _read_keyframes(container, stream, want, rate, bar, official)
     return [got[i] for i in indices]
 
 
@@ -298,3 +393,21 @@ def read_frames(path: str | Path, indices: list[int]) -> list[Image.Image]:
         with tqdm(total=0, disable=True) as bar:
             got = _read_exact(container, stream, sorted(set(clamped)), pts, keys, bar)
     return [got[i] for i in clamped]
+
+
+@contextmanager
+def video_file(source: str | os.PathLike | bytes) -> Iterator[str | os.PathLike]:
+    """A path PyAV can open: paths as they are, the bytes of a video file through a temporary file that
+    is removed afterwards (PyAV demuxes files; some containers need to seek)."""
+    if not isinstance(source, (bytes, bytearray, memoryview)):
+        yield source
+        return
+    if len(source) == 0:
+        raise Owl3Error("the video is empty (0 bytes); pass the bytes of a video file")
+    fd, name = tempfile.mkstemp(prefix="owl3-video-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(source)
+        yield Path(name)
+    finally:
+        os.unlink(name)

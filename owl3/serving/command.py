@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 from owl3.errors import Owl3Error
-from owl3.options import add_model_args
+from owl3.options import add_model_args, add_pixel_args
 
 DEFAULT_NAME = "owl3-demo"  # the served name of the built-in model
+SERVE_MAX_PIXELS = 64_000_000  # images (and video frames) from strangers: lower than the CLI's 128M
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -52,6 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_remote=args.allow_remote_media,
             allow_private_hosts=args.allow_private_media_hosts,
             max_bytes=int(args.max_media_mb * MiB),
+            max_image_pixels=args.max_pixels or 2**62,  # 0 = no limit
+            official_pixels=args.official_pixels,
         ),
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_request_mb * MiB),
@@ -189,4 +192,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MB",
         help="largest image or video, fetched or sent (default: 64)",
     )
+    add_pixel_args(m, default=SERVE_MAX_PIXELS)
     p.set_defaults(func=cmd_serve)

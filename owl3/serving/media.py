@@ -16,21 +16,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
-import os
-import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
-from owl3.errors import Owl3Error
-from owl3.processing.video import read_video, video_info
+from owl3.errors import MediaTooLarge, Owl3Error
+from owl3.processing.decode import open_image, to_rgb
+from owl3.processing.video import read_video, video_file, video_info
 from owl3.serving.fetch import fetch, is_public
 from owl3.serving.protocol import APIError, bad_request
 
@@ -48,6 +44,7 @@ class MediaPolicy:
     max_image_pixels: int = 64_000_000  # width * height of an image or of a video frame
     image_timeout_s: float = 5.0
     video_timeout_s: float = 30.0
+    official_pixels: bool = False  # True: convert("RGB") as the official code (no orientation, clipping)
 
     def __post_init__(self) -> None:
         if self.local_root is not None:
@@ -138,40 +135,24 @@ def _local_file(url: str, kind: str, where: str, policy: MediaPolicy) -> Path:
 
 
 def decode_image(source: bytes | Path, where: str, policy: MediaPolicy) -> Image.Image:
-    """An RGB image, refusing what is not an image and what has more pixels than the cap."""
-    data = source.read_bytes() if isinstance(source, Path) else source
+    """An RGB image as a viewer shows it (owl3/processing/decode.py: EXIF orientation, 16-bit and float
+    scaled, transparency on white), refusing what is not an image and what has more pixels than the cap
+    before decoding."""
     try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
-        w, h = img.size
-        if w * h > policy.max_image_pixels:
-            raise bad_request(
-                f"{where}: the image is {w}x{h}, over the server's {policy.max_image_pixels} pixel limit",
-                code="image_too_large",
-                param=where,
-            )
-        img.load()
-        return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError):
+        img = open_image(source, max_pixels=policy.max_image_pixels, what="the image")
+        return to_rgb(img, official=policy.official_pixels)
+    except MediaTooLarge as e:
+        raise bad_request(
+            f"{where}: the image is {e.width}x{e.height}, over the server's {e.limit} pixel limit",
+            code="image_too_large",
+            param=where,
+        ) from None
+    except Owl3Error:
         raise bad_request(
             f"{where}: the image cannot be decoded; send a PNG, JPEG, WebP, GIF or BMP",
             code="invalid_image",
             param=where,
         ) from None
-
-
-@contextmanager
-def _as_file(source: bytes | Path) -> Iterator[Path]:
-    """PyAV reads files: bytes go through a temporary file that is removed afterwards."""
-    if isinstance(source, Path):
-        yield source
-        return
-    fd, name = tempfile.mkstemp(prefix="owl3-video-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(source)
-        yield Path(name)
-    finally:
-        os.unlink(name)
 
 
 class ClipCache:
@@ -237,7 +218,7 @@ def _decode_video(
     fps: float | None,
     max_frames: int,
 ) -> list[Image.Image]:
-    with _as_file(source) as path:
+    with video_file(source) as path:
         try:
             info = video_info(path)
             if info.width * info.height > policy.max_image_pixels:
@@ -247,9 +228,10 @@ def _decode_video(
                     code="image_too_large",
                     param=where,
                 )
+            official = policy.official_pixels
             if fps is not None:
-                return read_video(path, fps=fps, max_frames=max_frames)
-            return read_video(path, frames=min(frames or max_frames, max_frames))
+                return read_video(path, fps=fps, max_frames=max_frames, official=official)
+            return read_video(path, frames=min(frames or max_frames, max_frames), official=official)
         except Owl3Error:  # its message names the temporary file: say which part instead
             raise bad_request(
                 f"{where}: the video cannot be decoded; send an MP4, WebM, MKV, ...",
