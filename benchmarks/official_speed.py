@@ -100,6 +100,9 @@ class Owl3Side:
         return {
             "ftl_s": stamps[0] - t0,
             "vision_s": self.engine.stage_seconds["vision_s"],
+            # when the first token was sampled: the vision and prefill stages, without the decode step
+            # that the same engine step runs before handing the token out
+            "sampled_s": sum(self.engine.stage_seconds.values()),
             "decode_ms": 1000 * sum(gaps) / len(gaps) if gaps else None,
             "tokens": tokens,
         }
@@ -269,7 +272,9 @@ def main() -> int:
                     row[f"{who}_ftl_s"] = round(med(who, "ftl_s"), 4)
                     row[f"{who}_vision_s"] = round(med(who, "vision_s"), 4)
                     row[f"{who}_decode_ms"] = round(med(who, "decode_ms"), 2)
+                row["owl3_sampled_s"] = round(med("owl3", "sampled_s"), 4)
                 row["ftl_speedup"] = round(row["official_ftl_s"] / row["owl3_ftl_s"], 2)
+                row["sampled_speedup"] = round(row["official_ftl_s"] / row["owl3_sampled_s"], 2)
                 row["decode_speedup"] = round(row["official_decode_ms"] / row["owl3_decode_ms"], 2)
                 results.append(row)
             if args.profile:
@@ -302,6 +307,10 @@ def main() -> int:
         for r in results:
             off_v, own_v = r["official_vision_s"], r["owl3_vision_s"]
             print(f"  {r['images']:3d} images: official {off_v:.3f} s, owl3 {own_v:.3f} s")
+        print("owl3's first token is sampled before its engine step's decode step, which it waits for:")
+        for r in results:
+            sampled, ratio = r["owl3_sampled_s"], r["sampled_speedup"]
+            print(f"  {r['images']:3d} images: sampled at {sampled:.3f} s: {ratio:.2f}x the official FTL")
         if profiles:
             print_breakdown(profiles["images"], profiles["official"], profiles["owl3"])
     print(
