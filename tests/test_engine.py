@@ -330,7 +330,11 @@ def test_a_long_prefill_is_split_between_the_running_requests_decode_steps(pipe,
     while engine.prefilling or engine.waiting:
         events = engine.step()
         steps += 1
-        assert [e.request_id for e in events if e.request_id == first] == [first]  # a token every step
+        ours = [e.request_id for e in events if e.request_id == first]
+        if any(e.request_id == video for e in events):  # its first token is handed out before decoding
+            assert ours == [] and [e.request_id for e in engine.step()] == [first, video]
+        else:
+            assert ours == [first]  # a token every step
     n = encs[3].input_ids.shape[0]
     assert steps >= 5 + n // 4  # one frame, then four prompt tokens, per step
     assert any(r.id == video for r in engine.running) or engine.has_unfinished
@@ -415,7 +419,9 @@ def test_newcomers_are_prefilled_together_and_get_the_tokens_of_each_alone(pipe,
         got: dict[int, list[int]] = {i: [] for i in range(4)}
         first = engine.step()
         assert towers == [sum(e.pixel_values.shape[0] for e in encs if e.pixel_values is not None)]
-        assert [tuple(f[:2]) for f in forwards] == [(4, max(e.input_ids.shape[0] for e in encs)), (4, 1)]
+        # one prefill forward of four rows; the first tokens are handed out before the decode step
+        assert [tuple(f[:2]) for f in forwards] == [(4, max(e.input_ids.shape[0] for e in encs))]
+        assert sorted(ev.request_id for ev in first) == sorted(ids)
         for ev in first + [ev for _ in range(20) for ev in engine.step()]:
             got[ids[ev.request_id]].append(ev.token_id)
     finally:

@@ -184,6 +184,7 @@ class Engine:
         self._batch: tuple[RowSampling, RowVisuals | None] | None = None  # of `running`, made on change
         self._slot_state: dict[str, Tensor] = {}
         self._seen_pool: Tensor | None = None  # (slots, V) bool, made when a request first needs it
+        self._decoded_last = True  # whether the last step ended with a decode step
 
     # ------------------------------------------------------------------ requests
     @property
@@ -260,7 +261,9 @@ class Engine:
         prefilled (its pieces are always cut at the same places, whoever else is there). A step takes,
         in arrival order, the vision pieces that fit in one piece's worth of views and runs them through
         the tower together, then the text pieces (of requests whose views are in) that fit in one piece's
-        worth of tokens and runs them in one forward (each phase runs at least one piece)."""
+        worth of tokens and runs them in one forward (each phase runs at least one piece). A step that
+        gives newcomers their first tokens returns them before the decode step, which the next call runs
+        (unless the step before did the same)."""
         events, self._events = self._events, []
         with torch.inference_mode(), attention_kernels(self.model.device):
             while (
@@ -282,9 +285,16 @@ class Engine:
                 self.prefill_chunk,
             )  # fmt: skip
             if text:
-                events += self._prefill_text(text)
+                first = self._prefill_text(text)
+                events += first
+                if first and self._decoded_last:
+                    # hand the first tokens out now: the decode step runs at the next call (every other
+                    # step at the least, so a stream of newcomers never stalls the running requests)
+                    self._decoded_last = False
+                    return events
             if self.running:
                 events += self._decode_step()
+            self._decoded_last = True
         return events
 
     def generate(
