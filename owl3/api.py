@@ -337,7 +337,7 @@ def load(
     """Load a checkpoint folder (official layout); with no path, owl3's built-in default model."""
     folder = Path(path) if path is not None else DEFAULT_MODEL
     model = load_model(folder, dtype=dtype, device=device)
-    processor = Processor.from_dir(folder, model.cfg.image_size)
+    processor = Processor.from_dir(folder, model.cfg.image_size, model.cfg.variant)
     return Owl3Pipeline(model, processor, folder)
 
 

@@ -36,7 +36,9 @@ TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-random
 def make_pipe(preset_name: str | None, model_dir: str | None, dtype: str, device: str) -> Owl3Pipeline:
     if model_dir is not None:
         model = load_model(model_dir, dtype=dtype, device=device)
-        return Owl3Pipeline(model, Processor.from_dir(model_dir, model.cfg.image_size), Path(model_dir))
+        return Owl3Pipeline(
+            model, Processor.from_dir(model_dir, model.cfg.image_size, model.cfg.variant), Path(model_dir)
+        )
     cfg = preset(preset_name or "small")
     proc = Processor.from_dir(TOKENIZER_DIR if TOKENIZER_DIR.is_dir() else DEFAULT_MODEL, cfg.image_size)
     if proc.tokenizer.get_vocab_size() > cfg.text.vocab_size:

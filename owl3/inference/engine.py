@@ -307,7 +307,9 @@ class Engine:
             n = 0 if e.pixel_values is None else e.pixel_values.shape[0]
             per_sample.append(feats[start : start + n] if n else None)
             start += n
-        ctx = VisualContext.build(per_sample, [e.media_starts for e in encodings])
+        starts = [e.media_starts for e in encodings]
+        offset = getattr(self.model.cfg, "mi_rope_offset", 1)
+        ctx = VisualContext.build(per_sample, starts, offset)
         ctx.split_prefill = self.split_prefill
         return ctx
 
@@ -318,7 +320,6 @@ class Engine:
         if not isinstance(model, Owl3Model):  # e.g. the concatenation baseline: features, all at once
             req.visual = self.encode_features([req.enc])
             return
-        t = model.cfg.vision.n_tokens
         if req.kv is None:
             req.kv = model.visual_kv_buffers(req.n_views)
         a, b = req.views_done, min(req.n_views, req.views_done + self.vision_chunk_size)
@@ -335,11 +336,11 @@ class Engine:
             feats = torch.stack(cached)
         else:
             feats = model.encode_media(pixels[a:b], None)  # (b - a, T, D)
-        positions = VisualContext.layout(req.enc.media_starts, t, model.device)[1][None]
+        positions = model.visual_layout(req.enc.media_starts)[1][None]
         model.write_visual_kv(req.kv, feats, positions, a)
         req.views_done = b
         if b == req.n_views:
-            req.visual = VisualContext.from_kv(req.kv, req.enc.media_starts, t)
+            req.visual = model.visual_context_from_kv(req.kv, req.enc.media_starts)
             req.visual.split_prefill = self.split_prefill
             req.kv = None
 

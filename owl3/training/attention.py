@@ -91,19 +91,23 @@ class Projections:
         return k
 
 
-def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor) -> Tensor:
+def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor, offset: int = 1) -> Tensor:
     """The attention logits of text queries over visual keys, -inf where a query may not see the token.
 
     q (B, H, L, d) rotated; k (B, kv, M, d); key_starts (B, M); positions (B, L) -> (B, H, L, M). What the
     cross branch (owl3.model.hyper.cross_attention) softmaxes, written out for the few target queries (it
-    is not how the model runs: that never builds the whole (L, M) matrix)."""
+    is not how the model runs: that never builds the whole (L, M) matrix). A query at p sees the token iff
+    s_k + offset <= p (`Owl3Config.mi_rope_offset`: 1 for 240728, 0 for 241101, whose fused softmax
+    restricted to the visual keys is this same distribution)."""
     kk = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, M, d)
     s = q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5
-    visible = key_starts[:, None, None, :] < positions[:, None, :, None]
+    visible = key_starts[:, None, None, :] + offset <= positions[:, None, :, None]
     return s.masked_fill(~visible, float("-inf"))
 
 
-def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[VisualTarget]]) -> Tensor:
+def attention_loss(
+    q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[VisualTarget]], offset: int = 1
+) -> Tensor:
     """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens), or
     for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
 
@@ -113,7 +117,7 @@ def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[V
     if not targets:
         return q.new_zeros(())
     rows, slots, positions, qs = _row_queries(q, [(row, t[0]) for row, t in targets])
-    s = cross_scores(qs, k, key_starts, positions)  # (B, H, S, M)
+    s = cross_scores(qs, k, key_starts, positions, offset)  # (B, H, S, M)
     log_w = torch.log_softmax(s[rows, :, slots].float(), -1)  # (n, H, M)
     return _target_nll(log_w, [t[1:] for _, t in targets])
 
