@@ -306,6 +306,9 @@ _PRESETS: dict[str, Owl3Config] = {
 }
 
 
+# CPU benchmarks of the 241101 family: the `small` shapes with the fused hyper attention and 2-layer projector
+_PRESETS["small-241101"] = replace(_PRESETS["small"], projector="mlp2x_gelu", attention="fused")
+
 # unit tests of the 241101 family: the tiny shapes, fused hyper attention, a 2-layer projector and a vision
 # tower run 3 images at a time; the fixture tokenizer plus the four 241101 special tokens (ids 424-427,
 # inside the 488 rows; tests/helpers_241101.py adds them to the fixture's tokenizer.json)

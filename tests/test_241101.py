@@ -509,3 +509,54 @@ def test_cli_answers_about_a_cropped_image_and_a_video(tiny241101_dir, tmp_path,
         assert out.strip() == want.strip() and want.strip()
     enc = pipe.encode("What is this?", [image])
     assert "<|start_cut|>" in enc.prompt  # the CLI's lone image was cropped with the 241101 template
+
+
+# ---------------------------------------------------------------------------------------- server
+def test_server_answers_a_cropped_image_and_a_video_as_the_python_api(tiny241101_dir, tmp_path):
+    openai = pytest.importorskip("openai")
+    from owl3.serving.app import create_app
+    from owl3.serving.chat import ServeConfig
+    from owl3.serving.command import DEFAULT_NAME, make_engine
+    from owl3.serving.prepare import Limits
+    from tests.serve_helpers import ServerThread, data_url, image_part, write_video
+
+    ref = owl3.load(tiny241101_dir)  # the server's engine belongs to its worker thread: its own copy
+    pipe = owl3.load(tiny241101_dir)
+    config = ServeConfig(model_name=DEFAULT_NAME, limits=Limits(max_images=8, max_frames=8))
+    video = tmp_path / "clip.mp4"
+    write_video(video, n_frames=12, size=64)
+    wide = _img(tiny241101_dir, "wide.png")
+    with ServerThread(create_app(pipe, make_engine(pipe, 4), config)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def ask(content, **kw):
+            messages = [{"role": "user", "content": content}]
+            return client.chat.completions.create(model=DEFAULT_NAME, messages=messages, max_tokens=6, **kw)
+
+        want = ref.generate("What is this?", images=[wide], max_new_tokens=6)
+        r = ask([image_part(wide), {"type": "text", "text": "What is this?"}])
+        assert r.choices[0].message.content == want.text and r.usage.prompt_tokens == want.prompt_tokens
+        video_part = {"type": "video_url", "video_url": {"url": data_url(video.read_bytes(), "video/mp4")}}
+        want = ref.generate("<|video|>\nWhat moves?", videos=[video], frames=4, max_new_tokens=6)
+        r = ask([video_part, {"type": "text", "text": "What moves?"}],
+                extra_body={"media_io_kwargs": {"video": {"num_frames": 4}}})  # fmt: skip
+        assert r.choices[0].message.content == want.text and r.usage.video_frames == 4
+
+
+# ---------------------------------------------------------------------------------------- benchmarks
+def test_benchmarks_run_241101_presets(capsys, tmp_path):
+    from owl3.bench.followup import make_pipe
+    from owl3.bench.serve import preset_checkpoint
+    from owl3.cli import main
+
+    argv = ["bench", "latency", "--preset", "tiny-241101", "--images", "1,2", "--new-tokens", "2",
+            "--methods", "owl3,official", "--isolate", "none"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["preset"] == "tiny-241101" and all(r["status"] == "ok" for r in report["results"])
+    # the served and the follow-up benchmarks' random 241101 models get the 241101 templates
+    served = owl3.load(preset_checkpoint("tiny-241101", tmp_path / "p"))
+    assert served.model.cfg.variant == served.processor.variant == "241101"
+    assert "<|start_video_frame|>" in served.encode("<|video|>?", videos=[_frames(FIXTURE, 2)]).prompt
+    assert make_pipe("tiny-241101", None, "float32", "cpu").processor.variant == "241101"
+    assert preset("small-241101").variant == "241101" and preset("small").variant == "240728"

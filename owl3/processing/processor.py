@@ -227,6 +227,16 @@ def tokenizer_variant(tokenizer: tokenizers.Tokenizer, variant: str | None = Non
     return found
 
 
+def with_241101_tokens(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """A copy of `tokenizer` with the four 241101 template tokens added as special tokens (for a random
+    241101-shaped model run with a 240728-family tokenizer, as the benchmarks do)."""
+    tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    tok.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True, normalized=False) for t in VARIANT_241101_TOKENS]
+    )
+    return tok
+
+
 def _as_list(items: Any, name: str, what: str) -> list[Any]:
     """`items` as a list, refusing a lone item passed where a list is expected."""
     if items is None:
