@@ -560,3 +560,63 @@ def test_benchmarks_run_241101_presets(capsys, tmp_path):
     assert "<|start_video_frame|>" in served.encode("<|video|>?", videos=[_frames(FIXTURE, 2)]).prompt
     assert make_pipe("tiny-241101", None, "float32", "cpu").processor.variant == "241101"
     assert preset("small-241101").variant == "241101" and preset("small").variant == "240728"
+
+
+def test_pretrain_and_lora_stages_on_the_241101_layout(tiny241101_dir, tmp_path):
+    from owl3.training import TrainConfig, apply_stage, train
+    from tests.train_helpers import base_options
+
+    m = load_model(tiny241101_dir)
+    apply_stage(m, "pretrain")  # projector (both Linears) and v_kv_proj: there is no gate to train
+    assert {n for n, p in m.named_parameters() if p.requires_grad} == {
+        f"vision2text_model.{i}.{leaf}" for i in (0, 2) for leaf in ("weight", "bias")
+    } | {
+        f"language_model.model.layers.{i}.self_attn.v_kv_proj.{leaf}"
+        for i in (0, 2)
+        for leaf in ("weight", "bias")
+    }
+    stages = ["pretrain"]
+    try:
+        import peft  # noqa: F401
+
+        stages.append("lora")
+    except ImportError:
+        pass
+    for stage in stages:
+        opts = base_options(tmp_path / stage, model=str(tiny241101_dir), stage=stage, max_steps=2, lora_r=4)
+        result = train(TrainConfig.from_dict(opts))
+        assert result.step == 2
+        pipe = owl3.load(tmp_path / stage / "out")
+        assert pipe.model.cfg.variant == "241101"
+        assert pipe.generate(
+            "What is this?", images=[tiny241101_dir / "images" / "one.png"], max_new_tokens=3
+        )
+
+
+def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
+    # the fused decode step (rows with their own visual K/V, several image counts) is one graph too
+    from torch._dynamo.utils import counters
+
+    from owl3.bench.common import free_token_id, random_images, random_model, synthetic_prompt
+    from owl3.inference import engine as engine_mod
+    from owl3.processing import Encoding
+    from owl3.processing.pixels import images_to_pixels
+
+    cfg = preset("tiny-241101")
+    model = random_model(cfg, seed=3)
+
+    def request(n):
+        ids, starts = synthetic_prompt(n, free_token_id(cfg), cfg.text.vocab_size, seed=n)
+        return [Encoding(ids, images_to_pixels(random_images(n, 64, 48, seed=n), cfg.image_size), starts, "")]
+
+    monkeypatch.setattr(engine_mod, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    eager = Engine(model, stop_token_ids=(), pad_token_id=0)
+    fast = Engine(model, stop_token_ids=(), pad_token_id=0, compile_decode=True)
+    for n, t in ((2, 5), (3, 9), (1, 7)):
+        params = SamplingParams(max_new_tokens=t)
+        want = [e.token_id for e in eager.generate(request(n), params)]
+        assert [e.token_id for e in fast.generate(request(n), params)] == want
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
