@@ -310,12 +310,16 @@ def test_media_cache_and_saved_memory_answer_as_fresh(tiny241101_pipe, tiny24110
     hits = pipe.engine.media_cache_hits
     assert _run(pipe.engine, [enc], params)[0] == first
     assert pipe.engine.media_cache_hits == hits + enc.pixel_values.shape[0]
-    frames = _frames(tiny241101_dir)
-    mem = pipe.watch([], [frames], system="Be brief.")
-    loaded = pipe.load_memory(mem.save(tmp_path / "v.owl3"))
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What happens?"}]
-    fresh = pipe.generate(messages, [], [frames], max_new_tokens=10)
-    assert pipe.ask(loaded, "What happens?", max_new_tokens=10).token_ids == fresh.token_ids
+    # a saved memory of a video (its template ends after the last frame) and of a cropped image
+    for i, (images, videos) in enumerate(
+        (([], [_frames(tiny241101_dir)]), ([_img(tiny241101_dir, "wide.png")], []))
+    ):
+        mem = pipe.watch(images, videos, system="Be brief.")
+        loaded = pipe.load_memory(mem.save(tmp_path / f"{i}.owl3"))
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What happens?"}]
+        fresh = pipe.generate(messages, images, videos, max_new_tokens=10)
+        asked = pipe.ask(loaded, "What happens?", max_new_tokens=10)
+        assert asked.token_ids == fresh.token_ids and asked.prompt_tokens == fresh.prompt_tokens
 
 
 # ---------------------------------------------------------------------------------------- templates
