@@ -179,6 +179,23 @@ def test_fused_attention_equals_one_softmax_over_image_and_text_keys(tiny241101_
     assert (got[first] - plain[first]).abs().max() > 1e-3  # the image token itself sees its image
 
 
+def test_fused_attention_in_query_blocks_is_exact(tiny241101_pipe, monkeypatch):
+    # long prompts run the fused softmax in blocks of queries (bounded mask): same numbers as one block
+    from owl3.model import hyper
+
+    model = tiny241101_pipe.model
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, 400, (2, 40), generator=g)
+    T, D = model.cfg.vision.n_tokens, model.cfg.text.dim
+    feats = [torch.randn(2, T, D, generator=g), torch.randn(3, T, D, generator=g)]
+    starts = [[3, 30], [0, 17, 18]]
+    with torch.no_grad():
+        whole = model(ids, visual=model.visual_context(feats, starts))
+        monkeypatch.setattr(hyper, "FUSED_MASK_BUDGET", 2 * 3 * (2 * 3 * T + 40))  # blocks of 4 queries
+        blocked = model(ids, visual=model.visual_context(feats, starts))
+    torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=1e-6)
+
+
 def test_fused_attention_of_padded_rows_and_a_row_without_images(tiny241101_pipe):
     # a batch: rows with 1 and 2 images (padded visual tokens) and a row with none; each row equals alone
     model = tiny241101_pipe.model

@@ -37,6 +37,9 @@ QUERY_BLOCK = 512
 REPEAT_KV_BUDGET = 8 << 30
 # most elements of the explicit part of one split block (query rows x visual tokens in the block)
 SPLIT_BUDGET = 1 << 24
+# most elements of one fused-attention mask block (query rows of all heads of a kv head x all keys); a
+# CUDA kernel may hold it as a float bias, so it stays well under MASK_BUDGET
+FUSED_MASK_BUDGET = 1 << 27
 
 
 @dataclass
@@ -427,8 +430,8 @@ def fused_attention(
     This is the official formula itself: one SDPA over the concatenated keys with the joined mask, so it
     is exact and differentiable. The visual K/V are joined to the text ones once per forward (a copy of
     the visible visual tokens, small next to the attention over them); queries run in blocks whose mask
-    stays under MASK_BUDGET elements; the query heads of a kv head are laid along the query axis, so no
-    K/V is repeated per head.
+    stays under FUSED_MASK_BUDGET elements; the query heads of a kv head are laid along the query axis,
+    so no K/V is repeated per head.
     """
     b, h, n_q, d = q.shape
     n_kv, s = k.shape[1], k.shape[2]
@@ -442,7 +445,7 @@ def fused_attention(
     k_all = torch.cat([vk[:, :, :mv].to(k.dtype), k], dim=2)  # (B, kv, mv + S, d)
     v_all = torch.cat([vv[:, :, :mv].to(v.dtype), v], dim=2)
     n_keys = mv + s
-    block = max(1, min(QUERY_BLOCK, MASK_BUDGET // max(1, n_rep * n_keys)))
+    block = max(1, min(QUERY_BLOCK, FUSED_MASK_BUDGET // max(1, n_rep * n_keys)))
     outs, seens = [], []
     for i in range(0, n_q, block):
         j = min(n_q, i + block)
