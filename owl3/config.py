@@ -306,8 +306,14 @@ _PRESETS: dict[str, Owl3Config] = {
 }
 
 
-# CPU benchmarks of the 241101 family: the `small` shapes with the fused hyper attention and 2-layer projector
-_PRESETS["small-241101"] = replace(_PRESETS["small"], projector="mlp2x_gelu", attention="fused")
+# CPU benchmarks of the 241101 family: the `small` shapes with the fused hyper attention, the 2-layer
+# projector and hyper layers at the 7B-241101's depths (7, 15, 23, 26 of 28 -> 4, 8, 12, 13 of 14)
+_PRESETS["small-241101"] = replace(
+    _PRESETS["small"],
+    text=replace(_PRESETS["small"].text, hyper_layers=(4, 8, 12, 13)),
+    projector="mlp2x_gelu",
+    attention="fused",
+)
 
 # unit tests of the 241101 family: the tiny shapes, fused hyper attention, a 2-layer projector and a vision
 # tower run 3 images at a time; the fixture tokenizer plus the four 241101 special tokens (ids 424-427,
