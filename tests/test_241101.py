@@ -555,8 +555,11 @@ def test_server_answers_a_cropped_image_and_a_video_as_the_python_api(tiny241101
             return client.chat.completions.create(model=DEFAULT_NAME, messages=messages, max_tokens=6, **kw)
 
         want = ref.generate("What is this?", images=[wide], max_new_tokens=6)
-        r = ask([image_part(wide), {"type": "text", "text": "What is this?"}])
+        content = [image_part(wide), {"type": "text", "text": "What is this?"}]
+        r = ask(content)
         assert r.choices[0].message.content == want.text and r.usage.prompt_tokens == want.prompt_tokens
+        chunks = list(ask(content, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
         video_part = {"type": "video_url", "video_url": {"url": data_url(video.read_bytes(), "video/mp4")}}
         want = ref.generate("<|video|>\nWhat moves?", videos=[video], frames=4, max_new_tokens=6)
         r = ask([video_part, {"type": "text", "text": "What moves?"}],
