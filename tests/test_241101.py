@@ -644,3 +644,28 @@ def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
         assert [e.token_id for e in fast.generate(request(n), params)] == want
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def test_visual_kv_computed_once_per_request(tiny241101_pipe, tiny241101_dir):
+    from owl3.bench.latency import StageTimedEngine
+
+    pipe = tiny241101_pipe
+    enc = _requests(pipe, tiny241101_dir)[1]
+    hyper = [layer.self_attn for layer in pipe.model.language_model.model.layers if layer.self_attn.is_hyper]
+    calls = []
+    hooks = [a.v_kv_proj.register_forward_hook(lambda *_: calls.append(1)) for a in hyper]
+    try:
+        engine = Engine(
+            pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, media_cache_mb=0
+        )
+        ids = _run(engine, [enc], SamplingParams(max_new_tokens=8))[0]
+        assert len(ids) == 8 and len(calls) == len(hyper)  # once per hyper layer, not once per step
+        calls.clear()  # the official cost (recomputed at every step) gives the same tokens
+        official = StageTimedEngine(
+            pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, recompute_visual_kv=True
+        )
+        assert _run(official, [enc], SamplingParams(max_new_tokens=8))[0] == ids
+        assert len(calls) == len(hyper) * 8
+    finally:
+        for h in hooks:
+            h.remove()
