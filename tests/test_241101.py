@@ -451,8 +451,10 @@ def test_training_loss_is_the_cross_entropy_of_the_fused_model(tiny241101_pipe, 
     records, _ = read_data([swift, llava], media_root=str(IMAGES))
     enc = SampleEncoder(Processor.from_dir(tiny241101_dir, 56), seq_len=4096, frames=8, crop_prob=1.0, seed=0)
     samples = [enc(r) for r in records[:4]]  # a cropped image, two images, text only, a video
-    assert any(s for s in samples)
     batch = collate(samples, pad_id=420)
+    assert batch.n_media == [7, 2, 0, 5] and "<|start_cut|>" in enc.processor.tokenizer.decode(
+        batch.input_ids[0].tolist(), skip_special_tokens=False
+    )  # the 241101 templates, and a padded batch with different image counts
     loss = TrainStep(m)(batch.input_ids, batch.labels, batch.pixel_values, batch.n_media, batch.media_starts)
     total, start = 0.0, 0
     for i in range(len(batch)):
