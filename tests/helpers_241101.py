@@ -14,6 +14,7 @@ from pathlib import Path
 
 import tokenizers
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official-240728-tiny"
@@ -128,3 +129,32 @@ def write_checkpoint(folder: Path, seed: int = 0) -> Path:
     write_tokenizer(folder)
     shutil.copytree(FIXTURE / "images", folder / "images", dirs_exist_ok=True)
     return folder
+
+
+# ------------------------------------------------------------------ shared by tests/test_241101_*.py
+def img(folder, name):
+    return Image.open(folder / "images" / name)
+
+
+def frames(folder, n=5):
+    return [img(folder, f"f{i}.png") for i in range(n)]
+
+
+def run(engine, encs, params):
+    out = [[] for _ in encs]
+    for ev in engine.generate(encs, params):
+        out[ev.request_id].append(ev.token_id)
+    return out
+
+
+def requests(pipe, folder):
+    """Text only, two images, a cropped image, a video."""
+    return [
+        pipe.encode("Tell me a story."),
+        pipe.encode(
+            "Image 1: <|image|> Image 2: <|image|>. Compare.",
+            [img(folder, "m1.png"), img(folder, "m2.png")],
+        ),
+        pipe.encode("What is this?", [img(folder, "wide.png")]),  # a lone image: cropped
+        pipe.encode("<|video|>What happens?", videos=[frames(folder)]),
+    ]
