@@ -276,27 +276,30 @@ def test_batched_equals_alone_and_rows_joining_a_running_batch(tiny241101_pipe, 
     alone = [run(pipe.engine, [e], params)[0] for e in encs]
     assert run(pipe.engine, encs, params) == alone
     assert run(pipe.engine, encs[::-1], params) == alone[::-1]
-    # requests join while others decode (small prefill pieces: a join takes several steps)
+    # requests join while others decode (small prefill pieces: a join takes several steps, during which
+    # the running rows keep decoding); three slots for four requests, so the last one waits for a slot
     eng = Engine(
         pipe.model,
         pipe.processor.stop_token_ids,
         pipe.processor.pad_token_id,
-        prefill_chunk=7,
-        vision_chunk_size=2,
+        prefill_chunk=16,
+        vision_chunk_size=3,
         max_num_seqs=3,
     )
-    got: dict[int, list[int]] = {}
+    got: dict[int, list[int]] = {1: []}
     order = {eng.add_request(encs[1], params): 1}
-    for step in range(200):
-        if step == 3:
-            order[eng.add_request(encs[3], params)] = 3
-        if step == 6:
-            order[eng.add_request(encs[0], params)] = 0
-            order[eng.add_request(encs[2], params)] = 2
+    joined = []
+    for _ in range(200):
+        n = len(got[1])
+        if n == 2 and 3 not in order.values() or n == 5 and 0 not in order.values():
+            joined.append(len(eng.running))
+            for i in (3,) if n == 2 else (0, 2):
+                order[eng.add_request(encs[i], params)] = i
         for ev in eng.step():
             got.setdefault(order[ev.request_id], []).append(ev.token_id)
-        if not eng.has_unfinished and step > 6:
+        if not eng.has_unfinished:
             break
+    assert len(joined) == 2 and min(joined) >= 1  # each join found rows decoding
     assert [got[i] for i in range(4)] == alone
 
 
