@@ -287,3 +287,19 @@ def test_pretrain_and_lora_stages_on_the_241101_layout(tiny241101_dir, tmp_path)
         assert pipe.generate(
             "What is this?", images=[tiny241101_dir / "images" / "one.png"], max_new_tokens=3
         )
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def test_eval_runs_a_241101_checkpoint(tiny241101_dir, tmp_path, capsys):
+    from owl3.cli import main
+
+    out = tmp_path / "R.jsonl"
+    args = ["eval", "synthetic", "--model", str(tiny241101_dir), "--images", "1,3", "--limit", "2",
+            "--video-frames", "2", "--which-images", "0", "--max-new-tokens", "3", "--output", str(out),
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["images"], r["questions"]) for r in final["results"]] == [(1, 2), (3, 2)]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 6 and all(isinstance(r["prediction"], str) for r in records)
+    assert sum("<|video|>" in r["prompt"] for r in records) == 2  # the video row ran too
