@@ -1,4 +1,4 @@
-"""Print the proportions of owl3's presets next to the 7B-240728's (docs/performance.md).
+"""Print the proportions of owl3's presets next to the 7B-240728's and the 7B-241101's (docs/performance.md).
 
     .venv/bin/python benchmarks/preset_shapes.py
 
@@ -42,7 +42,7 @@ def shape(name: str) -> dict:
 
 
 def main() -> None:
-    rows = [shape(n) for n in ("7b", "small", "tiny")]
+    rows = [shape(n) for n in ("7b", "7b-241101", "small", "small-241101", "tiny")]
     keys = list(rows[0])
     print(" | ".join(keys))
     for r in rows:

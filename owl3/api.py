@@ -560,7 +560,8 @@ def load(
     parity checks; by default images look as a viewer shows them (docs/faithfulness.md)."""
     folder = Path(path) if path is not None else DEFAULT_MODEL
     model = load_model(folder, dtype=dtype, device=device)
-    processor = Processor.from_dir(folder, model.cfg.image_size, official_pixels=official_pixels)
+    variant = model.cfg.variant
+    processor = Processor.from_dir(folder, model.cfg.image_size, variant, official_pixels=official_pixels)
     return Owl3Pipeline(model, processor, folder)
 
 

@@ -3,6 +3,11 @@
 `Owl3Config.from_hf(dict)` is the ONE place that reads the keys of an official `config.json`;
 `to_hf()` writes them back. Everything else in owl3 reads these dataclasses. Named presets
 (`preset("tiny")`, ...) give random-weight models for tests and benchmarks.
+
+Two checkpoint families exist (docs/mplug-owl3.md §1, docs/faithfulness.md): 240728 (also 1B/2B-241014:
+Linear projector, gated parallel cross-attention) and 241101 (Linear-GELU-Linear projector, fused hyper
+attention, its own prompt templates). The family is `Owl3Config.variant`, told from config.json here and
+nowhere else; the model, checkpoint I/O and processor read it from the config.
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ class TextConfig:
         return i + 1 in self.hyper_layers
 
 
+VARIANTS = ("240728", "241101")
+# the special tokens only a 241101-family tokenizer has (its cut and video templates)
+VARIANT_241101_TOKENS = ("<|start_cut|>", "<|end_cut|>", "<|start_video_frame|>", "<|end_video_frame|>")
+
+
 @dataclass(frozen=True)
 class Owl3Config:
     text: TextConfig = field(default_factory=TextConfig)
@@ -76,10 +86,42 @@ class Owl3Config:
     attention: str = "gated"  # "gated" parallel cross-attention (240728) or "fused" (241101)
     bos_token_id: int = 151643
     eos_token_id: int = 151645
+    # 241101: images per forward of the vision tower (config.json `vision_batch_size`); None = no limit
+    vision_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.projector, self.attention) not in (("linear", "gated"), ("mlp2x_gelu", "fused")):
+            raise Owl3Error(
+                f"projector {self.projector!r} with attention {self.attention!r} is no released family; "
+                "use ('linear', 'gated') for 240728 or ('mlp2x_gelu', 'fused') for 241101"
+            )
+        if self.vision_batch_size is not None and self.vision_batch_size < 1:
+            raise Owl3Error(f"vision_batch_size must be >= 1, got {self.vision_batch_size}")
 
     @property
     def image_size(self) -> int:
         return self.vision.image_size
+
+    @property
+    def variant(self) -> str:
+        """The checkpoint family: "240728" (gated cross-attention) or "241101" (fused hyper attention)."""
+        return "241101" if self.attention == "fused" else "240728"
+
+    @property
+    def mi_rope_offset(self) -> int:
+        """MI-RoPE position of image k minus its image token's index s_k: s_k + 1 (240728), s_k (241101).
+        In both families query position p sees image k iff s_k + offset <= p (240728: s_k < p; 241101:
+        s_k <= p, the image token sees its own image)."""
+        return 0 if self.attention == "fused" else 1
+
+    @classmethod
+    def of_variant(cls, variant: str, **fields: Any) -> Owl3Config:
+        """A config of checkpoint family `variant` ("240728" or "241101")."""
+        if variant not in VARIANTS:
+            raise Owl3Error(f"unknown variant {variant!r}; choose 240728 or 241101")
+        if variant == "241101":
+            fields = {"projector": "mlp2x_gelu", "attention": "fused", **fields}
+        return cls(**fields)
 
     # ------------------------------------------------------------------ official config.json
     @classmethod
@@ -121,6 +163,9 @@ class Owl3Config:
                 f"config.json lacks the field {e.args[0]!r}; is it an mPLUG-Owl3 checkpoint?"
             ) from e
         fused = "vision_batch_size" in d  # only the 241101 family has it (docs/mplug-owl3.md §1)
+        vbs = d.get("vision_batch_size")
+        if fused and vbs is not None and (not isinstance(vbs, int) or vbs < 1):
+            raise Owl3Error(f"config.json has vision_batch_size {vbs!r}; it must be a positive integer")
         return cls(
             text=text,
             vision=vision,
@@ -128,12 +173,14 @@ class Owl3Config:
             attention="fused" if fused else "gated",
             bos_token_id=d.get("bos_token_id", 151643),
             eos_token_id=d.get("eos_token_id", 151645),
+            vision_batch_size=vbs if fused else None,
         )
 
     def to_hf(self) -> dict[str, Any]:
-        """The official `config.json` dict (240728 layout)."""
+        """The official `config.json` dict, in the layout of the config's family (241101: with
+        `vision_batch_size`, the field that tells the family apart)."""
         t, v = self.text, self.vision
-        return {
+        out = {
             "architectures": ["mPLUGOwl3Model"],
             "model_type": "mplugowl3",
             "hidden_act": "silu",
@@ -164,6 +211,10 @@ class Owl3Config:
                 "layer_norm_eps": v.layer_norm_eps,
             },
         }
+        if self.variant == "241101":
+            # written even when unset (null): its presence is what marks the family
+            out["vision_batch_size"] = self.vision_batch_size
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +236,13 @@ _PRESETS: dict[str, Owl3Config] = {
             tie_word_embeddings=True,
             hyper_layers=(6, 13, 20, 22),
         )
+    ),
+    # exactly the released 7B-241101 shape: the 7B LLM with other hyper layers and vocabulary, 378-px images,
+    # Linear-GELU-Linear projector, fused hyper attention (docs/mplug-owl3.md §1)
+    "7b-241101": Owl3Config.of_variant(
+        "241101",
+        text=TextConfig(vocab_size=151651, hyper_layers=(7, 15, 23, 26)),
+        vision=VisionConfig(image_size=378),
     ),
     # CPU benchmarks (docs/performance.md): the 7B-240728 proportions at ~1/127 of its size. Kept from the
     # 7B: LLM/vision parameter ratio (17.3 vs 18.5), layers that run (14 LLM : 13 vision = 28 : 26), hyper
@@ -247,6 +305,27 @@ _PRESETS: dict[str, Owl3Config] = {
     ),
 }
 
+
+# CPU benchmarks of the 241101 family: the `small` shapes with the fused hyper attention, the 2-layer
+# projector and hyper layers at the 7B-241101's depths (7, 15, 23, 26 of 28 -> 4, 8, 12, 13 of 14)
+_PRESETS["small-241101"] = replace(
+    _PRESETS["small"],
+    text=replace(_PRESETS["small"].text, hyper_layers=(4, 8, 12, 13)),
+    projector="mlp2x_gelu",
+    attention="fused",
+)
+
+# unit tests of the 241101 family: the tiny shapes, fused hyper attention, a 2-layer projector and a vision
+# tower run 3 images at a time; the fixture tokenizer plus the four 241101 special tokens (ids 424-427,
+# inside the 488 rows; tests/helpers_241101.py adds them to the fixture's tokenizer.json)
+_PRESETS["tiny-241101"] = Owl3Config.of_variant(
+    "241101",
+    text=_PRESETS["tiny"].text,
+    vision=_PRESETS["tiny"].vision,
+    bos_token_id=420,
+    eos_token_id=422,
+    vision_batch_size=3,
+)
 
 # the built-in demo model since the twelfth session (`owl3 demo-train --recipe cells`): the `demo` preset
 # with 28-px patches, so each of the 9 visual tokens of an 84-px picture is one cell of the world's 3x3

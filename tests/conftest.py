@@ -29,3 +29,18 @@ def demo_pipe():
     import owl3
 
     return owl3.load()
+
+
+@pytest.fixture(scope="session")
+def tiny241101_dir(tmp_path_factory) -> Path:
+    """A tiny checkpoint in the official 241101 layout (random weights), written by the tests."""
+    from tests.helpers_241101 import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("owl3-241101") / "tiny-241101")
+
+
+@pytest.fixture(scope="session")
+def tiny241101_pipe(tiny241101_dir):
+    import owl3
+
+    return owl3.load(tiny241101_dir)

@@ -357,3 +357,40 @@ def test_cli_and_refusals(qwen2, siglip, tmp_path, capsys):
         build_model(scaled, siglip, tmp_path / "c", hyper_layers="1")
     with pytest.raises(Owl3Error, match="SigLIP"):
         build_model(qwen2, qwen2, tmp_path / "d", hyper_layers="1")
+
+
+def test_build_variant_241101(qwen2, siglip, tmp_path, capsys):
+    # the 241101 layout: no gate, a Linear-GELU-Linear projector, the four template tokens, vision_batch_size
+    assert (
+        main(
+            ["build", "--llm", str(qwen2), "--vision", str(siglip), "--output", str(tmp_path / "new"),
+             "--hyper-layers", "1,3", "--variant", "241101", "--vision-batch-size", "4"]
+        )
+        == 0
+    )
+    out = tmp_path / "new"
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["vision_batch_size"] == 4 and meta["owl3_build"]["variant"] == "241101"
+    with safe_open(out / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert {"vision2text_model.0.weight", "vision2text_model.2.weight"} <= names
+    assert "vision2text_model.weight" not in names and not any("self_attn.gate_proj" in n for n in names)
+    pipe = owl3.load(out)
+    assert pipe.model.cfg.variant == "241101" and pipe.processor.variant == "241101"
+    tok = pipe.tokenizer
+    new = ["<|start_cut|>", "<|end_cut|>", "<|start_video_frame|>", "<|end_video_frame|>"]
+    assert [tok.token_to_id(t) for t in new] == [424, 425, 426, 427]
+    assert pipe.model.cfg.text.vocab_size == 488  # the new ids fit in the LLM's rows
+    # text-only input still gives exactly the LLM's logits
+    ids = torch.tensor(tok.encode(PROMPT, add_special_tokens=False).ids)
+    ref = _llm_reference(qwen2, pipe.model.cfg.text)
+    with torch.no_grad():
+        llm_logits = ref.lm_head(ref.model(ref.model.embed_tokens(ids[None]), torch.arange(len(ids))[None]))
+    assert torch.equal(_text_logits(pipe.model, ids), llm_logits[0])
+    # images weigh in through the fused softmax from the start, and the 241101 cut template is used
+    enc = pipe.encode("What is this?", [IMAGES / "wide.png"])
+    assert "<|start_cut|>" in enc.prompt
+    seeing = pipe.logits("What is this?", [IMAGES / "wide.png"])
+    assert (seeing - _text_logits(pipe.model, enc.input_ids)).abs().max() > 1e-3
+    with pytest.raises(Owl3Error, match="241101 field"):
+        build_model(qwen2, siglip, tmp_path / "bad", vision_batch_size=4)

@@ -50,7 +50,9 @@ def _with_threads(fn):
 def _subject_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument(
-        "--preset", default="small", help="random-weight preset: tiny, small, 1b, 7b (default small)"
+        "--preset",
+        default="small",
+        help="random-weight preset: tiny, small, 1b, 7b, 7b-241101, small-241101 (default small)",
     )
     src.add_argument(
         "--model", metavar="DIR", default=None, help="a checkpoint folder (official layout) instead"
@@ -152,7 +154,9 @@ def add_parser(sub) -> None:
         "throughput (tokens/s), time to first token and inter-token latency (p50, p99).",
     )
     src = srv.add_mutually_exclusive_group()
-    src.add_argument("--preset", default="small", help="random-weight preset: tiny, small, 1b, 7b (small)")
+    src.add_argument(
+        "--preset", default="small", help="random-weight preset: tiny, small, 1b, 7b, 7b-241101, small-241101"
+    )
     src.add_argument("--model", metavar="DIR", default=None, help="a checkpoint folder instead")
     srv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
     srv.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: float32)")

@@ -28,6 +28,7 @@ from owl3.config import preset
 from owl3.errors import Owl3Error
 from owl3.inference.sampling import SamplingParams
 from owl3.processing import Processor
+from owl3.processing.processor import with_241101_tokens
 
 # a small tokenizer whose ids fit every preset's vocabulary (the parity fixture's, shipped with owl3)
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-random"
@@ -36,9 +37,13 @@ TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-random
 def make_pipe(preset_name: str | None, model_dir: str | None, dtype: str, device: str) -> Owl3Pipeline:
     if model_dir is not None:
         model = load_model(model_dir, dtype=dtype, device=device)
-        return Owl3Pipeline(model, Processor.from_dir(model_dir, model.cfg.image_size), Path(model_dir))
+        return Owl3Pipeline(
+            model, Processor.from_dir(model_dir, model.cfg.image_size, model.cfg.variant), Path(model_dir)
+        )
     cfg = preset(preset_name or "small")
     proc = Processor.from_dir(TOKENIZER_DIR if TOKENIZER_DIR.is_dir() else DEFAULT_MODEL, cfg.image_size)
+    if cfg.variant == "241101":  # a 241101 shape: its templates, with their tokens added to the tokenizer
+        proc = Processor(with_241101_tokens(proc.tokenizer), cfg.image_size, variant="241101")
     if proc.tokenizer.get_vocab_size() > cfg.text.vocab_size:
         raise Owl3Error(f"preset {preset_name!r} has a vocabulary smaller than the built-in tokenizer's")
     return Owl3Pipeline(random_model(cfg, dtype, device), proc, None)

@@ -79,7 +79,7 @@ def load_subject(spec: LatencySpec) -> Subject:
         from owl3.processing import Processor
 
         model = load_model(spec.model, dtype=spec.dtype, device=spec.device)
-        proc = Processor.from_dir(spec.model, model.cfg.image_size)
+        proc = Processor.from_dir(spec.model, model.cfg.image_size, model.cfg.variant)
         return Subject(model, proc.image_token_id, proc)
     cfg = preset(spec.preset or "small")
     return Subject(random_model(cfg, spec.dtype, spec.device, spec.seed), free_token_id(cfg))

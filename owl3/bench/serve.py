@@ -67,7 +67,17 @@ def preset_checkpoint(
         bos_token_id=read_config(DEFAULT_MODEL).bos_token_id,
         eos_token_id=read_config(DEFAULT_MODEL).eos_token_id,
     )
-    return save_model(random_model(cfg, dtype, device, seed=seed), out, copy_from=DEFAULT_MODEL)
+    out = save_model(random_model(cfg, dtype, device, seed=seed), out, copy_from=DEFAULT_MODEL)
+    if cfg.variant == "241101":  # its templates' four tokens, after the built-in tokenizer's own
+        import tokenizers
+
+        from owl3.processing.processor import with_241101_tokens
+
+        tok = with_241101_tokens(tokenizers.Tokenizer.from_file(str(out / "tokenizer.json")))
+        if tok.get_vocab_size() > cfg.text.vocab_size:
+            raise Owl3Error(f"preset {name!r}: the built-in tokenizer with the 241101 tokens passes its rows")
+        tok.save(str(out / "tokenizer.json"))
+    return out
 
 
 def free_port() -> int:

@@ -3,6 +3,10 @@
 The model is built on the meta device; each tensor is read lazily from safetensors (one file or shards
 with model.safetensors.index.json), checked against the module's shape, cast, moved and assigned in
 place. A missing, unexpected or misshapen tensor is an `Owl3Error` that names it.
+
+Both checkpoint families load here (240728 and 241101, `Owl3Config.variant`). The family comes from
+config.json; the projector's weight names must agree (and the processor checks the tokenizer's special
+tokens), so a folder that mixes families is refused with a message saying which part disagrees.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from owl3.checkpoint.names import to_owl3
+from owl3.checkpoint.names import to_owl3, weights_variant
 from owl3.config import Owl3Config
 from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, meta_model
@@ -108,13 +112,17 @@ def load_model(
     """Build the model of a checkpoint folder and load its weights in place."""
     folder = Path(path)
     cfg = read_config(folder)
-    if cfg.attention != "gated":
-        raise Owl3Error(
-            f"{str(folder)!r} is a 241101-family checkpoint (fused hyper attention), which owl3 does not run "
-            "yet; use a 240728-family checkpoint (7B-240728, 1B-241014, 2B-241014)"
-        )
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
     files = weight_files(folder)
+    found = weights_variant(files)
+    if found is not None and found != cfg.variant:
+        marker = "has" if cfg.variant == "241101" else "lacks"
+        raise Owl3Error(
+            f"checkpoint {str(folder)!r}: config.json describes a {cfg.variant}-family model (it {marker} "
+            f"the field vision_batch_size) but its weights have the {found} projector "
+            f"({', '.join(n for n in files if n.startswith('vision2text_model.'))}); use the config.json "
+            "that came with these weights"
+        )
     model = meta_model(cfg)
     expected = {n: p.shape for n, p in model.state_dict(keep_vars=True).items()}
     tied = cfg.text.tie_word_embeddings

@@ -352,7 +352,9 @@ class Engine:
             n = 0 if e.pixel_values is None else e.pixel_values.shape[0]
             per_sample.append(feats[start : start + n] if n else None)
             start += n
-        ctx = VisualContext.build(per_sample, [e.media_starts for e in encodings])
+        starts = [e.media_starts for e in encodings]
+        offset = getattr(self.model.cfg, "mi_rope_offset", 1)
+        ctx = VisualContext.build(per_sample, starts, offset)
         ctx.split_prefill = self.split_prefill
         return ctx
 
@@ -392,11 +394,11 @@ class Engine:
         for (req, n), raw in zip(pieces, raws, strict=True):
             if req.kv is None:
                 req.kv = model.visual_kv_buffers(req.n_views)
-            positions = VisualContext.layout(req.enc.media_starts, model.cfg.vision.n_tokens, model.device)[1]
+            positions = model.visual_layout(req.enc.media_starts)[1]
             model.write_visual_kv(req.kv, torch.stack(raw), positions[None], req.views_done)
             req.views_done += n
             if req.views_done == req.n_views:
-                req.visual = VisualContext.from_kv(req.kv, req.enc.media_starts, model.cfg.vision.n_tokens)
+                req.visual = model.visual_context_from_kv(req.kv, req.enc.media_starts)
                 req.visual.split_prefill = self.split_prefill
                 req.kv = None
 

@@ -100,13 +100,15 @@ class Projections:
         return self._output(layer, "gate_proj")
 
 
-def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor) -> Tensor:
+def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor, offset: int = 1) -> Tensor:
     """The attention logits of text queries over visual keys, -inf where a query may not see the token.
 
     q (B, H, L, d) rotated; k (B, kv, M, d); key_starts (B, M); positions (B, L) -> (B, H, L, M). What the
     cross branch (owl3.model.hyper.cross_attention) softmaxes, written out for the few queries asked about
-    (it is not how the model runs: that never builds the whole (L, M) matrix)."""
+    (it is not how the model runs: that never builds the whole (L, M) matrix). A query at p sees the token
+    iff s_k + offset <= p (`Owl3Config.mi_rope_offset`: 1 for 240728, 0 for 241101, whose fused softmax
+    restricted to the visual keys is this same distribution)."""
     kk = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, M, d)
     s = q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5
-    visible = key_starts[:, None, None, :] < positions[:, None, :, None]
+    visible = key_starts[:, None, None, :] + offset <= positions[:, None, :, None]
     return s.masked_fill(~visible, float("-inf"))

@@ -6,7 +6,13 @@ them in `VisualContext.kv`; every later forward of the same request (each decode
 The official code recomputes them at every decode step; the results are identical (`recompute=True`
 reproduces that cost for benchmarks).
 
-This file holds the math of the cross branch only; the decoder layer wires it in (model/text.py).
+Two families (docs/faithfulness.md): 240728 runs the visual branch as its own cross-attention and mixes it
+into the self-attention output with an adaptive gate (`cross_attention`, `gate`); 241101 has no gate and
+does one softmax over [visual keys; text keys] (`fused_attention`). Both read the same per-request visual
+K/V (`visual_kv`); only the MI-RoPE position of an image (s_k + 1 or s_k) and which queries see it differ
+(`Owl3Config.mi_rope_offset`).
+
+This file holds the math of the visual branch only; the decoder layer wires it in (model/text.py).
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ QUERY_BLOCK = 512
 REPEAT_KV_BUDGET = 8 << 30
 # most elements of the explicit part of one split block (query rows x visual tokens in the block)
 SPLIT_BUDGET = 1 << 24
+# most elements of one fused-attention mask block (query rows of all heads of a kv head x all keys); a
+# CUDA kernel may hold it as a float bias, so it stays well under MASK_BUDGET
+FUSED_MASK_BUDGET = 1 << 27
 
 
 @dataclass
@@ -39,8 +48,8 @@ class VisualContext:
 
     features:   (B, M, D) projected visual tokens, images of a sample concatenated, right-padded
     key_starts: (B, M) int64, s_k of the image each token belongs to (NEVER for padding). Query
-                position p sees the token iff s_k < p (gated variant; strict).
-    positions:  (B, M) int64, MI-RoPE position of each token: s_k + 1 (gated variant)
+                position p sees the token iff s_k < p (gated variant; strict) or s_k <= p (fused)
+    positions:  (B, M) int64, MI-RoPE position of each token: s_k + 1 (gated variant) or s_k (fused)
     kv:         per hyper layer, the rotated keys and the values (B, kv_heads, M, d), filled lazily
     recompute:  recompute kv at every forward, as the official code does (benchmarks only)
     padded:     some row has padding visual tokens (rows with different image counts)
@@ -399,6 +408,70 @@ def _lse_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
         except (RuntimeError, AttributeError, NotImplementedError):
             _LSE_OK[key] = False
     return _LSE_OK[key]
+
+
+def fused_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    text_mask: Tensor | None,
+    vk: Tensor,
+    vv: Tensor,
+    key_starts: Tensor,
+    positions: Tensor,
+    after_prompt: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """241101 fused hyper attention: one softmax over [visual keys; text keys] per query.
+
+    q (B, H, L, d) rotated queries; k, v (B, kv, S, d) the text keys/values the layer's self-attention
+    read (cache included); text_mask: what that self-attention used, None (causal, top-left aligned like
+    SDPA's is_causal; every key for a single query) or bool broadcastable to (B, 1, L, S); vk, vv
+    (B, kv, M, d) the visual K/V (MI-RoPE at s_k); key_starts (B, M); positions (B, L).
+    Query p sees visual token k iff s_k <= p (its own image token included; during generation every
+    image lies before the query). Returns the attention output (B, H, L, d) and `seen` (B, L): whether
+    the query saw any image; a query that saw none must keep plain self-attention (the caller selects).
+    `after_prompt` (decode steps): every real visual token is visible, so nothing is counted on the host.
+
+    This is the official formula itself: one SDPA over the concatenated keys with the joined mask, so it
+    is exact and differentiable. The visual K/V are joined to the text ones once per forward (a copy of
+    the visible visual tokens, small next to the attention over them); queries run in blocks whose mask
+    stays under FUSED_MASK_BUDGET elements; the query heads of a kv head are laid along the query axis,
+    so no K/V is repeated per head.
+    """
+    b, h, n_q, d = q.shape
+    n_kv, s = k.shape[1], k.shape[2]
+    n_rep = h // n_kv
+    # a row's images are in token order (padding NEVER last): what any query sees is a prefix of the visual
+    # tokens; at least one is joined so that a training step's graph always holds the visual branch
+    if after_prompt:
+        mv = vk.shape[2]
+    else:
+        mv = max(1, int((key_starts <= positions.amax(1, keepdim=True)).sum(-1).max()))
+    k_all = torch.cat([vk[:, :, :mv].to(k.dtype), k], dim=2)  # (B, kv, mv + S, d)
+    v_all = torch.cat([vv[:, :, :mv].to(v.dtype), v], dim=2)
+    n_keys = mv + s
+    block = max(1, min(QUERY_BLOCK, FUSED_MASK_BUDGET // max(1, n_rep * n_keys)))
+    outs, seens = [], []
+    for i in range(0, n_q, block):
+        j = min(n_q, i + block)
+        lb = j - i
+        pos = positions[:, i:j]
+        visible = key_starts[:, None, :mv] <= pos[:, :, None]  # (B, lb, mv)
+        if text_mask is None:
+            q_idx = torch.arange(i, j, device=q.device)[:, None]
+            causal = torch.arange(s, device=q.device)[None, :] <= q_idx if n_q > 1 else q_idx.new_ones(1, s)
+            tmask = causal.bool()[None].expand(b, lb, s)
+        else:
+            tmask = text_mask[:, 0, i:j].expand(b, lb, s)
+        mask = torch.cat([visible, tmask], dim=2)  # (B, lb, mv + S)
+        qg = q[:, :, i:j].reshape(b, n_kv, n_rep * lb, d)  # head g*n_rep + r, query p -> row r*lb + p
+        mg = mask[:, None, None].expand(b, 1, n_rep, lb, n_keys).reshape(b, 1, n_rep * lb, n_keys)
+        out = F.scaled_dot_product_attention(qg, k_all, v_all, attn_mask=mg)
+        outs.append(out.reshape(b, h, lb, d))
+        seens.append(visible.any(-1))
+    if len(outs) == 1:
+        return outs[0], seens[0]
+    return torch.cat(outs, dim=2), torch.cat(seens, dim=1)
 
 
 def gate(

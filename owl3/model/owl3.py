@@ -29,7 +29,7 @@ class Owl3Model(nn.Module):
             self.vision2text_model = nn.Sequential(
                 nn.Linear(cfg.vision.dim, cfg.text.dim), nn.GELU(), nn.Linear(cfg.text.dim, cfg.text.dim)
             )
-        self.language_model = Qwen2ForCausalLM(cfg.text)
+        self.language_model = Qwen2ForCausalLM(cfg.text, fused=cfg.attention == "fused")
 
     @property
     def device(self) -> torch.device:
@@ -40,9 +40,12 @@ class Owl3Model(nn.Module):
         return self.language_model.lm_head.weight.dtype
 
     def encode_media(self, pixels: Tensor, chunk_size: int | None = 64) -> Tensor:
-        """(N, 3, S, S) pixels -> (N, T, D) projected visual features, `chunk_size` images at a time."""
+        """(N, 3, S, S) pixels -> (N, T, D) projected visual features, `chunk_size` images at a time (never
+        more than the config's `vision_batch_size`, as the 241101 code runs its tower)."""
         vdtype = self.vision_model.embeddings.patch_embedding.weight.dtype
         step = chunk_size or max(1, pixels.shape[0])
+        if self.cfg.vision_batch_size is not None:
+            step = min(step, self.cfg.vision_batch_size)
         out = None
         for i in range(0, pixels.shape[0], step):
             f = self.vision2text_model(self.vision_model(pixels[i : i + step].to(self.device, vdtype)))
@@ -62,16 +65,30 @@ class Owl3Model(nn.Module):
         as the K/V of all hyper layers together (7B: 5.2 vs 5.8 MB), so a long request fits twice the
         images. Inference only: training needs the features in the autograd graph.
         """
-        n, t = pixels.shape[0], self.cfg.vision.n_tokens
+        n = pixels.shape[0]
         if len(starts) != n:
             raise ValueError(f"{n} images but {len(starts)} image tokens")
-        positions = VisualContext.layout(starts, t, self.device)[1][None]  # MI-RoPE position of each token
+        positions = self.visual_layout(starts)[1][None]  # MI-RoPE position of each token
         kv = self.visual_kv_buffers(n)
         step = chunk_size or max(1, n)
         for i in range(0, n, step):
             feats = self.encode_media(pixels[i : i + step], None)
             self.write_visual_kv(kv, self.project_visual_kv(feats), positions, i)
         return kv
+
+    def visual_layout(self, starts: list[int]) -> tuple[Tensor, Tensor]:
+        """One sample's (key_starts, MI-RoPE positions) per visual token, in this model's family."""
+        return VisualContext.layout(starts, self.cfg.vision.n_tokens, self.device, self.cfg.mi_rope_offset)
+
+    def visual_context(self, features: list[Tensor | None], starts: list[list[int]]) -> VisualContext:
+        """Per-sample features (n_img, T, D) and image-token indices -> a padded `VisualContext`."""
+        return VisualContext.build(features, starts, self.cfg.mi_rope_offset)
+
+    def visual_context_from_kv(
+        self, kv: dict[int, tuple[Tensor, Tensor]], starts: list[int]
+    ) -> VisualContext:
+        """One sample whose hyper layers' visual K/V are already computed."""
+        return VisualContext.from_kv(kv, starts, self.cfg.vision.n_tokens, self.cfg.mi_rope_offset)
 
     def visual_kv_buffers(self, n_images: int) -> dict[int, tuple[Tensor, Tensor]]:
         """Empty (1, kv, n_images * T, d) key and value buffers for every hyper layer."""

@@ -1,6 +1,8 @@
 """The language model: Qwen2 decoder layers, some of them Hyper Attention layers.
 
 Layer i (0-based) is a hyper layer iff i + 1 is in `TextConfig.hyper_layers` (1-based, as config.json).
+With `fused` (the 241101 family) a hyper layer has no gate and its visual branch is one softmax over
+[visual keys; text keys] instead of a gated cross-attention (model/hyper.py).
 Module and parameter names follow the checkpoint (`language_model.model.layers.{i}.self_attn.q_proj`,
 ...), so loading is a name-for-name copy. A forward with no visual context (text-only input) never
 touches the cross branch.
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from owl3.config import TextConfig
-from owl3.model.hyper import RowVisuals, VisualContext, cross_attention, gate, visual_kv
+from owl3.model.hyper import RowVisuals, VisualContext, cross_attention, fused_attention, gate, visual_kv
 from owl3.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, attend_grouped, repeat_kv
 
 
@@ -26,7 +28,7 @@ class Cache(Protocol):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TextConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: TextConfig, layer_idx: int, fused: bool = False) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -35,9 +37,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.is_hyper = cfg.is_hyper(layer_idx)
+        self.fused = fused
         if self.is_hyper:
             self.v_kv_proj = nn.Linear(cfg.dim, 2 * cfg.n_kv_heads * cfg.head_dim)
-            self.gate_proj = nn.Sequential(nn.Linear(cfg.head_dim, cfg.head_dim), nn.Sigmoid())
+            if not fused:
+                self.gate_proj = nn.Sequential(nn.Linear(cfg.head_dim, cfg.head_dim), nn.Sigmoid())
 
     def forward(
         self,
@@ -65,14 +69,63 @@ class Attention(nn.Module):
             a = attend_grouped(q, k, v, mask)
         else:
             n_rep = self.n_heads // self.n_kv_heads
-            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+            kr, vr = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
             if mask is None:
-                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                a = F.scaled_dot_product_attention(q, kr, vr, is_causal=True)
             else:
-                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                a = F.scaled_dot_product_attention(q, kr, vr, attn_mask=mask)
         if self.is_hyper and visual is not None:
-            a = self.cross(a, q, positions, visual, rope, norm)
+            if self.fused:
+                a = self.fused_visual(a, q, k, v, mask, positions, visual, rope, norm)
+            else:
+                a = self.cross(a, q, positions, visual, rope, norm)
         return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))
+
+    def fused_visual(
+        self,
+        a_self: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        positions: Tensor,
+        visual: VisualContext | RowVisuals,
+        rope: RotaryEmbedding,
+        norm: nn.Module,
+    ) -> Tensor:
+        """The 241101 visual branch: queries that see an image get one softmax over [visual; text keys],
+        the others keep `a_self` (B, H, T, d) as it is. k, v (B, kv, S, d) and `mask` are the text keys,
+        values and mask the self-attention used."""
+        kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim)
+        if isinstance(visual, RowVisuals):
+            # rows of separate requests: each row with media reads its own visual K/V; in a batch of
+            # prefill pieces only a row's real (last `counts[i]`) columns, with its own mask
+            out = a_self.clone()
+            t = q.shape[2]
+            for i in visual.with_media:
+                ctx = visual.rows[i]
+                c = t if visual.after_prompt else visual.counts[i]
+                vk, vv = visual_kv(ctx, self.layer_idx, *kv_of)
+                row_mask = None if mask is None else mask[i : i + 1, :, t - c :]
+                o, seen = fused_attention(
+                    q[i : i + 1, :, t - c :],
+                    k[i : i + 1],
+                    v[i : i + 1],
+                    row_mask,
+                    vk,
+                    vv,
+                    ctx.key_starts,
+                    positions[i : i + 1, t - c :],
+                    after_prompt=visual.after_prompt,
+                )
+                out[i : i + 1, :, t - c :] = torch.where(
+                    seen[:, None, :, None], o, a_self[i : i + 1, :, t - c :]
+                )
+            return out
+        vk, vv = visual_kv(visual, self.layer_idx, *kv_of)
+        after = q.shape[2] == 1 and visual.after_prompt
+        o, seen = fused_attention(q, k, v, mask, vk, vv, visual.key_starts, positions, after)
+        return torch.where(seen[:, None, :, None], o, a_self)
 
     def cross(
         self,
@@ -112,10 +165,10 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: TextConfig, layer_idx: int, fused: bool = False) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, layer_idx)
+        self.self_attn = Attention(cfg, layer_idx, fused)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
 
@@ -137,10 +190,10 @@ class DecoderLayer(nn.Module):
 
 
 class Qwen2Model(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, fused: bool = False) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, fused) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.gradient_checkpointing = False
@@ -166,10 +219,10 @@ class Qwen2Model(nn.Module):
 
 
 class Qwen2ForCausalLM(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, fused: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = Qwen2Model(cfg)
+        self.model = Qwen2Model(cfg, fused)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

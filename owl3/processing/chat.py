@@ -14,6 +14,11 @@ Segments (the official ones):
 - a prompt ends with `\\n<|im_start|>assistant\\n`: a final assistant message with empty content is the
   generation turn; after any other last message that header is appended.
 
+Media templates differ by checkpoint family (`cut_prompt`, `video_prompt`): 240728 describes a cropped
+image in words ("Cut to 2 rows 3 columns with a global view", `subimg(i,j)`, `global_view`) and a video
+as bare `<|image|>` tokens; 241101 wraps them in its own special tokens (`<|start_cut|>2*3` ...
+`<|end_cut|>`, `<|start_video_frame|>` ... `<|end_video_frame|>`).
+
 The official code silently dropped the content of a final *non-empty* assistant message; here such a
 message is a finished turn and the generation header follows it.
 """
@@ -30,6 +35,8 @@ IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
 ROLES = ("system", "user", "assistant")
 GENERATION_HEADER = f"\n{IM_START}assistant\n"
+START_CUT, END_CUT = "<|start_cut|>", "<|end_cut|>"
+START_VIDEO, END_VIDEO = "<|start_video_frame|>", "<|end_video_frame|>"
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
@@ -169,13 +176,26 @@ def render(messages: Sequence[dict[str, str]]) -> str:
     return "".join(chat_segments(messages))
 
 
-def cut_prompt(rows: int, cols: int, image_token: str = "<|image|>") -> str:
-    """The text that replaces one cropped image's placeholder (the official "v2_global" template).
+def cut_prompt(rows: int, cols: int, image_token: str = "<|image|>", variant: str = "240728") -> str:
+    """The text that replaces one cropped image's placeholder. It holds rows·cols + 1 image tokens, in the
+    order of the views from `image.crop_views`.
 
-    `Cut to {rows} rows {cols} columns with a global view\\n`, then the rows joined by newlines, each row
-    `subimg(i,j)<|image|>` items joined by spaces, then `\\nglobal_view<|image|>`. It holds
-    rows·cols + 1 image tokens, in the order of the views from `image.crop_views`.
+    240728 (the official "v2_global" template): `Cut to {rows} rows {cols} columns with a global view\\n`,
+    then the rows joined by newlines, each row `subimg(i,j)<|image|>` items joined by spaces, then
+    `\\nglobal_view<|image|>`.
+    241101 ("v3_global"): `<|start_cut|>{rows}*{cols}\\n`, then the rows joined by newlines, each row
+    `<|image|>` items joined by spaces, then `\\n<|image|><|end_cut|>`.
     """
+    if variant == "241101":
+        lines = [" ".join(image_token for _ in range(cols)) for _ in range(rows)]
+        return f"{START_CUT}{rows}*{cols}\n" + "\n".join(lines) + f"\n{image_token}{END_CUT}"
     lines = [" ".join(f"subimg({i},{j}){image_token}" for j in range(cols)) for i in range(rows)]
     head = f"Cut to {rows} rows {cols} columns with a global view\n"
     return head + "\n".join(lines) + f"\nglobal_view{image_token}"
+
+
+def video_prompt(n_frames: int, image_token: str = "<|image|>", variant: str = "240728") -> str:
+    """The text that replaces a video's placeholder: one image token per frame (240728), wrapped in
+    `<|start_video_frame|>` ... `<|end_video_frame|>` (241101)."""
+    frames = image_token * n_frames
+    return f"{START_VIDEO}{frames}{END_VIDEO}" if variant == "241101" else frames

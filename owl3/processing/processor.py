@@ -1,8 +1,11 @@
-"""The mPLUG-Owl3 (240728) processor: chat messages + images/videos → token ids, pixels, image positions.
+"""The mPLUG-Owl3 processor: chat messages + images/videos → token ids, pixels, image positions.
 
 It reproduces the official processor token for token: placeholders are expanded (a cropped image
 becomes its grid text, a video one `<|image|>` per frame), the ChatML template is laid out in the
 official segments, and every segment is tokenized on its own, split around each `<|image|>` (no BOS).
+The media templates are those of the checkpoint family (`variant`, see `chat.cut_prompt` and
+`chat.video_prompt`): 241101 tokenizers carry the four special tokens of its templates, and the family
+is told from them when not given; a family whose tokenizer disagrees is refused.
 
 Deliberate differences from the official code:
 - each image gets its own crop grid. With cropping on and several images, the official processor
@@ -28,8 +31,17 @@ import tokenizers
 import torch
 from PIL import Image
 
+from owl3.config import VARIANT_241101_TOKENS, VARIANTS
 from owl3.errors import Owl3Error
-from owl3.processing.chat import END_OF_TEXT, IM_END, chat_segments, check_messages, cut_prompt, render
+from owl3.processing.chat import (
+    END_OF_TEXT,
+    IM_END,
+    chat_segments,
+    check_messages,
+    cut_prompt,
+    render,
+    video_prompt,
+)
 from owl3.processing.decode import load_image
 from owl3.processing.image import ImageInput, global_view, image_views
 
@@ -74,11 +86,13 @@ class Processor:
         *,
         image_token: str = "<|image|>",
         video_token: str = "<|video|>",
+        variant: str | None = None,
         official_pixels: bool = False,
     ) -> None:
         if not isinstance(image_size, int) or image_size <= 0:
             raise Owl3Error(f"image_size must be a positive int, got {image_size!r}")
         self.tokenizer = tokenizer
+        self.variant = tokenizer_variant(tokenizer, variant)
         self.image_size = image_size
         self.image_token = image_token
         self.video_token = video_token
@@ -95,9 +109,15 @@ class Processor:
 
     @classmethod
     def from_dir(
-        cls, path: str | os.PathLike, image_size: int, *, official_pixels: bool = False
+        cls,
+        path: str | os.PathLike,
+        image_size: int,
+        variant: str | None = None,
+        *,
+        official_pixels: bool = False,
     ) -> Processor:
-        """Load `tokenizer.json` from a checkpoint folder."""
+        """Load `tokenizer.json` from a checkpoint folder; `variant` is the model's family (checked against
+        the tokenizer), None to tell it from the tokenizer."""
         file = Path(path) / "tokenizer.json"
         if not file.is_file():
             raise Owl3Error(f"no tokenizer.json in {str(path)!r}; pass an mPLUG-Owl3 checkpoint folder")
@@ -107,7 +127,7 @@ class Processor:
             raise Owl3Error(
                 f"cannot read {str(file)!r} ({e}); the file is not a valid tokenizer.json"
             ) from None
-        return cls(tok, image_size, official_pixels=official_pixels)
+        return cls(tok, image_size, variant=variant, official_pixels=official_pixels)
 
     def _token_id(self, token: str) -> int:
         tid = self.tokenizer.token_to_id(token)
@@ -152,7 +172,9 @@ class Processor:
                     owners += [("image", len(views_of["image"]), j) for j in range(pixels.shape[0])]
                     views_of["image"].append(pixels.shape[0])
                     views.append(pixels)
-                    parts.append(cut_prompt(*grid, self.image_token) if grid else self.image_token)
+                    parts.append(
+                        cut_prompt(*grid, self.image_token, self.variant) if grid else self.image_token
+                    )
                 elif piece == self.video_token:
                     j, frames = next(next_video)
                     owners += [("video", len(views_of["video"]), f) for f in range(len(frames))]
@@ -160,7 +182,7 @@ class Processor:
                     for k, f in enumerate(frames):
                         img = load_image(f, official=official, what=f"videos[{j}][{k}]")
                         views.append(global_view(img, self.image_size).unsqueeze(0))
-                    parts.append(self.image_token * len(frames))
+                    parts.append(video_prompt(len(frames), self.image_token, self.variant))
                 else:
                     parts.append(piece)
             m["content"] = "".join(parts)
@@ -202,6 +224,43 @@ class Processor:
                 elif piece:
                     ids += self.tokenizer.encode(piece, add_special_tokens=False).ids
         return torch.tensor(ids, dtype=torch.int64), starts  # (L,)
+
+
+def tokenizer_variant(tokenizer: tokenizers.Tokenizer, variant: str | None = None) -> str:
+    """The checkpoint family of a tokenizer: "241101" if it has the four special tokens of the 241101
+    templates, "240728" if it has none of them. With `variant` given (the model's family, from its
+    config.json), a tokenizer that says otherwise is an `Owl3Error`."""
+    have = [t for t in VARIANT_241101_TOKENS if tokenizer.token_to_id(t) is not None]
+    if 0 < len(have) < len(VARIANT_241101_TOKENS):
+        missing = [t for t in VARIANT_241101_TOKENS if t not in have]
+        raise Owl3Error(
+            f"the tokenizer has {', '.join(have)} but not {', '.join(missing)}: a 241101-family tokenizer "
+            "has all four; use the tokenizer.json that came with the checkpoint"
+        )
+    found = "241101" if have else "240728"
+    if variant is None:
+        return found
+    if variant not in VARIANTS:
+        raise Owl3Error(f"unknown variant {variant!r}; choose 240728 or 241101")
+    if variant != found:
+        tokens = ", ".join(VARIANT_241101_TOKENS)
+        has = "has" if have else "lacks"
+        raise Owl3Error(
+            f"config.json describes a {variant}-family model but its tokenizer {has} the 241101 special "
+            f"tokens ({tokens}); the tokenizer.json belongs to a {found}-family checkpoint: put the "
+            "checkpoint's own tokenizer files next to its config.json"
+        )
+    return found
+
+
+def with_241101_tokens(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """A copy of `tokenizer` with the four 241101 template tokens added as special tokens (for a random
+    241101-shaped model run with a 240728-family tokenizer, as the benchmarks do)."""
+    tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    tok.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True, normalized=False) for t in VARIANT_241101_TOKENS]
+    )
+    return tok
 
 
 def _as_list(items: Any, name: str, what: str) -> list[Any]:

@@ -23,7 +23,9 @@ from owl3.training.encode import VisualTarget
 __all__ = ["PROJECTIONS", "Projections", "attention_loss", "cross_scores", "text_attention_loss"]
 
 
-def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[VisualTarget]]) -> Tensor:
+def attention_loss(
+    q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[VisualTarget]], offset: int = 1
+) -> Tensor:
     """Sum over targets of the mean over heads of -log(attention share on the target's visual tokens), or
     for a target with shares, of the cross-entropy -sum(share x log weight) over its tokens.
 
@@ -33,7 +35,7 @@ def attention_loss(q: Tensor, k: Tensor, key_starts: Tensor, attend: list[list[V
     if not targets:
         return q.new_zeros(())
     rows, slots, positions, qs = _row_queries(q, [(row, t[0]) for row, t in targets])
-    s = cross_scores(qs, k, key_starts, positions)  # (B, H, S, M)
+    s = cross_scores(qs, k, key_starts, positions, offset)  # (B, H, S, M)
     log_w = torch.log_softmax(s[rows, :, slots].float(), -1)  # (n, H, M)
     return _target_nll(log_w, [t[1:] for _, t in targets])
 

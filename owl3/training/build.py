@@ -3,7 +3,8 @@
 Both inputs are checkpoint folders in the Hugging Face layout (config.json, safetensors, the LLM's
 tokenizer.json). The result is a folder in the official mPLUG-Owl3 layout that `owl3.load` opens:
 - vision_model.*: the SigLIP vision tower (text tower, post_layernorm and head dropped);
-- vision2text_model: a new Linear(vision dim, LLM dim), PyTorch's default init (seeded);
+- vision2text_model: a new Linear(vision dim, LLM dim), PyTorch's default init (seeded); with
+  `--variant 241101` a new Linear(vision dim, D), GELU, Linear(D, D) (`vision2text_model.0/2`);
 - language_model.*: the LLM, its layers i with i + 1 in --hyper-layers (1-based, as config.json) becoming
   Hyper Attention layers with two new modules each:
   * v_kv_proj = [k_proj; v_proj] of the same layer, interleaved per kv head in the official channel
@@ -13,6 +14,10 @@ tokenizer.json). The result is a folder in the official mPLUG-Owl3 layout that `
     The official code leaves the gate at its random init (g ~ 0.5), which halves the self-attention
     output of a pretrained LLM; a very negative bias (-10, g = 4.5e-5) keeps the LLM more exactly but
     makes the gate's and the cross branch's gradients so small that AdamW's epsilon eats them.
+  With `--variant 241101` there is no gate: a hyper layer's queries do one softmax over [visual keys; text
+  keys], so the images weigh in from the start (that is the fused design) while text-only input is
+  untouched. The tokenizer also gets the 241101 template tokens (<|start_cut|>, <|end_cut|>,
+  <|start_video_frame|>, <|end_video_frame|>) and config.json the field `vision_batch_size`.
 - Text-only input never reaches the cross branch, so the new model's text logits equal the LLM's.
 
 Llama-family LLMs have no q/k/v bias: zero biases are added (exactly the same function), the RoPE base
@@ -37,7 +42,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from owl3.checkpoint.load import weight_files
-from owl3.config import Owl3Config, TextConfig, VisionConfig
+from owl3.config import VARIANT_241101_TOKENS, VARIANTS, Owl3Config, TextConfig, VisionConfig
 from owl3.errors import Owl3Error
 from owl3.model import meta_model
 from owl3.processing.chat import END_OF_TEXT, IM_END, IM_START
@@ -194,16 +199,20 @@ def vision_state(folder: Path) -> dict[str, Tensor]:
     }
 
 
-def prepare_tokenizer(folder: Path) -> tuple[tokenizers.Tokenizer, dict[str, int], list[str]]:
-    """The LLM's tokenizer with the chat and image special tokens; their ids; the ones added."""
+def prepare_tokenizer(
+    folder: Path, variant: str = "240728"
+) -> tuple[tokenizers.Tokenizer, dict[str, int], list[str]]:
+    """The LLM's tokenizer with the chat and image special tokens (and 241101's template tokens); their
+    ids; the ones added."""
     file = folder / "tokenizer.json"
     if not file.is_file():
         raise Owl3Error(f"{folder} has no tokenizer.json; owl3 needs the fast-tokenizer file of the LLM")
     tok = tokenizers.Tokenizer.from_file(str(file))
-    added = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    wanted = SPECIAL_TOKENS + (VARIANT_241101_TOKENS if variant == "241101" else ())
+    added = [t for t in wanted if tok.token_to_id(t) is None]
     if added:
         tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in added])
-    return tok, {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}, added
+    return tok, {t: tok.token_to_id(t) for t in wanted}, added
 
 
 def _grow(t: Tensor, rows: int) -> Tensor:
@@ -214,8 +223,9 @@ def _grow(t: Tensor, rows: int) -> Tensor:
     return torch.cat([t, extra])
 
 
-def hyper_init(state: dict[str, Tensor], cfg: TextConfig, gate_bias: float) -> None:
-    """v_kv_proj from k/v_proj of the same layer, in the official channel layout; gate weight 0, bias."""
+def hyper_init(state: dict[str, Tensor], cfg: TextConfig, gate_bias: float | None) -> None:
+    """v_kv_proj from k/v_proj of the same layer, in the official channel layout; gate weight 0, bias
+    (no gate with `gate_bias` None: the 241101 family)."""
     kv, d = cfg.n_kv_heads, cfg.head_dim
     for i in range(cfg.n_layers):
         if not cfg.is_hyper(i):
@@ -228,6 +238,8 @@ def hyper_init(state: dict[str, Tensor], cfg: TextConfig, gate_bias: float) -> N
             2 * kv * d, -1
         )
         state[p + "v_kv_proj.bias"] = torch.stack([k_b.view(kv, d), v_b.view(kv, d)], 1).reshape(2 * kv * d)
+        if gate_bias is None:
+            continue
         state[p + "gate_proj.0.weight"] = k_w.new_zeros(d, d)
         state[p + "gate_proj.0.bias"] = k_w.new_full((d,), gate_bias)
 
@@ -241,32 +253,44 @@ def build_model(
     gate_bias: float = GATE_BIAS,
     dtype: str | None = None,
     seed: int = 0,
+    variant: str = "240728",
+    vision_batch_size: int | None = None,
 ) -> Path:
-    """Write a new mPLUG-Owl3 checkpoint folder to `output`; returns its path."""
+    """Write a new mPLUG-Owl3 checkpoint folder of family `variant` to `output`; returns its path."""
     llm_dir, vis_dir, out = Path(llm), Path(vision), Path(output)
+    if variant not in VARIANTS:
+        raise Owl3Error(f"unknown variant {variant!r}; choose 240728 or 241101")
+    if vision_batch_size is not None and variant != "241101":
+        raise Owl3Error("--vision-batch-size is a 241101 field; add --variant 241101 or leave it out")
     if out.exists() and any(out.iterdir()):
         raise Owl3Error(f"output folder {str(out)!r} exists and is not empty; choose a new folder")
     text = text_config(_json(llm_dir / "config.json"), parse_hyper_layers(hyper_layers))
     vcfg = vision_config(_json(vis_dir / "config.json"))
-    tok, ids, added = prepare_tokenizer(llm_dir)
+    tok, ids, added = prepare_tokenizer(llm_dir, variant)
     rows = max(text.vocab_size, max(ids.values()) + 1)
-    cfg = Owl3Config(
+    extra = {"vision_batch_size": vision_batch_size} if variant == "241101" else {}
+    cfg = Owl3Config.of_variant(
+        variant,
         text=replace(text, vocab_size=rows),
         vision=vcfg,
         bos_token_id=ids[END_OF_TEXT],
         eos_token_id=ids[IM_END],
+        **extra,
     )
 
     state = llm_state(llm_dir, text)
     for name in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
         if name in state:
             state[name] = _grow(state[name], rows)
-    hyper_init(state, cfg.text, gate_bias)
+    hyper_init(state, cfg.text, gate_bias if variant == "240728" else None)
     state.update(vision_state(vis_dir))
     torch.manual_seed(seed)
-    projector = nn.Linear(vcfg.dim, text.dim)
-    state["vision2text_model.weight"] = projector.weight.detach()
-    state["vision2text_model.bias"] = projector.bias.detach()
+    if variant == "240728":
+        projector: nn.Module = nn.Linear(vcfg.dim, text.dim)
+    else:  # the 241101 projector: Linear, GELU, Linear (checkpoint names vision2text_model.0/2)
+        projector = nn.Sequential(nn.Linear(vcfg.dim, text.dim), nn.GELU(), nn.Linear(text.dim, text.dim))
+    for name, t in projector.state_dict().items():
+        state["vision2text_model." + name] = t.detach()
     _check(state, cfg)
 
     torch_dtype = _dtype(dtype, state["language_model.model.embed_tokens.weight"].dtype)
@@ -282,7 +306,8 @@ def build_model(
     meta["owl3_build"] = {
         "llm": str(llm_dir),
         "vision": str(vis_dir),
-        "gate_bias": gate_bias,
+        "variant": variant,
+        "gate_bias": gate_bias if variant == "240728" else None,
         "added_tokens": added,
         "llm_vocab_rows": text.vocab_size,
     }

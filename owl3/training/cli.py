@@ -181,6 +181,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         gate_bias=args.gate_bias,
         dtype=args.dtype,
         seed=args.seed,
+        variant=args.variant,
+        vision_batch_size=args.vision_batch_size,
     )
     print(f"built {out}", file=sys.stderr)
     return 0
@@ -200,6 +202,20 @@ def add_build_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--gate-bias", type=float, default=GATE_BIAS, help=f"initial gate bias ({GATE_BIAS})")
     p.add_argument("--dtype", default=None, help="weights dtype (default: the LLM's)")
     p.add_argument("--seed", type=int, default=0, help="projector init seed (0)")
+    p.add_argument(
+        "--variant",
+        choices=("240728", "241101"),
+        default="240728",
+        help="checkpoint family: 240728 (Linear projector, gated cross-attention; default) or 241101 "
+        "(Linear-GELU-Linear projector, fused hyper attention, its cut/video template tokens)",
+    )
+    p.add_argument(
+        "--vision-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="241101 only: images per vision-tower forward, written to config.json (default: no limit)",
+    )
     p.set_defaults(func=cmd_build)
     return p
 

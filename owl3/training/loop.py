@@ -134,7 +134,7 @@ class Trainer:
         weights = resume_from if resume_from is not None and not lora else cfg.model
         model = load_model(weights, dtype="float32", device="cpu")
         self.model_cfg = model.cfg
-        self.processor = Processor.from_dir(cfg.model, self.model_cfg.image_size)
+        self.processor = Processor.from_dir(cfg.model, self.model_cfg.image_size, self.model_cfg.variant)
         self.lora_cfg = stages.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if lora else None
         if lora and resume_from is not None:
             stages.load_adapter_state(model, *read_adapter(resume_from / "adapter"))

@@ -103,7 +103,7 @@ class TrainStep(nn.Module):
         if supervise:
             layer = self.hyper_layers[self.attention_layer]
             q, k = taps.queries(layer), taps.visual_keys(layer, visual.positions)
-            att = attention_loss(q, k, visual.key_starts, attend)
+            att = attention_loss(q, k, visual.key_starts, attend, m.cfg.mi_rope_offset)
             self.attention_sum, self.attention_count = float(att.detach()), sum(len(a) for a in attend)
             loss = loss + self.attention_weight * att
         for layer, targets in by_layer.items():
@@ -170,6 +170,6 @@ class TrainStep(nn.Module):
             for k in n_media:
                 per_sample.append(feats[start : start + k] if k else None)
                 start += k
-            ctx = VisualContext.build(per_sample, media_starts)
+            ctx = m.visual_context(per_sample, media_starts)
         ctx.recompute = True  # no K/V caching across calls: gradient checkpointing recomputes layers
         return ctx
