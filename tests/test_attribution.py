@@ -85,9 +85,42 @@ def test_rebuilt_probabilities_are_the_models(tiny_pipe):
 
 
 def test_unknown_attention_variant_is_refused():
-    fake = SimpleNamespace(cfg=SimpleNamespace(attention="fused"))
-    with pytest.raises(Owl3Error, match="not available for the 'fused'"):
+    fake = SimpleNamespace(cfg=SimpleNamespace(attention="sparse"))
+    with pytest.raises(Owl3Error, match="not available for the 'sparse'"):
         view_mass(fake, None, None, [1])
+
+
+def test_241101_shares_are_the_image_part_of_its_one_softmax(tiny241101_pipe):
+    """[p_img; p_txt] @ [V_img; V_txt] from the captured queries and keys is the model's fused attention
+    output at every query that sees an image; the shares of an answer add up to 1."""
+    from owl3.inference.attribution import fused_probs
+    from owl3.model.hyper import fused_attention
+
+    pipe, model = tiny241101_pipe, tiny241101_pipe.model
+    enc = pipe.encode("Image 1: <|image|> Image 2: <|image|>. Which is brighter?", _pictures(2), cut=False)
+    ctx = pipe.engine.encode_visual([enc])
+    ids = enc.input_ids[None]
+    positions = torch.arange(ids.shape[1])[None]
+    layers = hyper_layers(model)
+    taps = Projections(model.language_model.model, {i: {"q_proj", "k_proj", "v_proj"} for i in layers})
+    with torch.inference_mode(), taps.capture(positions, model.dtype):
+        model(ids, positions, visual=ctx)
+    sees = positions[0] >= enc.media_starts[0]  # s_k <= p: the image token sees its own image
+    for i in layers:
+        attn = model.language_model.model.layers[i].self_attn
+        q, k_txt = taps.queries(i), taps.keys(i)
+        v_txt = taps._output(i, "v_proj").view(1, -1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+        vk, vv = ctx.kv[i]
+        p = fused_probs(q, vk, ctx.key_starts, k_txt, positions[0])  # (1, H, L, M + T)
+        n_rep = q.shape[1] // vk.shape[1]
+        mine = p @ torch.cat([repeat_kv(vv, n_rep), repeat_kv(v_txt, n_rep)], 2)
+        ref, seen = fused_attention(q, k_txt, v_txt, None, vk, vv, ctx.key_starts, positions)
+        assert seen[0].tolist() == sees.tolist()
+        torch.testing.assert_close(mine[:, :, sees], ref[:, :, sees], atol=1e-5, rtol=1e-4)
+    out = pipe.generate("Image 1: <|image|> Image 2: <|image|>. Which?", _pictures(2), attribution=True,
+                        max_new_tokens=4)  # fmt: skip
+    assert len(out.shares) == 2 and sum(s.share for s in out.shares) == pytest.approx(1.0)
+    assert _no_hooks(model)
 
 
 def test_cli_prints_the_shares(tmp_path, tiny_dir, capsys):

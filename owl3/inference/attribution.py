@@ -11,8 +11,9 @@ Share rules, one per attention variant (`SHARE_RULES`, keyed by `Owl3Config.atte
 - "gated" (240728 family): a query's cross-attention probability on each visual token times the mean of
   its head's gate (the fraction of that head's output the cross branch gets), summed over the answer's
   queries, the heads and the hyper layers.
-- "fused" (241101 family): not here yet. Its rule is the image keys' part of the one softmax over
-  [image keys; text keys]: capture k_proj too, score the text keys causally, and sum the image columns.
+- "fused" (241101 family): the image keys' part of the one softmax over [image keys (s_k <= p); text
+  keys (causal)] of each query, summed over the answer's queries, the heads and the hyper layers (a
+  query that sees no image keeps plain self-attention and puts no mass on any image).
 
 The per-view masses are summed over the views of one image (crops and global view) and normalized over
 the images and frames of the request, so the shares add up to 1; `Share.by_layer` holds the same share
@@ -30,6 +31,7 @@ from torch import Tensor
 from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, VisualContext
 from owl3.model.capture import Projections, cross_scores
+from owl3.model.layers import repeat_kv
 from owl3.processing import Encoding
 
 
@@ -73,8 +75,28 @@ def _gated_mass(taps: Projections, layer: int, ctx: VisualContext, queries: Tens
     return (p * g[..., None]).sum((0, 1, 2))
 
 
+def fused_probs(q: Tensor, k_img: Tensor, key_starts: Tensor, k_txt: Tensor, queries: Tensor) -> Tensor:
+    """The 241101 fused softmax written out: q (1, H, n, d) rotated queries at positions `queries` (n,);
+    k_img (1, kv, M, d) the MI-RoPE visual keys, image k visible iff s_k <= p; k_txt (1, kv, T, d) the
+    rotated text keys, causal -> (1, H, n, M + T) probabilities over [visual; text] keys."""
+    s_img = cross_scores(q, k_img, key_starts, queries[None], offset=0)  # (1, H, n, M)
+    k = repeat_kv(k_txt, q.shape[1] // k_txt.shape[1])  # (1, H, T, d)
+    s_txt = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (1, H, n, T)
+    causal = torch.arange(k.shape[2], device=q.device)[None, :] <= queries[:, None]  # (n, T)
+    return torch.cat([s_img, s_txt.masked_fill(~causal, float("-inf"))], -1).softmax(-1)
+
+
+def _fused_mass(taps: Projections, layer: int, ctx: VisualContext, queries: Tensor) -> Tensor:
+    """(M,) the visual keys' part of each query's one softmax, summed over heads and `queries` (n,)."""
+    q = taps.queries(layer)[:, :, queries].float()  # (1, H, n, d)
+    k_img = ctx.kv[layer][0].float()  # (1, kv, M, d)
+    p = fused_probs(q, k_img, ctx.key_starts, taps.keys(layer).float(), queries)
+    return p[..., : k_img.shape[2]].sum((0, 1, 2))
+
+
 SHARE_RULES: dict[str, tuple[set[str], Callable[[Projections, int, VisualContext, Tensor], Tensor]]] = {
     "gated": ({"q_proj", "gate_proj"}, _gated_mass),
+    "fused": ({"q_proj", "k_proj"}, _fused_mass),
 }
 
 
