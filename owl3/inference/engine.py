@@ -515,7 +515,10 @@ class Engine:
         if self._batch is None:
             rows = RowSampling.of([r.params for r in self.running], [r.seed for r in self.running], dev)
             media = [r.visual for r in self.running]
-            self._batch = (rows, RowVisuals(media, dev) if any(v is not None for v in media) else None)
+            visual = RowVisuals(media, dev) if any(v is not None for v in media) else None
+            if visual is not None and isinstance(self.model, Owl3Model):
+                visual.prepare([layer.self_attn.layer_idx for layer in self.model.hyper_layers])
+            self._batch = (rows, visual)
         rows, visual = self._batch
         length = st["length"][:n]
         # (n, 1, 1, window): row i sees its own slot's tokens 0..length[i] (the new one included)

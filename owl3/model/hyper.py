@@ -37,6 +37,8 @@ QUERY_BLOCK = 512
 REPEAT_KV_BUDGET = 8 << 30
 # most elements of the explicit part of one split block (query rows x visual tokens in the block)
 SPLIT_BUDGET = 1 << 24
+# most bytes of one hyper layer's padded visual K/V that a decode step's rows share in one attention call
+STACK_BYTES = 32 << 20
 # most elements of one fused-attention mask block (query rows of all heads of a kv head x all keys); a
 # CUDA kernel may hold it as a float bias, so it stays well under MASK_BUDGET
 FUSED_MASK_BUDGET = 1 << 27
@@ -155,6 +157,39 @@ class RowVisuals:
         # (B,) which rows take the gated cross branch; None when every row does
         flags = [r is not None for r in self.rows]
         self.has_media = None if all(flags) else torch.tensor(flags, device=self.device)
+        self._stacked: dict[int, tuple[Tensor, Tensor, Tensor | None] | None] = {}
+
+    def prepare(self, layers: list[int]) -> None:
+        """Decode steps: right-pad every row's visual K/V of each hyper layer in `layers` into (B, kv, M, d)
+        keys and values, with the key mask (B, 1, 1, M) (None without padding; a row without media sees
+        zeros, which its gate never uses). Called once per batch, outside the (compiled) decode step. So
+        small visual contexts (many rows, few images: per-call overhead, not bandwidth, is what costs)
+        take one attention call per layer; a layer past STACK_BYTES, or a batch where some row's K/V are
+        recomputed at every step, is attended row by row on each row's own K/V (no copy)."""
+        self._stacked = {i: self._stack(i) for i in layers}
+
+    def stacked(self, layer_idx: int) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """Layer `layer_idx`'s padded K/V, key mask from `prepare`, or None (rows one by one)."""
+        return self._stacked.get(layer_idx)
+
+    def _stack(self, layer_idx: int) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        kvs = [None if r is None else r.kv.get(layer_idx) for r in self.rows]
+        own = [r.recompute or r.padded or kv is None for r, kv in zip(self.rows, kvs, strict=True) if r]
+        if not self.after_prompt or any(own):
+            return None
+        ref = next(kv[0] for kv in kvs if kv is not None)  # (1, kv, M_i, d)
+        b, n_kv, d = len(kvs), ref.shape[1], ref.shape[3]
+        m = max(kv[0].shape[2] for kv in kvs if kv is not None)
+        if 2 * b * n_kv * m * d * ref.element_size() > STACK_BYTES:
+            return None
+        k, v = ref.new_zeros(b, n_kv, m, d), ref.new_zeros(b, n_kv, m, d)
+        mask = torch.ones(b, 1, 1, m, dtype=torch.bool, device=ref.device)
+        for i, kv in enumerate(kvs):
+            if kv is not None:
+                n = kv[0].shape[2]
+                k[i, :, :n], v[i, :, :n] = kv[0][0], kv[1][0]
+                mask[i, ..., n:] = False
+        return k, v, None if bool(mask.all()) else mask
 
 
 def visual_kv(

@@ -152,7 +152,10 @@ class Attention(nn.Module):
                     )
                     a_cross[i : i + 1, :, t - c :], seen[i, t - c :] = out, row_seen[0]
                 return gate(a_self, a_cross, seen, self.gate_proj, all_seen=False)
-            for i in visual.with_media:
+            stacked = visual.stacked(self.layer_idx)
+            if stacked is not None:  # small visual contexts: all rows in one call
+                a_cross = attend_grouped(q, *stacked)
+            for i in visual.with_media if stacked is None else ():
                 ctx = visual.rows[i]
                 vk, vv = visual_kv(ctx, self.layer_idx, *kv_of)
                 a_cross[i : i + 1] = cross_attention(q[i : i + 1], vk, vv, ctx, positions[i : i + 1])[0]
