@@ -33,8 +33,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -45,25 +44,11 @@ from owl3.errors import Owl3Error
 from owl3.inference.kv_cache import DecodeView, KVPool, RowsView, SlotView
 from owl3.inference.media_cache import MediaCache
 from owl3.inference.prefix_cache import Prefix, PrefixCache
+from owl3.inference.request import PromptMemory, Request, TokenEvent, take
 from owl3.inference.sampling import RowSampling, SamplingParams, request_seed, sample
 from owl3.model import Owl3Model, RowVisuals, VisualContext
 from owl3.model.layers import causal_mask
 from owl3.processing import Encoding
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token of a request; `finish_reason` ("stop", "length" or "abort") on its last event.
-    An abort event carries token_id -1."""
-
-    request_id: int
-    token_id: int
-    finish_reason: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -96,44 +81,6 @@ def attention_kernels(device: torch.device | str) -> AbstractContextManager:
     if torch.device(device).type != "cuda":
         return nullcontext()
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-class PromptMemory(Protocol):
-    """A prompt prefix already run through the model (owl3.inference.memory.VisualMemory)."""
-
-    prefix_ids: Tensor  # (P,) the prefix's token ids
-
-    @property
-    def text_kv(self) -> list[tuple[Tensor, Tensor]]: ...  # per layer (1, kv, P, d) keys, values
-
-    def visual_context(self) -> VisualContext: ...
-
-
-@dataclass(eq=False)
-class Request:
-    """A request's state inside the engine."""
-
-    id: int
-    enc: Encoding
-    params: SamplingParams
-    seed: int
-    stop: frozenset[int]
-    memory: PromptMemory | None = None
-    visual: VisualContext | None = None
-    kv: dict[int, tuple[Tensor, Tensor]] | None = None  # visual K/V being written, view by view
-    view_keys: list[bytes] | None = None  # the media cache's key of every view, once computed
-    slot: int = -1  # its pool slot while it is prefilled
-    views_done: int = 0
-    prefilled: int = 0  # prompt tokens in the KV cache
-    generated: list[int] = field(default_factory=list)
-
-    @property
-    def prompt_len(self) -> int:
-        return int(self.enc.input_ids.shape[0])
-
-    @property
-    def n_views(self) -> int:
-        return 0 if self.enc.pixel_values is None else int(self.enc.pixel_values.shape[0])
 
 
 class Engine:
@@ -272,14 +219,14 @@ class Engine:
                 and len(self.running) + len(self.prefilling) < self.max_num_seqs
             ):
                 self._admit(self.waiting.popleft())
-            vision = _take(
+            vision = take(
                 [(r, min(self.vision_chunk_size, r.n_views - r.views_done)) for r in self.prefilling
                  if r.visual is None and r.n_views],
                 self.vision_chunk_size,
             )  # fmt: skip
             if vision:
                 self._encode_pieces(vision)
-            text = _take(
+            text = take(
                 [(r, min(self.prefill_chunk, r.prompt_len - r.prefilled)) for r in self.prefilling
                  if r.visual is not None or not r.n_views],
                 self.prefill_chunk,
@@ -584,15 +531,3 @@ class Engine:
                 self.max_num_seqs + 1, vocab, dtype=torch.bool, device=self.model.device
             )
         return self._seen_pool
-
-
-def _take(pieces: list[tuple[Request, int]], budget: int) -> list[tuple[Request, int]]:
-    """The first of `pieces` (request, size), in order, while they fit in `budget` together (the first
-    always)."""
-    out: list[tuple[Request, int]] = []
-    for req, n in pieces:
-        if out and n > budget:
-            break
-        out.append((req, n))
-        budget -= n
-    return out
