@@ -16,7 +16,7 @@ from owl3.demo.synthetic import SyntheticTask
 from owl3.demo.world import random_scene, render
 from owl3.errors import Owl3Error
 from owl3.inference.attribution import hyper_layers, view_mass
-from owl3.model.capture import Projections, cross_scores
+from owl3.model.capture import Readout, cross_scores
 from owl3.model.hyper import cross_attention
 from owl3.model.layers import repeat_kv
 
@@ -68,8 +68,8 @@ def test_rebuilt_probabilities_are_the_models(tiny_pipe):
     ids = enc.input_ids[None]
     positions = torch.arange(ids.shape[1])[None]
     layers = hyper_layers(model)
-    taps = Projections(model.language_model.model, {i: {"q_proj", "gate_proj"} for i in layers})
-    with torch.inference_mode(), taps.capture(positions, model.dtype):
+    taps = Readout(model.language_model.model, {i: {"rotate", "gate_proj"} for i in layers})
+    with torch.inference_mode(), taps.capture():
         model(ids, positions, visual=ctx)
     assert _no_hooks(model)
     after = positions[0] > enc.media_starts[0]  # queries that see an image
@@ -102,14 +102,14 @@ def test_241101_shares_are_the_image_part_of_its_one_softmax(tiny241101_pipe):
     ids = enc.input_ids[None]
     positions = torch.arange(ids.shape[1])[None]
     layers = hyper_layers(model)
-    taps = Projections(model.language_model.model, {i: {"q_proj", "k_proj", "v_proj"} for i in layers})
-    with torch.inference_mode(), taps.capture(positions, model.dtype):
+    taps = Readout(model.language_model.model, {i: {"rotate", "v_proj"} for i in layers})
+    with torch.inference_mode(), taps.capture():
         model(ids, positions, visual=ctx)
     sees = positions[0] >= enc.media_starts[0]  # s_k <= p: the image token sees its own image
     for i in layers:
         attn = model.language_model.model.layers[i].self_attn
         q, k_txt = taps.queries(i), taps.keys(i)
-        v_txt = taps._output(i, "v_proj").view(1, -1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+        v_txt = taps.output(i, "v_proj")[0].view(1, -1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
         vk, vv = ctx.kv[i]
         p = fused_probs(q, vk, ctx.key_starts, k_txt, positions[0])  # (1, H, L, M + T)
         n_rep = q.shape[1] // vk.shape[1]

@@ -14,7 +14,7 @@ from owl3.demo.data import Mix, write_dataset
 from owl3.errors import Owl3Error
 from owl3.processing import Processor
 from owl3.training import SampleEncoder, TrainConfig, collate, read_data, train
-from owl3.training.attention import Projections, text_attention_loss
+from owl3.training.attention import Readout, text_attention_loss
 from owl3.training.data import IMAGE
 from owl3.training.encode import Sample, Skipped, phrase_end
 from owl3.training.metrics import read_metrics
@@ -116,11 +116,11 @@ def test_each_layer_gets_its_own_targets_loss(tmp_path):
         # each layer's own rotated q and k, read by hooks around a plain forward of the same batch
         layers = step.text_targets(b.attend_text, b.attend_layer, 1)
         decoder = model.language_model.model
-        taps = Projections(decoder, {layer: {"q_proj", "k_proj"} for layer in layers})
+        taps = Readout(decoder, {layer: {"rotate"} for layer in layers})
         x = model.embed(b.input_ids)
         positions = torch.arange(b.input_ids.shape[1])[None]
         visual = step.visual(b.pixel_values, b.n_media, b.media_starts, 1, x.device)
-        with taps.capture(positions, x.dtype):
+        with taps.capture():
             decoder(x, positions, None, None, visual)
         parts = [float(text_attention_loss(taps.queries(i), taps.keys(i), t)) for i, t in layers.items()]
     assert sorted(layers) == [0, 2] and all(p > 0 for p in parts)

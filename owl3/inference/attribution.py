@@ -1,7 +1,7 @@
 """The attention share of an answer: how much of its hyper-attention fell on each image or video frame.
 
 After an answer is generated, one teacher-forced forward runs over prompt + answer with forward hooks on
-the hyper layers' projections (owl3/model/capture.py: the model's forward holds no tap, and nothing runs
+the hyper layers' attention (owl3/model/capture.py: the model's forward holds no tap, and nothing runs
 when no attribution is asked for). From the captured queries and gates and the visual keys that the
 engine computed for the request, the cross-attention probabilities of the queries that produced the
 answer's tokens are rebuilt exactly as the model computed them (rotated queries, MI-RoPE keys, the
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, VisualContext
-from owl3.model.capture import Projections, cross_scores
+from owl3.model.capture import Readout, cross_scores
 from owl3.model.layers import repeat_kv
 from owl3.processing import Encoding
 
@@ -66,7 +66,7 @@ def hyper_layers(model: Owl3Model) -> list[int]:
     return [i for i, layer in enumerate(model.language_model.model.layers) if layer.self_attn.is_hyper]
 
 
-def _gated_mass(taps: Projections, layer: int, ctx: VisualContext, queries: Tensor) -> Tensor:
+def _gated_mass(taps: Readout, layer: int, ctx: VisualContext, queries: Tensor) -> Tensor:
     """(M,) probability mass times gate on each visual token, summed over heads and `queries` (n,)."""
     q = taps.queries(layer)[:, :, queries].float()  # (1, H, n, d)
     k = ctx.kv[layer][0].float()  # (1, kv, M, d) rotated as the layer used them
@@ -86,7 +86,7 @@ def fused_probs(q: Tensor, k_img: Tensor, key_starts: Tensor, k_txt: Tensor, que
     return torch.cat([s_img, s_txt.masked_fill(~causal, float("-inf"))], -1).softmax(-1)
 
 
-def _fused_mass(taps: Projections, layer: int, ctx: VisualContext, queries: Tensor) -> Tensor:
+def _fused_mass(taps: Readout, layer: int, ctx: VisualContext, queries: Tensor) -> Tensor:
     """(M,) the visual keys' part of each query's one softmax, summed over heads and `queries` (n,)."""
     q = taps.queries(layer)[:, :, queries].float()  # (1, H, n, d)
     k_img = ctx.kv[layer][0].float()  # (1, kv, M, d)
@@ -94,9 +94,9 @@ def _fused_mass(taps: Projections, layer: int, ctx: VisualContext, queries: Tens
     return p[..., : k_img.shape[2]].sum((0, 1, 2))
 
 
-SHARE_RULES: dict[str, tuple[set[str], Callable[[Projections, int, VisualContext, Tensor], Tensor]]] = {
-    "gated": ({"q_proj", "gate_proj"}, _gated_mass),
-    "fused": ({"q_proj", "k_proj"}, _fused_mass),
+SHARE_RULES: dict[str, tuple[set[str], Callable[[Readout, int, VisualContext, Tensor], Tensor]]] = {
+    "gated": ({"rotate", "gate_proj"}, _gated_mass),
+    "fused": ({"rotate"}, _fused_mass),
 }
 
 
@@ -125,8 +125,8 @@ def view_mass(
     ids = torch.cat([enc.input_ids, torch.tensor(list(answer_ids[:-1]), dtype=torch.long)]).to(dev)[None]
     positions = torch.arange(ids.shape[1], device=dev)[None]  # (1, T)
     queries = torch.arange(enc.input_ids.shape[0] - 1, ids.shape[1], device=dev)  # (n,)
-    taps = Projections(model.language_model.model, {i: set(names) for i in layers})
-    with taps.capture(positions, model.dtype):
+    taps = Readout(model.language_model.model, {i: set(names) for i in layers})
+    with taps.capture():
         model(ids, positions, visual=ctx, last_only=True)
     return {i: rule(taps, i, ctx, queries).view(n_views, -1).sum(-1).cpu() for i in layers}  # (M,) each
 

@@ -1,12 +1,15 @@
-"""Reading what a decoder's projections computed in one forward, from outside: forward hooks, for a while.
+"""Reading what a decoder's attention computed in one forward, from outside: forward hooks, for a while.
 
-`Projections` registers forward hooks on chosen layers' linear projections (q_proj, k_proj, v_kv_proj,
-the hyper layers' gate_proj) for the length of one forward and removes them afterwards; it rebuilds the
-rotated queries and keys from the captured outputs with the decoder's own RoPE. The model is not told and
-not changed: no module's forward holds a tap, and a model that is not being captured runs exactly as
-before. Only the capturing thread's forward is recorded (a server's engine thread may be running the same
-modules meanwhile). Training (attention targets, owl3/training/attention.py) and inference (the
-attention share of an answer, owl3/inference/attribution.py) both read attention this way.
+`Readout` registers forward hooks on chosen submodules of chosen layers' attention for the length of one
+forward and removes them afterwards: `rotate` (its output is the rotated queries and keys the attention
+goes on with), a hyper layer's `rotate_visual` (its rotated visual keys), `gate_proj` (its adaptive
+gate), or any projection (`v_proj`, ...). The tensors read are the very ones the layer used, so a loss on
+them joins the gradient where the attention's own does (training the same weights, bit for bit, as
+reading them from inside the forward would). The model is not told and not changed: no module's forward
+holds a tap, and a model that is not being read runs exactly as before. Only the reading thread's forward
+is recorded (a server's engine thread may be running the same modules meanwhile). Training (attention
+targets, owl3/training/attention.py) and inference (the attention share of an answer,
+owl3/inference/attribution.py) both read attention this way.
 """
 
 from __future__ import annotations
@@ -18,33 +21,28 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from owl3.model.hyper import split_visual_kv
-from owl3.model.layers import apply_rope, repeat_kv
-
-PROJECTIONS = ("q_proj", "k_proj", "v_kv_proj", "gate_proj")
+from owl3.model.layers import repeat_kv
 
 
-class Projections:
-    """The outputs of chosen layers' projections during one forward of a Qwen2 decoder (`capture`).
+class Readout:
+    """What chosen submodules of a Qwen2 decoder's attention layers output during one forward (`capture`).
 
-    `wanted`: decoder layer index -> names among PROJECTIONS. After the forward, `queries(i)` and
-    `keys(i)` are layer i's rotated self-attention queries (B, H, T, d) and keys (B, kv, T, d),
-    `visual_keys(i, visual)` its rotated visual keys (B, kv, M, d), and `gates(i)` a hyper layer's gate
-    (B, H, T, d) after its sigmoid, exactly as the layer computed them.
+    `wanted`: decoder layer index -> names of `self_attn` submodules ("rotate", "rotate_visual",
+    "gate_proj", "q_proj", ...). After the forward, `queries(i)` and `keys(i)` are layer i's rotated
+    self-attention queries (B, H, T, d) and keys (B, kv, T, d), `visual_keys(i)` its rotated visual keys
+    (B, kv, M, d) when the forward computed them, and `gates(i)` a hyper layer's gate (B, H, T, d) after
+    its sigmoid, exactly as the layer computed them.
     """
 
     def __init__(self, decoder: nn.Module, wanted: dict[int, set[str]]) -> None:
         self.decoder = decoder
         self.wanted = wanted
-        self.outputs: dict[tuple[int, str], list[Tensor]] = {}
-        self.cos_sin: tuple[Tensor, Tensor] | None = None
+        self.outputs: dict[tuple[int, str], list] = {}
 
     @contextmanager
-    def capture(self, positions: Tensor, dtype: torch.dtype) -> Iterator[Projections]:
-        """Hooks on for one forward over `positions` (B, T) whose embeddings have `dtype`."""
+    def capture(self) -> Iterator[Readout]:
+        """Hooks on for the forwards run inside (one, usually)."""
         self.outputs = {}
-        # the decoder's own cos/sin: it computes them once per forward in the embeddings' dtype
-        self.cos_sin = self.decoder.rope(positions, dtype) if self.wanted else None
         handles = []
         try:
             for i, names in self.wanted.items():
@@ -59,45 +57,36 @@ class Projections:
     def _keeper(self, key: tuple[int, str]):
         owner = threading.get_ident()
 
-        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+        def hook(module: nn.Module, args: tuple, out) -> None:
             # only the capturing thread's forward: a server's engine thread may run the same modules
             if threading.get_ident() != owner:
                 return
-            # v_kv_proj runs in chunks of visual tokens for very long inputs: kept in order, joined later
+            # the visual keys are rotated in chunks of tokens for very long inputs: kept in order
             self.outputs.setdefault(key, []).append(out)
 
         return hook
 
-    def _output(self, layer: int, name: str) -> Tensor:
+    def output(self, layer: int, name: str) -> list:
+        """Every output of layer `layer`'s `name` in the captured forward, in order."""
         outs = self.outputs.get((layer, name))
         if not outs:
             raise RuntimeError(f"layer {layer}'s {name} did not run in the captured forward")
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-
-    def _rotated(self, layer: int, name: str, n_heads: int) -> Tensor:
-        x = self._output(layer, name)  # (B, T, heads * d)
-        b, t, _ = x.shape
-        x = x.view(b, t, n_heads, -1).transpose(1, 2)  # (B, heads, T, d)
-        cos, sin = self.cos_sin
-        return apply_rope(x, cos, sin)
+        return outs
 
     def queries(self, layer: int) -> Tensor:
-        return self._rotated(layer, "q_proj", self.decoder.layers[layer].self_attn.n_heads)
+        return self.output(layer, "rotate")[0][0]
 
     def keys(self, layer: int) -> Tensor:
-        return self._rotated(layer, "k_proj", self.decoder.layers[layer].self_attn.n_kv_heads)
+        return self.output(layer, "rotate")[0][1]
 
-    def visual_keys(self, layer: int, positions: Tensor) -> Tensor:
-        """Rotated visual keys of hyper layer `layer`; positions (B, M): the visual context's MI-RoPE ones."""
-        attn = self.decoder.layers[layer].self_attn
-        k, _ = split_visual_kv(
-            self._output(layer, "v_kv_proj"), positions, self.decoder.rope, attn.n_kv_heads, attn.head_dim
-        )
-        return k
+    def visual_keys(self, layer: int) -> Tensor:
+        """Rotated visual keys of hyper layer `layer` (B, kv, M, d), its chunks joined."""
+        outs = [out[0] for out in self.output(layer, "rotate_visual")]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def gates(self, layer: int) -> Tensor:
         """A hyper layer's adaptive gate (B, H, T, d), sigmoid applied (gate_proj runs once per forward)."""
-        return self._output(layer, "gate_proj")
+        return self.output(layer, "gate_proj")[0]
 
 
 def cross_scores(q: Tensor, k: Tensor, key_starts: Tensor, positions: Tensor, offset: int = 1) -> Tensor:

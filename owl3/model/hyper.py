@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from owl3.model.layers import RotaryEmbedding, apply_rope, attend_grouped, repeat_kv
+from owl3.model.layers import RotaryEmbedding, Rotate, attend_grouped, repeat_kv
 
 # key_starts value of a padding visual token: larger than any query position, so never visible
 NEVER = 2**62
@@ -192,6 +192,11 @@ class RowVisuals:
         return k, v, None if bool(mask.all()) else mask
 
 
+# MI-RoPE of the visual keys for callers outside a layer; a layer passes its own `rotate_visual`, which
+# forward hooks can read (model/capture.py)
+ROTATE_VISUAL = Rotate(float32=True)
+
+
 def visual_kv(
     ctx: VisualContext,
     layer_idx: int,
@@ -200,11 +205,14 @@ def visual_kv(
     rope: RotaryEmbedding,
     n_kv_heads: int,
     head_dim: int,
+    rotate: Rotate = ROTATE_VISUAL,
 ) -> tuple[Tensor, Tensor]:
     """Rotated visual keys and values of one hyper layer, computed once per request."""
     if not ctx.recompute and layer_idx in ctx.kv:
         return ctx.kv[layer_idx]
-    k, v = project_kv_chunked(ctx.features, ctx.positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
+    k, v = project_kv_chunked(
+        ctx.features, ctx.positions, norm, v_kv_proj, rope, n_kv_heads, head_dim, rotate=rotate
+    )
     if not ctx.recompute:
         ctx.kv[layer_idx] = (k.contiguous(), v.contiguous())
     return k, v
@@ -220,6 +228,7 @@ def project_kv_chunked(
     head_dim: int,
     out: tuple[Tensor, Tensor] | None = None,
     at: int = 0,
+    rotate: Rotate = ROTATE_VISUAL,
 ) -> tuple[Tensor, Tensor]:
     """`project_kv` in chunks of KV_CHUNK tokens, so the float32 norm and RoPE temporaries stay bounded
     for thousands of images. With `out` (K, V buffers (B, kv, N, d)) the result is written into them
@@ -227,13 +236,13 @@ def project_kv_chunked(
     b, m, _ = features.shape
     if out is None:
         if m <= KV_CHUNK:
-            return project_kv(features, positions, norm, v_kv_proj, rope, n_kv_heads, head_dim)
+            return project_kv(features, positions, norm, v_kv_proj, rope, n_kv_heads, head_dim, rotate)
         out = (features.new_empty(b, n_kv_heads, m, head_dim), features.new_empty(b, n_kv_heads, m, head_dim))
     k, v = out
     for i in range(0, m, KV_CHUNK):
         j = min(m, i + KV_CHUNK)
         k[:, :, at + i : at + j], v[:, :, at + i : at + j] = project_kv(
-            features[:, i:j], positions[:, i:j], norm, v_kv_proj, rope, n_kv_heads, head_dim
+            features[:, i:j], positions[:, i:j], norm, v_kv_proj, rope, n_kv_heads, head_dim, rotate
         )
     return k, v
 
@@ -246,12 +255,18 @@ def project_kv(
     rope: RotaryEmbedding,
     n_kv_heads: int,
     head_dim: int,
+    rotate: Rotate = ROTATE_VISUAL,
 ) -> tuple[Tensor, Tensor]:
-    return split_visual_kv(v_kv_proj(norm(features)), positions, rope, n_kv_heads, head_dim)
+    return split_visual_kv(v_kv_proj(norm(features)), positions, rope, n_kv_heads, head_dim, rotate)
 
 
 def split_visual_kv(
-    kv: Tensor, positions: Tensor, rope: RotaryEmbedding, n_kv_heads: int, head_dim: int
+    kv: Tensor,
+    positions: Tensor,
+    rope: RotaryEmbedding,
+    n_kv_heads: int,
+    head_dim: int,
+    rotate: Rotate = ROTATE_VISUAL,
 ) -> tuple[Tensor, Tensor]:
     """v_kv_proj's output (B, M, kv * 2 * d), channel (h * 2 + j) * d + e -> the rotated keys and the
     values (B, kv, M, d). MI-RoPE: every token of image k rotated by one position, in float32."""
@@ -259,7 +274,7 @@ def split_visual_kv(
     kv = kv.view(b, m, n_kv_heads, 2, head_dim).permute(3, 0, 2, 1, 4)  # (2, B, kv, M, d)
     k, v = kv[0], kv[1]
     cos, sin = rope(positions, torch.float32)
-    return apply_rope(k.float(), cos, sin).to(v.dtype), v
+    return rotate(cos, sin, k)[0], v
 
 
 def cross_attention(

@@ -56,6 +56,24 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+class Rotate(nn.Module):
+    """RoPE on the tensors a layer goes on with (`apply_rope`, cos/sin from the caller); no parameters.
+
+    A module rather than a call so that forward hooks can read exactly the rotated queries and keys the
+    attention itself uses (owl3/model/capture.py): a loss on them (training's attention targets) joins
+    the gradient at the very tensor the attention's own gradient reaches, and with no hook on it costs one
+    module call. `float32`: rotate in float32 and round back to each tensor's dtype (the visual keys)."""
+
+    def __init__(self, float32: bool = False) -> None:
+        super().__init__()
+        self.float32 = float32
+
+    def forward(self, cos: Tensor, sin: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        if self.float32:
+            return tuple(apply_rope(x.float(), cos, sin).to(x.dtype) for x in xs)
+        return tuple(apply_rope(x, cos, sin) for x in xs)
+
+
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     # (B, kv, T, d) -> (B, kv * n_rep, T, d); query head h reads kv head h // n_rep
     if n_rep == 1:

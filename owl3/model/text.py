@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from owl3.config import TextConfig
 from owl3.model.hyper import RowVisuals, VisualContext, cross_attention, fused_attention, gate, visual_kv
-from owl3.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, attend_grouped, repeat_kv
+from owl3.model.layers import RMSNorm, RotaryEmbedding, Rotate, SwiGLU, attend_grouped, repeat_kv
 
 
 class Cache(Protocol):
@@ -38,8 +38,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.is_hyper = cfg.is_hyper(layer_idx)
         self.fused = fused
+        self.rotate = Rotate()  # no parameters: where hooks read the rotated q and k (model/capture.py)
         if self.is_hyper:
             self.v_kv_proj = nn.Linear(cfg.dim, 2 * cfg.n_kv_heads * cfg.head_dim)
+            self.rotate_visual = Rotate(float32=True)  # MI-RoPE of the visual keys, likewise
             if not fused:
                 self.gate_proj = nn.Sequential(nn.Linear(cfg.head_dim, cfg.head_dim), nn.Sigmoid())
 
@@ -59,7 +61,7 @@ class Attention(nn.Module):
         k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, d)
         v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos_sin if cos_sin is not None else rope(positions, h.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = self.rotate(cos, sin, q, k)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, kv, S, d)
         if t == 1:
@@ -96,7 +98,7 @@ class Attention(nn.Module):
         """The 241101 visual branch: queries that see an image get one softmax over [visual; text keys],
         the others keep `a_self` (B, H, T, d) as it is. k, v (B, kv, S, d) and `mask` are the text keys,
         values and mask the self-attention used."""
-        kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim)
+        kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim, self.rotate_visual)
         if isinstance(visual, RowVisuals):
             # rows of separate requests: each row with media reads its own visual K/V; in a batch of
             # prefill pieces only a row's real (last `counts[i]`) columns, with its own mask
@@ -137,7 +139,7 @@ class Attention(nn.Module):
         norm: nn.Module,
     ) -> Tensor:
         """The gated visual branch: (B, H, T, d) self-attention output -> the layer's attention output."""
-        kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim)
+        kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim, self.rotate_visual)
         if isinstance(visual, RowVisuals):
             # rows of separate requests: each row with media reads its own visual K/V
             a_cross = torch.zeros_like(a_self)

@@ -2,11 +2,11 @@
 
 A target asks one query of a sample to look at given tokens: visual tokens in a hyper layer's cross branch
 (`attention_loss`) or earlier text tokens in a decoder layer's self-attention (`text_attention_loss`). The
-model is not told: `Projections` registers forward hooks on the linear projections of the layers that
-have targets (q_proj and k_proj, or v_kv_proj for the visual keys) for the length of one forward, and
-rebuilds the rotated queries and keys from their outputs with the model's own RoPE. The captured outputs
-keep their autograd graph, so the loss trains the projections (also under gradient checkpointing: the
-hooks are gone before the backward recomputes the layers). `Projections` and `cross_scores` live in
+model is not told: `Readout` registers forward hooks on the layers that have targets for the length of
+one forward, on their `rotate` (its outputs are the rotated queries and keys) and, for the visual keys, on
+`rotate_visual`. The tensors read are the ones the attention used, with their autograd graph, so the loss
+trains the projections exactly as a loss inside the forward would (also under gradient checkpointing: the
+hooks are gone before the backward recomputes the layers). `Readout` and `cross_scores` live in
 owl3/model/capture.py, which inference reads attention through too.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from owl3.model.capture import PROJECTIONS, Projections, cross_scores
+from owl3.model.capture import Readout, cross_scores
 from owl3.model.layers import repeat_kv
 from owl3.training.encode import VisualTarget
 
-__all__ = ["PROJECTIONS", "Projections", "attention_loss", "cross_scores", "text_attention_loss"]
+__all__ = ["Readout", "attention_loss", "cross_scores", "text_attention_loss"]
 
 
 def attention_loss(

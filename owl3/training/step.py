@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from owl3.errors import Owl3Error
 from owl3.model import Owl3Model, VisualContext
 from owl3.model.hyper import NEVER
-from owl3.training.attention import Projections, attention_loss, text_attention_loss
+from owl3.training.attention import Readout, attention_loss, text_attention_loss
 from owl3.training.encode import IGNORE, VisualTarget
 
 
@@ -86,15 +86,15 @@ class TrainStep(nn.Module):
         on = self.attention_weight > 0
         supervise = on and visual is not None and attend is not None and any(attend)
         by_layer = self.text_targets(attend_text, attend_layer, b) if on else {}
-        wanted: dict[int, set[str]] = {layer: {"q_proj", "k_proj"} for layer in by_layer}
+        wanted: dict[int, set[str]] = {layer: {"rotate"} for layer in by_layer}
         if supervise:
-            wanted.setdefault(self.hyper_layers[self.attention_layer], set()).update(("q_proj", "v_kv_proj"))
+            layer = self.hyper_layers[self.attention_layer]
+            wanted.setdefault(layer, set()).update(("rotate", "rotate_visual"))
         decoder = m.language_model.model
-        taps = Projections(decoder, wanted)
+        taps = Readout(decoder, wanted)
         positions = torch.arange(t, device=input_ids.device).expand(b, t)
-        x = m.embed(input_ids)
-        with taps.capture(positions, x.dtype):
-            h = decoder(x, positions, None, None, visual)  # (B, T, D)
+        with taps.capture():
+            h = decoder(m.embed(input_ids), positions, None, None, visual)  # (B, T, D)
         target = labels[:, 1:]  # token t+1 is predicted at t
         keep = target != IGNORE  # (B, T-1)
         logits = m.language_model.lm_head(h[:, :-1][keep]).float()  # (n_targets, V)
@@ -102,7 +102,7 @@ class TrainStep(nn.Module):
         self.attention_sum, self.attention_count = 0.0, 0
         if supervise:
             layer = self.hyper_layers[self.attention_layer]
-            q, k = taps.queries(layer), taps.visual_keys(layer, visual.positions)
+            q, k = taps.queries(layer), taps.visual_keys(layer)
             att = attention_loss(q, k, visual.key_starts, attend, m.cfg.mi_rope_offset)
             self.attention_sum, self.attention_count = float(att.detach()), sum(len(a) for a in attend)
             loss = loss + self.attention_weight * att
