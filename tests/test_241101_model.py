@@ -204,6 +204,36 @@ def test_fused_attention_of_padded_rows_and_a_row_without_images(tiny241101_pipe
             torch.testing.assert_close(batch[i], model(ids[i : i + 1], visual=vis)[0], atol=1e-5, rtol=1e-5)
 
 
+def test_fused_decode_of_stacked_rows_equals_each_row_alone():
+    """One call for a decode step of three requests (different image and text lengths, one without
+    images) gives each row what `fused_attention` gives it alone; the row without images keeps a_self."""
+    from owl3.model.hyper import fused_attention, fused_decode
+
+    g = torch.Generator().manual_seed(3)
+    h, n_kv, d = 4, 2, 8
+    n_visual, n_text = [5, 0, 3], [6, 4, 7]
+    m, s = max(n_visual), max(n_text)
+    q, a_self = torch.randn(3, h, 1, d, generator=g), torch.randn(3, h, 1, d, generator=g)
+    k, v = torch.randn(3, n_kv, s, d, generator=g), torch.randn(3, n_kv, s, d, generator=g)
+    vk, vv = torch.zeros(3, n_kv, m, d), torch.zeros(3, n_kv, m, d)
+    for i, n in enumerate(n_visual):
+        vk[i, :, :n], vv[i, :, :n] = torch.randn(2, n_kv, n, d, generator=g)
+    text_mask = (torch.arange(s)[None, :] < torch.tensor(n_text)[:, None])[:, None, None]
+    visual_mask = (torch.arange(m)[None, :] < torch.tensor(n_visual)[:, None])[:, None, None]
+    has_media = torch.tensor([n > 0 for n in n_visual])
+    out = fused_decode(a_self, q, k, v, text_mask, vk, vv, visual_mask, has_media)
+    for i, (nv, nt) in enumerate(zip(n_visual, n_text, strict=True)):
+        if not nv:
+            assert torch.equal(out[i], a_self[i])
+            continue
+        alone, seen = fused_attention(
+            q[i : i + 1], k[i : i + 1, :, :nt], v[i : i + 1, :, :nt], None, vk[i : i + 1, :, :nv],
+            vv[i : i + 1, :, :nv], torch.zeros(1, nv, dtype=torch.long), torch.tensor([[50]]), after_prompt=True,
+        )  # fmt: skip
+        assert seen.all()
+        torch.testing.assert_close(out[i], alone[0], atol=1e-6, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- the engine
 def test_cached_decode_equals_full_forward(tiny241101_pipe, tiny241101_dir):
     pipe = tiny241101_pipe

@@ -524,6 +524,33 @@ def fused_attention(
     return torch.cat(outs, dim=2), torch.cat(seens, dim=1)
 
 
+def fused_decode(
+    a_self: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    text_mask: Tensor | None,
+    vk: Tensor,
+    vv: Tensor,
+    visual_mask: Tensor | None,
+    has_media: Tensor | None,
+) -> Tensor:
+    """A 241101 decode step over rows of separate requests, all in one call: each row's query attends one
+    softmax over [its visual keys; its text keys] (`fused_attention` after the prompt, for every row at
+    once). q, a_self (B, H, 1, d); k, v (B, kv, S, d) and text_mask (B, 1, 1, S) or None: the text side;
+    vk, vv (B, kv, M, d) and visual_mask (B, 1, 1, M) or None: the rows' visual K/V right-padded
+    (`RowVisuals.prepare`); has_media (B,) or None (every row): rows without media keep `a_self`."""
+    keys, values = torch.cat([vk.to(k.dtype), k], dim=2), torch.cat([vv.to(v.dtype), v], dim=2)
+    mask = None
+    if visual_mask is not None or text_mask is not None:
+        b, m, s = q.shape[0], vk.shape[2], k.shape[2]
+        vm = visual_mask if visual_mask is not None else q.new_ones(b, 1, 1, m, dtype=torch.bool)
+        tm = text_mask if text_mask is not None else q.new_ones(b, 1, 1, s, dtype=torch.bool)
+        mask = torch.cat([vm.expand(b, 1, 1, m), tm.expand(b, 1, 1, s)], dim=3)
+    out = attend_grouped(q, keys, values, mask)
+    return out if has_media is None else torch.where(has_media[:, None, None, None], out, a_self)
+
+
 def gate(
     a_self: Tensor, a_cross: Tensor, seen: Tensor | None, gate_proj: nn.Module, all_seen: bool = False
 ) -> Tensor:

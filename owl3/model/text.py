@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from owl3.config import TextConfig
-from owl3.model.hyper import RowVisuals, VisualContext, cross_attention, fused_attention, gate, visual_kv
+from owl3.model.hyper import (
+    RowVisuals,
+    VisualContext,
+    cross_attention,
+    fused_attention,
+    fused_decode,
+    gate,
+    visual_kv,
+)
 from owl3.model.layers import RMSNorm, RotaryEmbedding, Rotate, SwiGLU, attend_grouped, repeat_kv
 
 
@@ -100,6 +108,9 @@ class Attention(nn.Module):
         values and mask the self-attention used."""
         kv_of = (norm, self.v_kv_proj, rope, self.n_kv_heads, self.head_dim, self.rotate_visual)
         if isinstance(visual, RowVisuals):
+            stacked = visual.stacked(self.layer_idx)
+            if stacked is not None:  # a decode step over small visual contexts: all rows in one call
+                return fused_decode(a_self, q, k, v, mask, *stacked, visual.has_media)
             # rows of separate requests: each row with media reads its own visual K/V; in a batch of
             # prefill pieces only a row's real (last `counts[i]`) columns, with its own mask
             out = a_self.clone()
