@@ -174,7 +174,7 @@ def test_fused_attention_equals_one_softmax_over_image_and_text_keys(tiny241101_
 
 def test_fused_attention_in_query_blocks_is_exact(tiny241101_pipe, monkeypatch):
     # long prompts run the fused softmax in blocks of queries (bounded mask): same numbers as one block
-    from owl3.model import hyper
+    from owl3.model import fused
 
     model = tiny241101_pipe.model
     g = torch.Generator().manual_seed(9)
@@ -184,7 +184,7 @@ def test_fused_attention_in_query_blocks_is_exact(tiny241101_pipe, monkeypatch):
     starts = [[3, 30], [0, 17, 18]]
     with torch.no_grad():
         whole = model(ids, visual=model.visual_context(feats, starts))
-        monkeypatch.setattr(hyper, "FUSED_MASK_BUDGET", 2 * 3 * (2 * 3 * T + 40))  # blocks of 4 queries
+        monkeypatch.setattr(fused, "FUSED_MASK_BUDGET", 2 * 3 * (2 * 3 * T + 40))  # blocks of 4 queries
         blocked = model(ids, visual=model.visual_context(feats, starts))
     torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=1e-6)
 
@@ -207,7 +207,7 @@ def test_fused_attention_of_padded_rows_and_a_row_without_images(tiny241101_pipe
 def test_fused_decode_of_stacked_rows_equals_each_row_alone():
     """One call for a decode step of three requests (different image and text lengths, one without
     images) gives each row what `fused_attention` gives it alone; the row without images keeps a_self."""
-    from owl3.model.hyper import fused_attention, fused_decode
+    from owl3.model.fused import fused_attention, fused_decode
 
     g = torch.Generator().manual_seed(3)
     h, n_kv, d = 4, 2, 8
@@ -228,7 +228,8 @@ def test_fused_decode_of_stacked_rows_equals_each_row_alone():
             continue
         alone, seen = fused_attention(
             q[i : i + 1], k[i : i + 1, :, :nt], v[i : i + 1, :, :nt], None, vk[i : i + 1, :, :nv],
-            vv[i : i + 1, :, :nv], torch.zeros(1, nv, dtype=torch.long), torch.tensor([[50]]), after_prompt=True,
+            vv[i : i + 1, :, :nv], torch.zeros(1, nv, dtype=torch.long), torch.tensor([[50]]),
+            after_prompt=True,
         )  # fmt: skip
         assert seen.all()
         torch.testing.assert_close(out[i], alone[0], atol=1e-6, rtol=1e-5)

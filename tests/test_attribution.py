@@ -94,7 +94,7 @@ def test_241101_shares_are_the_image_part_of_its_one_softmax(tiny241101_pipe):
     """[p_img; p_txt] @ [V_img; V_txt] from the captured queries and keys is the model's fused attention
     output at every query that sees an image; the shares of an answer add up to 1."""
     from owl3.inference.attribution import fused_probs
-    from owl3.model.hyper import fused_attention
+    from owl3.model.fused import fused_attention
 
     pipe, model = tiny241101_pipe, tiny241101_pipe.model
     enc = pipe.encode("Image 1: <|image|> Image 2: <|image|>. Which is brighter?", _pictures(2), cut=False)

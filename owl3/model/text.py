@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from owl3.config import TextConfig
+from owl3.model.fused import fused_attention, fused_decode
 from owl3.model.hyper import (
     RowVisuals,
     VisualContext,
     cross_attention,
-    fused_attention,
-    fused_decode,
     gate,
     visual_kv,
 )
