@@ -28,16 +28,16 @@ from owl3.inference.memory import VisualMemory, remember
 from owl3.inference.sampling import SamplingParams
 from owl3.model import Owl3Model, VisualContext
 from owl3.processing import Encoding, Processor, load_image
-from owl3.processing.chat import chat_segments, check_text, split_parts
-from owl3.processing.decode import DEFAULT_MAX_PIXELS, data_url_bytes, is_array, is_image_file, local_path
+from owl3.processing.chat import chat_segments, check_text, split_parts, with_placeholders
+from owl3.processing.decode import DEFAULT_MAX_PIXELS
+from owl3.processing.media import VideoInput, load_video, media_kind, media_list
 from owl3.processing.pixels import presize
-from owl3.processing.video import check_sampling, frame_indices, read_video, video_file
+from owl3.processing.video import check_sampling
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "demo"  # the demo model trained by owl3 (docs/demo.md)
 PRESIZE_MIN_VIEWS = 4  # from this many images/frames, resize them in parallel before the processor
 
 Messages = str | Sequence[dict[str, Any]]
-VideoInput = str | Path | bytes | Sequence[Any] | Any  # a file, its bytes, a list of frames, an array T×H×W×C
 
 
 @dataclass
@@ -66,56 +66,9 @@ class Conversation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _normalize(
-    messages: Messages, n_images: int, n_videos: int, image_token: str, video_token: str
-) -> list[dict[str, str]]:
-    """Copy the messages (never mutate the caller's) and add placeholders if there are none."""
-    if isinstance(messages, str):
-        check_text(messages, "the prompt")
-        msgs = [{"role": "user", "content": messages}]
-    else:
-        try:
-            msgs = [dict(m) for m in messages]
-        except (TypeError, ValueError) as e:
-            raise Owl3Error(
-                "messages must be a string or a list of {'role': ..., 'content': ...} dicts"
-            ) from e
-    if not msgs:
-        raise Owl3Error("messages is empty; give at least one user message")
-    text = "".join(str(m.get("content", "")) for m in msgs)
-    if (n_images or n_videos) and image_token not in text and video_token not in text:
-        users = [i for i, m in enumerate(msgs) if m.get("role") == "user"]
-        if not users:
-            raise Owl3Error("images or videos were given, but there is no user message to attach them to")
-        last = users[-1]
-        msgs[last]["content"] = image_token * n_images + video_token * n_videos + "\n" + msgs[last]["content"]
-    return msgs
-
-
 MEDIA_OPTIONS = ("cut", "frames", "fps", "max_frames", "progress", "max_pixels")
 SAMPLING_OPTIONS = (*(f.name for f in fields(SamplingParams)), "stop")
 CONVERSATION_FIELDS = ("messages", "images", "videos", "cut", "extra")
-
-
-def _media_list(items: Any, name: str) -> list[Any]:
-    """images= / videos= as a list: None is none, a lone item (a path, bytes, a PIL image, one image
-    array) is wrapped, a batch array (N×H×W×C images) is split; anything else must be a list."""
-    if items is None:
-        return []
-    if isinstance(items, (str, Path, bytes, bytearray, Image.Image)):
-        return [items]
-    if is_array(items):
-        if name == "images" and items.ndim in (2, 3):
-            return [items]
-        if name == "videos" and items.ndim == 4:
-            return [items]
-        return list(items)
-    if not isinstance(items, Sequence):
-        example = "photo.jpg" if name == "images" else "clip.mp4"
-        raise Owl3Error(
-            f"{name} must be a list, got {type(items).__name__} ({items!r:.40}); e.g. {name}=[{example!r}]"
-        )
-    return list(items)
 
 
 def _split_options(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -153,50 +106,11 @@ class Owl3Pipeline:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         what: str = "the video",
     ) -> list[Image.Image]:
-        """A video's sampled frames: a file (path, `file://` or `data:` URL, or its bytes) is sampled with
-        PyAV; a list of frames or an array T×H×W×C is sampled by `frames` / `max_frames` (a list has no
-        frame rate, so `fps` is refused for it)."""
-        frames, fps, max_frames = check_sampling(frames, fps, max_frames)
-        official = self.processor.official_pixels
-        room = self.engine.max_model_len  # each frame is a prompt token: no more frames than that are decoded
-        if isinstance(video, str) and video[:5].lower() == "data:":
-            video = data_url_bytes(video, what)
-        if isinstance(video, (bytes, bytearray, memoryview)):
-            with video_file(video) as path:
-                try:
-                    return read_video(path, frames=frames, fps=fps, max_frames=max_frames, progress=progress,
-                                      max_pixels=max_pixels, official=official, max_count=room)
-                except Owl3Error as e:  # name the caller's bytes, not the temporary file
-                    e.args = (str(e).replace(str(path), f"{what} ({len(video)} bytes)"),)
-                    raise e from None
-        if isinstance(video, (str, Path)):
-            return read_video(local_path(video, what), frames=frames, fps=fps, max_frames=max_frames,
-                              progress=progress, max_pixels=max_pixels, official=official, max_count=room)
-        if isinstance(video, Image.Image):
-            raise Owl3Error("a video given as frames must be a list of images: pass videos=[frames]")
-        if is_array(video):
-            if video.ndim != 4:
-                raise Owl3Error(
-                    f"{what} is an array of shape {tuple(video.shape)}; a video array is T×H×W×C "
-                    "(for one image, use images=)"
-                )
-        elif not isinstance(video, Sequence):
-            raise Owl3Error(
-                f"{what} is a {type(video).__name__}; pass a video file's path or bytes, a list of frames "
-                "or an array T×H×W×C"
-            )
-        frames_list = list(video)
-        if not frames_list:
-            raise Owl3Error(f"{what} is given as frames but has no frames")
-        if fps is not None:
-            raise Owl3Error(
-                f"{what} is a list of frames, which has no frame rate, so fps does not apply; "
-                "pass frames=N to sample N of them, or pass the video file"
-            )
-        if frames is not None or max_frames is not None:
-            frames_list = [frames_list[i] for i in frame_indices(len(frames_list), frames=frames,
-                                                                   max_frames=max_frames)]
-        return [load_image(f, official=official, what=f"{what}[{k}]") for k, f in enumerate(frames_list)]
+        """A video's sampled frames (processing/media.py `load_video`), no more than fit the context."""
+        return load_video(
+            video, frames=frames, fps=fps, max_frames=max_frames, progress=progress, max_pixels=max_pixels,
+            what=what, official=self.processor.official_pixels, max_count=self.engine.max_model_len,
+        )  # fmt: skip
 
     def encode(
         self,
@@ -219,7 +133,7 @@ class Owl3Pipeline:
                                        or max_pixels < 1):
             raise Owl3Error(f"max_pixels must be a positive integer or None (no limit), got {max_pixels!r}")
         frames, fps, max_frames = check_sampling(frames, fps, max_frames)
-        images, videos = _media_list(images, "images"), _media_list(videos, "videos")
+        images, videos = media_list(images, "images"), media_list(videos, "videos")
         split, part_images, part_videos = split_parts(
             messages, self.processor.image_token, self.processor.video_token
         )
@@ -232,7 +146,7 @@ class Owl3Pipeline:
             messages, images, videos = split, part_images, part_videos
         elif not isinstance(messages, str):
             messages = split
-        msgs = _normalize(
+        msgs = with_placeholders(
             messages, len(images), len(videos), self.processor.image_token, self.processor.video_token
         )
         if cut and videos:
@@ -438,7 +352,7 @@ class Owl3Pipeline:
         The media are laid out as `generate(question, images, videos)` lays them out without placeholders
         (images, then videos, at the start of the user turn); cropping as there (`cut=None` crops a lone
         image)."""
-        images, videos = _media_list(images, "images"), _media_list(videos, "videos")
+        images, videos = media_list(images, "images"), media_list(videos, "videos")
         if not images and not videos:
             raise Owl3Error("nothing to encode: give at least one image or video")
         proc = self.processor
@@ -497,27 +411,6 @@ class Owl3Pipeline:
         return self.model(enc.input_ids[None].to(self.model.device), visual=visual)[0]
 
 
-# files named like this are videos, like this images; anything else is looked at (Pillow reads it or not)
-VIDEO_SUFFIXES = {
-    ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
-    ".3gp", ".ogv", ".vob", ".mxf", ".ivf", ".y4m", ".h264", ".264", ".h265", ".265", ".hevc", ".m2v",
-    ".mjpeg", ".mjpg",
-}
-IMAGE_SUFFIXES = {
-    ".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".jp2", ".j2k", ".ppm",
-    ".pgm", ".pbm", ".tga", ".ico", ".heic", ".heif",
-}
-
-
-def media_kind(path: str | Path) -> str:
-    """"video" or "image" for a file: by its suffix, else by its content (a header Pillow reads is an
-    image; a raw .h264 stream or an unknown suffix that Pillow does not read is taken as a video)."""
-    suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
-        return "video" if suffix in VIDEO_SUFFIXES else "image"
-    return "image" if not Path(path).is_file() or is_image_file(path) else "video"
-
-
 def _conversation(i: int, c: Any) -> tuple[Conversation, dict[str, Any], dict[str, Any]]:
     """A batch entry -> (the Conversation, its media options, its sampling options)."""
     if isinstance(c, Conversation):
@@ -565,4 +458,7 @@ def load(
     return Owl3Pipeline(model, processor, folder)
 
 
-__all__ = ["Completion", "Conversation", "Owl3Pipeline", "Share", "VisualMemory", "load", "DEFAULT_MODEL"]
+__all__ = [
+    "Completion", "Conversation", "Owl3Pipeline", "Share", "VisualMemory", "load", "media_kind",
+    "DEFAULT_MODEL",
+]  # fmt: skip

@@ -79,8 +79,9 @@ def check_text(text: str, where: str) -> None:
 PART_TYPES = ("text", "image_url", "video_url", "image", "video")
 
 
-def split_parts(messages: Any, image_token: str = "<|image|>", video_token: str = "<|video|>"
-                ) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+def split_parts(
+    messages: Any, image_token: str = "<|image|>", video_token: str = "<|video|>"
+) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
     """Messages whose content may be a list of OpenAI-style parts -> (messages with string content, the
     parts' images, the parts' videos), in the order given.
 
@@ -118,7 +119,7 @@ def split_parts(messages: Any, image_token: str = "<|image|>", video_token: str 
                     f"{', '.join(PART_TYPES)}"
                 )
             if kind not in part:
-                raise Owl3Error(f'{where} has type {kind!r} but no {kind!r} key, e.g. {_example(kind)}')
+                raise Owl3Error(f"{where} has type {kind!r} but no {kind!r} key, e.g. {_example(kind)}")
             value = part[kind]
             if kind == "text":
                 if not isinstance(value, str):
@@ -199,3 +200,30 @@ def video_prompt(n_frames: int, image_token: str = "<|image|>", variant: str = "
     `<|start_video_frame|>` ... `<|end_video_frame|>` (241101)."""
     frames = image_token * n_frames
     return f"{START_VIDEO}{frames}{END_VIDEO}" if variant == "241101" else frames
+
+
+def with_placeholders(
+    messages: str | Sequence[dict[str, Any]], n_images: int, n_videos: int, image_token: str, video_token: str
+) -> list[dict[str, str]]:
+    """A prompt string or messages -> a copy of the messages (never the caller's), with the media's
+    placeholders at the start of the last user turn if no message holds one (the official examples' way)."""
+    if isinstance(messages, str):
+        check_text(messages, "the prompt")
+        msgs = [{"role": "user", "content": messages}]
+    else:
+        try:
+            msgs = [dict(m) for m in messages]
+        except (TypeError, ValueError) as e:
+            raise Owl3Error(
+                "messages must be a string or a list of {'role': ..., 'content': ...} dicts"
+            ) from e
+    if not msgs:
+        raise Owl3Error("messages is empty; give at least one user message")
+    text = "".join(str(m.get("content", "")) for m in msgs)
+    if (n_images or n_videos) and image_token not in text and video_token not in text:
+        users = [i for i, m in enumerate(msgs) if m.get("role") == "user"]
+        if not users:
+            raise Owl3Error("images or videos were given, but there is no user message to attach them to")
+        last = users[-1]
+        msgs[last]["content"] = image_token * n_images + video_token * n_videos + "\n" + msgs[last]["content"]
+    return msgs
