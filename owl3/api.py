@@ -11,7 +11,10 @@ official examples write them. For advanced use the pipeline exposes `model`, `pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -304,6 +307,38 @@ class Owl3Pipeline:
             params.append(self.sampling(**{**sampling, **own}))
         return [c.text for c in self._complete(encs, params)]
 
+    def chat_many(
+        self, conversations: Iterable[Conversation | dict[str, Any]], *, in_flight: int | None = None,
+        **sampling: Any,
+    ) -> Iterator[tuple[int, Completion]]:  # fmt: skip
+        """Answer a stream of conversations as one continuous batch: yields (index, Completion) as each
+        answer finishes, so not in order. A finished answer's slot takes the next conversation at once;
+        a thread reads and encodes the next conversations' media while the model runs, and at most
+        `in_flight` (default: the engine's slots) are answered at a time. Each answer equals the one it
+        gets alone (greedy). A conversation takes the options of `chat_batch`'s. A conversation that
+        cannot be encoded raises `Owl3Error` (naming its index) and the ones in flight are aborted."""
+        prompt_tokens: dict[int, int] = {}
+
+        def encode(i: int, c: Any) -> tuple[Encoding, SamplingParams]:
+            conv, media, own = _conversation(i, c)
+            try:
+                enc = self.encode(conv.messages, conv.images, conv.videos, cut=conv.cut, **media)
+                params = self.sampling(**{**sampling, **own})
+            except Owl3Error as e:
+                raise Owl3Error(f"conversation {i}: {e}") from None
+            prompt_tokens[i] = int(enc.input_ids.shape[0])
+            return enc, params
+
+        ids: dict[int, list[int]] = {}
+        pairs = _ahead(encode, conversations, depth=2)
+        for ev in self.engine.generate_each(pairs, in_flight=in_flight):
+            ids.setdefault(ev.request_id, []).append(ev.token_id)
+            if ev.finished:
+                t = [x for x in ids.pop(ev.request_id) if x >= 0]
+                text = self.tokenizer.decode(t, skip_special_tokens=True)
+                reason = ev.finish_reason or "length"
+                yield ev.request_id, Completion(text, t, reason, prompt_tokens.pop(ev.request_id))
+
     def _stream(
         self, enc: Encoding, params: SamplingParams, memory: VisualMemory | None = None
     ) -> Iterator[str]:
@@ -437,6 +472,23 @@ def _conversation(i: int, c: Any) -> tuple[Conversation, dict[str, Any], dict[st
         )
     media, own = _split_options(options)
     return conv, media, own
+
+
+def _ahead(fn: Any, items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """fn(i, item) for each item in order, computed in a thread up to `depth` items ahead of the reader."""
+    source = enumerate(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="owl3-encode") as pool:
+        pending = deque(pool.submit(fn, i, x) for i, x in itertools.islice(source, depth))
+        try:
+            while pending:
+                done = pending.popleft()
+                nxt = next(source, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fn, *nxt))
+                yield done.result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def load(

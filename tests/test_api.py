@@ -219,6 +219,38 @@ def test_chat_batch_equals_each_alone(tiny_pipe, img, img2):
     assert len(set(alone)) == 3  # the three requests really differ
 
 
+def test_chat_many_answers_a_stream_as_each_alone_and_reads_it_lazily(tiny_pipe, img, img2):
+    prompts = ["Tell me a story.", "What is this?", "Which one is bigger?", "Count.", "Why?", "Name it."]
+    media = [[], [img], [img, img2], [img2], [], [img]]
+    lengths = [3, 9, 5, 12, 1, 7]  # answers of different lengths finish out of order
+    pulled = []
+
+    def stream():
+        for i, (p, m) in enumerate(zip(prompts, media, strict=True)):
+            pulled.append(i)
+            yield {"messages": p, "images": m, "max_new_tokens": lengths[i]}
+
+    answers = tiny_pipe.chat_many(stream(), in_flight=2, temperature=0.0)
+    first = next(answers)
+    assert len(pulled) < len(prompts)  # two in flight and the encoder a little ahead, not the whole stream
+    got = dict([first, *answers])
+    assert sorted(got) == list(range(6))
+    for i in range(6):
+        alone = tiny_pipe.chat(prompts[i], images=media[i], max_new_tokens=lengths[i])
+        assert got[i].text == alone
+        assert got[i].prompt_tokens == int(tiny_pipe.encode(prompts[i], images=media[i]).input_ids.shape[0])
+    assert not tiny_pipe.engine.has_unfinished
+
+
+def test_chat_many_names_a_bad_conversation_and_aborts_the_rest(tiny_pipe, img, tmp_path):
+    convs = [{"messages": "Tell me a story.", "max_new_tokens": 30}] * 3
+    convs.insert(2, {"messages": "What is this?", "images": [tmp_path / "missing.png"]})
+    with _raises(r"conversation 2: .*missing\.png"):
+        list(tiny_pipe.chat_many(convs, in_flight=2))
+    assert not tiny_pipe.engine.has_unfinished  # the ones in flight were aborted
+    assert tiny_pipe.chat("Hi", max_new_tokens=2) == tiny_pipe.chat("Hi", max_new_tokens=2)  # it still serves
+
+
 def test_logits_shape(tiny_pipe, img):
     enc = tiny_pipe.encode("Describe", images=[img])
     logits = tiny_pipe.logits("Describe", images=[img])

@@ -68,11 +68,19 @@ class OraclePipe:
 
     def __init__(self, answers):
         self.answers = answers
-        self.batches = []
+        self.windows = []
 
-    def chat_batch(self, convs, **kw):
-        self.batches.append(len(convs))
-        return [self.answers.get(c.messages, "I do not know.") for c in convs]
+    def chat_many(self, convs, in_flight=None, **kw):
+        """`in_flight` conversations at a time, each window answered last one first (out of order)."""
+        window = []
+        for i, c in enumerate([*convs, None]):
+            if c is not None:
+                window.append((i, c))
+            if window and (len(window) == in_flight or c is None):
+                self.windows.append(len(window))
+                for j, conv in reversed(window):
+                    yield j, SimpleNamespace(text=self.answers.get(conv.messages, "I do not know."))
+                window = []
 
 
 def test_runner_counts_right_answers(tmp_path):
@@ -81,7 +89,7 @@ def test_runner_counts_right_answers(tmp_path):
     pipe = OraclePipe(answers)
     report = evaluate(task, pipe, batch_size=2, output=tmp_path / "r.jsonl", progress=False)
     assert [r["accuracy"] for r in report.rows] == [1.0, 1.0, 0.0, 0.0]
-    assert max(pipe.batches) == 2 and sum(pipe.batches) == 12
+    assert max(pipe.windows) == 2 and sum(pipe.windows) == 12
     # 3/3 right: the Wilson 95% interval is 0.4385..1 (hand-computed)
     assert report.summary["results"] == [
         {"images": 1, "questions": 3, "accuracy": 1.0, "ci95": [0.4385, 1.0]},
@@ -90,6 +98,7 @@ def test_runner_counts_right_answers(tmp_path):
     assert report.summary["video"]["accuracy"] == 0.0 and report.summary["which"]["images"] == 2
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
     assert len(lines) == 12 and json.loads(lines[0])["correct"] is True
+    assert [json.loads(x)["id"] for x in lines] == [i.id for i in task.items(56)]  # question order
     assert "5 images" in format_table(report) and "43.9-100.0" in format_table(report)
 
 

@@ -104,15 +104,6 @@ def test_owl3_eval_distractor_end_to_end_on_the_tiny_model(tsv, tiny_dir, tmp_pa
         assert r["image_indices"] == drawn[(q, r["images"], r["variant"])]
 
 
-def test_local_batches_hold_prompts_of_one_image_count(tsv):
-    from owl3.evaluation.backends import batches
-
-    items = list(DistractorTask(tsv, images=[1, 3], variants=2).items())
-    got = list(batches(items, 5))
-    assert [len(b) for b in got] == [5, 5, 5, 3] * 2
-    assert all(len({i.meta["images"] for i in b}) == 1 for b in got)
-
-
 def test_distractor_shards_merge_to_the_plot_and_compare_per_count(tsv, tmp_path, capsys):
     def script(item):  # misses every variant-1 prompt of question 2 at 3 images
         wrong = item.question == "2@3" and item.variant == 1

@@ -5,6 +5,7 @@ merge == one run, compare by question, and the command end to end on the tiny mo
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -185,25 +186,27 @@ class RecordingPipe:
     path = "recording"
 
     def __init__(self):
-        self.batches: list[list[str]] = []
+        self.asked: list[str] = []
+        self.in_flight = None
 
-    def chat_batch(self, convs, **kw):
+    def chat_many(self, convs, in_flight=None, **kw):
         assert kw == {"max_new_tokens": 64, "temperature": 0.0}
-        self.batches.append([c.messages for c in convs])
-        assert all(len(c.images) == 1 and c.cut for c in convs)
-        return [answer_colour(c.messages) for c in convs]
+        self.in_flight = in_flight
+        for i, c in enumerate(convs):
+            assert len(c.images) == 1 and c.cut
+            self.asked.append(c.messages)
+            yield i, SimpleNamespace(text=answer_colour(c.messages))
 
 
-def test_local_backend_answers_in_batches_of_one_group(tsv):
+def test_local_backend_answers_every_prompt_in_one_continuous_batch(tsv):
     from owl3.evaluation.backends import LocalBackend
 
     pipe = RecordingPipe()
     task = MMBenchTask(tsv)
     out = run_benchmark(task, LocalBackend(pipe, batch_size=4))
     assert out.summary["accuracy"] == 1.0
-    # full batches (not one prompt, or one question, at a time), in task order
-    assert [len(b) for b in pipe.batches] == [4, 4, 4, 4, 2]
-    assert [p for b in pipe.batches for p in b] == [i.prompt for i in task.items()]
+    # one stream of every prompt in task order, `batch_size` of them in flight
+    assert pipe.asked == [i.prompt for i in task.items()] and pipe.in_flight == 4
 
 
 def test_shards_run_where_the_data_lies_elsewhere_still_merge(tsv, tmp_path, capsys):

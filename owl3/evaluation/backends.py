@@ -2,7 +2,8 @@
 
 Both take items and yield `(item, prediction)` as answers arrive, greedy, so the runner never waits on one
 prompt at a time:
-- `LocalBackend` answers a batch with `Owl3Pipeline.chat_batch` while a thread reads the next batch's media;
+- `LocalBackend` answers them as one continuous batch (`Owl3Pipeline.chat_many`: `batch_size` in flight,
+  a thread reading the next items' media meanwhile);
 - `ServerBackend` keeps `concurrency` requests in flight with the official `openai` client. Each
   `<|image|>` becomes an `image_url` part (PNG data: URL) where it stands in the prompt, each `<|video|>`
   a vLLM `video_url` part: the frames the task sampled, encoded as one small video of exactly those frames,
@@ -26,23 +27,6 @@ from owl3.evaluation.task import Item
 _PLACEHOLDER = re.compile(r"(<\|image\|>|<\|video\|>)")
 
 
-def _shape(item: Item) -> tuple[int, int]:
-    return item.prompt.count("<|image|>"), item.prompt.count("<|video|>")
-
-
-def batches(items: list[Item], size: int) -> Iterator[list[Item]]:
-    """Consecutive items with as many images and videos each, at most `size` at a time (a batch of prompts
-    alike in size wastes no padding: the distractor test's 400-image prompts never wait on 1-image ones)."""
-    batch: list[Item] = []
-    for item in items:
-        if batch and (len(batch) == size or _shape(item) != _shape(batch[0])):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
-
-
 class LocalBackend:
     def __init__(self, pipe: Any, *, batch_size: int = 8, max_new_tokens: int = 64) -> None:
         if batch_size < 1:
@@ -50,27 +34,19 @@ class LocalBackend:
         self.pipe, self.batch_size, self.max_new_tokens = pipe, batch_size, max_new_tokens
         self.name = str(getattr(pipe, "path", "model"))
 
-    def _conversations(self, batch: list[Item]) -> list[Any]:
+    def _conversation(self, item: Item) -> Any:
         from owl3.api import Conversation
 
-        out = []
-        for item in batch:
-            images, videos = item.media()
-            out.append(Conversation(item.prompt, images=images, videos=videos, cut=item.cut))
-        return out
+        images, videos = item.media()
+        return Conversation(item.prompt, images=images, videos=videos, cut=item.cut)
 
     def answer(self, items: list[Item]) -> Iterator[tuple[Item, str]]:
-        todo = list(batches(items, self.batch_size))
-        if not todo:
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="owl3-eval-media") as pool:
-            nxt: Future = pool.submit(self._conversations, todo[0])
-            for k, batch in enumerate(todo):
-                convs = nxt.result()
-                if k + 1 < len(todo):  # read the next batch's media while the model answers this one
-                    nxt = pool.submit(self._conversations, todo[k + 1])
-                answers = self.pipe.chat_batch(convs, max_new_tokens=self.max_new_tokens, temperature=0.0)
-                yield from zip(batch, answers, strict=True)
+        convs = (self._conversation(item) for item in items)
+        answers = self.pipe.chat_many(
+            convs, in_flight=self.batch_size, max_new_tokens=self.max_new_tokens, temperature=0.0
+        )
+        for i, completion in answers:
+            yield items[i], completion.text
 
 
 def _png_url(img: Any) -> str:

@@ -1,8 +1,9 @@
 """Run a task on a loaded pipeline: batched greedy answers, one JSON line per question, a summary.
 
-`evaluate` answers the task's items in batches (items of one report row at a time, so batches hold
-similar prompts), writes each record as soon as its batch is done (`--output` holds partial results if a
-run is stopped), and returns a `Report`: per-row and per-kind accuracy and the task's summary object.
+`evaluate` answers the task's items as one continuous batch (`Owl3Pipeline.chat_many`: `batch_size`
+questions in flight, a finished one's slot taking the next at once), writes the records in question order
+as soon as they are done (`--output` holds the records of a prefix of the questions if a run is stopped),
+and returns a `Report`: per-row and per-kind accuracy and the task's summary object.
 It does not load models or parse arguments (see `command.py`) and draws no plots (`plot.py`).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +35,6 @@ class Report:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
-    for item in items:
-        if batch and (len(batch) == size or item.group != batch[0].group):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
-
-
 def evaluate(
     task: Task,
     pipe: Owl3Pipeline,
@@ -67,16 +56,25 @@ def evaluate(
         except OSError as e:
             raise Owl3Error(f"cannot write {str(path)!r} ({e.strerror}); pick another --output") from None
     records: list[dict[str, Any]] = []
-    items = list(task.items(pipe.config.image_size))  # light: media are rendered per batch
+    items = list(task.items(pipe.config.image_size))  # light: media are rendered as they are asked
     bar = tqdm(total=len(items), desc=task.name, unit="q", disable=not progress, leave=False)
+
+    def conversation(item: Item) -> Conversation:
+        images, videos = item.media()
+        return Conversation(item.prompt, images=images, videos=videos, cut=item.cut)
+
+    answers = pipe.chat_many(
+        (conversation(item) for item in items), in_flight=batch_size, max_new_tokens=max_new_tokens,
+        temperature=0.0,
+    )  # fmt: skip
+    done: dict[int, str] = {}
     try:
-        for batch in _batches(iter(items), batch_size):
-            convs = []
-            for item in batch:
-                images, videos = item.media()
-                convs.append(Conversation(item.prompt, images=images, videos=videos, cut=item.cut))
-            answers = pipe.chat_batch(convs, max_new_tokens=max_new_tokens, temperature=0.0)
-            for item, pred in zip(batch, answers, strict=True):
+        for i, completion in answers:
+            done[i] = completion.text
+            bar.update(1)
+            while len(records) in done:  # records in question order: the file is a prefix of the run
+                item = items[len(records)]
+                pred = done.pop(len(records))
                 rec = {
                     "id": item.id,
                     "group": item.group,
@@ -90,10 +88,9 @@ def evaluate(
                 records.append(rec)
                 if out is not None:
                     out.write(json.dumps(rec) + "\n")
-            if out is not None:
-                out.flush()
-            bar.update(len(batch))
+                    out.flush()
     finally:
+        answers.close()
         bar.close()
         if out is not None:
             out.close()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
@@ -261,10 +261,36 @@ class Engine:
         for i, e in enumerate(encodings):  # refuse the batch before queueing any of it
             self.check_length(int(e.input_ids.shape[0]), i)
             per[i].validate()
-        index = {self.add_request(e, per[i], memory): i for i, e in enumerate(encodings)}
-        left = set(index)
+        return self.generate_each(zip(encodings, per, strict=True), memory, in_flight=len(encodings))
+
+    def generate_each(
+        self,
+        requests: Iterable[tuple[Encoding, SamplingParams]],
+        memory: PromptMemory | None = None,
+        in_flight: int | None = None,
+    ) -> Iterator[TokenEvent]:
+        """`generate` over a stream of (encoding, sampling) pairs, as one continuous batch: the next pair is
+        taken whenever fewer than `in_flight` requests (default: the running and prefilling slots) are
+        unfinished, so a long stream never waits for a batch to drain and is not encoded all at once.
+        `request_id` of an event is the pair's index in the stream. A pair whose request is refused
+        raises (`Owl3Error`) and aborts the others; so does closing the iterator early."""
+        room = in_flight or self.max_num_seqs + self.max_prefill_seqs
+        if room < 1:
+            raise Owl3Error(f"in_flight must be at least 1, got {room}")
+        source = iter(requests)
+        index: dict[int, int] = {}  # engine id -> index in the stream
+        left: set[int] = set()
         try:
-            while left:
+            while True:
+                while len(left) < room:
+                    pair = next(source, None)
+                    if pair is None:
+                        break
+                    rid = self.add_request(pair[0], pair[1], memory)
+                    index[rid] = len(index)
+                    left.add(rid)
+                if not left:
+                    return
                 for ev in self.step():
                     if ev.request_id in index:
                         if ev.finished:
