@@ -12,6 +12,7 @@ official examples write them. For advanced use the pipeline exposes `model`, `pr
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -312,11 +313,13 @@ class Owl3Pipeline:
         **sampling: Any,
     ) -> Iterator[tuple[int, Completion]]:  # fmt: skip
         """Answer a stream of conversations as one continuous batch: yields (index, Completion) as each
-        answer finishes, so not in order. A finished answer's slot takes the next conversation at once;
-        a thread reads and encodes the next conversations' media while the model runs, and at most
-        `in_flight` (default: the engine's slots) are answered at a time. Each answer equals the one it
-        gets alone (greedy). A conversation takes the options of `chat_batch`'s. A conversation that
-        cannot be encoded raises `Owl3Error` (naming its index) and the ones in flight are aborted."""
+        answer finishes, so not in order. Finished answers' slots take the next conversations once half
+        of them are free (`Engine.generate_each`), and at most `in_flight` (default: the engine's slots)
+        are answered at a time. A thread reads and encodes the next conversations' media while the model
+        runs, when a core is free for it (the model on an accelerator, or torch on fewer threads than the
+        CPU has). Each answer equals the one it gets alone (greedy). A conversation takes the options of
+        `chat_batch`'s. A conversation that cannot be encoded raises `Owl3Error` (naming its index) and
+        the ones in flight are aborted."""
         prompt_tokens: dict[int, int] = {}
 
         def encode(i: int, c: Any) -> tuple[Encoding, SamplingParams]:
@@ -330,7 +333,8 @@ class Owl3Pipeline:
             return enc, params
 
         ids: dict[int, list[int]] = {}
-        pairs = _ahead(encode, conversations, depth=2)
+        spare_core = self.model.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
+        pairs = _ahead(encode, conversations, depth=2 if spare_core else 0)
         for ev in self.engine.generate_each(pairs, in_flight=in_flight):
             ids.setdefault(ev.request_id, []).append(ev.token_id)
             if ev.finished:
@@ -475,7 +479,11 @@ def _conversation(i: int, c: Any) -> tuple[Conversation, dict[str, Any], dict[st
 
 
 def _ahead(fn: Any, items: Iterable[Any], depth: int) -> Iterator[Any]:
-    """fn(i, item) for each item in order, computed in a thread up to `depth` items ahead of the reader."""
+    """fn(i, item) for each item in order, computed in a thread up to `depth` items ahead of the reader
+    (`depth` 0: in the reader's thread, as it reads)."""
+    if depth == 0:
+        yield from itertools.starmap(fn, enumerate(items))
+        return
     source = enumerate(items)
     with ThreadPoolExecutor(1, thread_name_prefix="owl3-encode") as pool:
         pending = deque(pool.submit(fn, i, x) for i, x in itertools.islice(source, depth))

@@ -428,3 +428,29 @@ def test_newcomers_are_prefilled_together_and_get_the_tokens_of_each_alone(pipe,
         for h in hooks:
             h.remove()
     assert [got[i] for i in range(4)] == want
+
+
+def test_a_stream_refills_half_the_room_at_once_and_gives_the_tokens_of_each_alone(pipe, tiny_dir):
+    # generate_each over a stream with room for 4: the next requests join only once two have finished, so
+    # their prompts are prefilled in one forward instead of one by one; every answer is still its own alone
+    encs = (_requests(pipe, tiny_dir) * 2)[:7]
+    params = [SamplingParams(max_new_tokens=k, seed=k, temperature=0.8) for k in (2, 3, 9, 11, 4, 6, 5)]
+    want = _alone(pipe, encs, params)
+    engine = Engine(pipe.model, pipe.processor.stop_token_ids, pipe.processor.pad_token_id, max_num_seqs=4)
+    finished: list[int] = []
+    joined_after: list[int] = []  # how many had finished when each pair was taken
+
+    def stream():
+        for pair in zip(encs, params, strict=True):
+            joined_after.append(len(finished))
+            yield pair
+
+    got: dict[int, list[int]] = {i: [] for i in range(len(encs))}
+    for ev in engine.generate_each(stream(), in_flight=4):
+        got[ev.request_id].append(ev.token_id)
+        if ev.finished:
+            finished.append(ev.request_id)
+    assert joined_after[:4] == [0, 0, 0, 0]
+    assert joined_after[4] == joined_after[5] >= 2  # two joined together, once two slots were free
+    assert [got[i] for i in range(len(encs))] == want
+    assert not engine.has_unfinished

@@ -270,8 +270,9 @@ class Engine:
         in_flight: int | None = None,
     ) -> Iterator[TokenEvent]:
         """`generate` over a stream of (encoding, sampling) pairs, as one continuous batch: the next pair is
-        taken whenever fewer than `in_flight` requests (default: the running and prefilling slots) are
-        unfinished, so a long stream never waits for a batch to drain and is not encoded all at once.
+        taken as `in_flight` requests (default: the running and prefilling slots) finish, so a long
+        stream never waits for a batch to drain and is not encoded all at once. New pairs join once half
+        the room is free, so their prefills run as one batch (one at a time costs ~10% on a CPU).
         `request_id` of an event is the pair's index in the stream. A pair whose request is refused
         raises (`Owl3Error`) and aborts the others; so does closing the iterator early."""
         room = in_flight or self.max_num_seqs + self.max_prefill_seqs
@@ -282,7 +283,8 @@ class Engine:
         left: set[int] = set()
         try:
             while True:
-                while len(left) < room:
+                refill = not left or room - len(left) >= (room + 1) // 2
+                while refill and len(left) < room:
                     pair = next(source, None)
                     if pair is None:
                         break
