@@ -370,12 +370,11 @@ def test_vision_tower_runs_in_chunks_of_vision_batch_size(tiny241101_pipe):
     torch.testing.assert_close(feats, alone, atol=1e-5, rtol=1e-5)
 
 
-def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
+def test_compiled_decode_compiles_once_and_matches_eager():
     # the fused decode step (rows with their own visual K/V, several image counts) is one graph too
     from torch._dynamo.utils import counters
 
     from owl3.bench.common import free_token_id, random_images, random_model, synthetic_prompt
-    from owl3.inference import engine as engine_mod
     from owl3.processing import Encoding
     from owl3.processing.pixels import images_to_pixels
 
@@ -386,11 +385,10 @@ def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
         ids, starts = synthetic_prompt(n, free_token_id(cfg), cfg.text.vocab_size, seed=n)
         return [Encoding(ids, images_to_pixels(random_images(n, 64, 48, seed=n), cfg.image_size), starts, "")]
 
-    monkeypatch.setattr(engine_mod, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     counters.clear()
     eager = Engine(model, stop_token_ids=(), pad_token_id=0)
-    fast = Engine(model, stop_token_ids=(), pad_token_id=0, compile_decode=True)
+    fast = Engine(model, stop_token_ids=(), pad_token_id=0, compile_decode="eager")
     for n, t in ((2, 5), (3, 9), (1, 7)):
         params = SamplingParams(max_new_tokens=t)
         want = [e.token_id for e in eager.generate(request(n), params)]

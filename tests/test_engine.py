@@ -6,7 +6,8 @@ from PIL import Image
 
 from owl3.bench.latency import StageTimedEngine
 from owl3.errors import Owl3Error
-from owl3.inference.engine import Engine, attention_kernels
+from owl3.inference.engine import Engine
+from owl3.inference.kernels import attention_kernels
 from owl3.inference.sampling import SamplingParams
 
 
@@ -170,14 +171,13 @@ def test_cuda_forwards_take_cudnn_out_of_sdpa_for_their_length_only(pipe, tiny_d
         torch.backends.cuda.enable_cudnn_sdp(was)
 
 
-def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
+def test_compiled_decode_compiles_once_and_matches_eager():
     # one graph serves every step (the cache grows) of requests with different image counts and lengths;
     # "eager" checks graph capture and guards without code generation
     from torch._dynamo.utils import counters
 
     from owl3.bench.common import free_token_id, random_images, random_model, synthetic_prompt
     from owl3.config import preset
-    from owl3.inference import engine as engine_mod
     from owl3.processing import Encoding
     from owl3.processing.pixels import images_to_pixels
 
@@ -188,11 +188,10 @@ def test_compiled_decode_compiles_once_and_matches_eager(monkeypatch):
         ids, starts = synthetic_prompt(n, free_token_id(cfg), cfg.text.vocab_size, seed=n)
         return [Encoding(ids, images_to_pixels(random_images(n, 64, 48, seed=n), cfg.image_size), starts, "")]
 
-    monkeypatch.setattr(engine_mod, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     counters.clear()
     eager = Engine(model, stop_token_ids=(), pad_token_id=0)
-    fast = Engine(model, stop_token_ids=(), pad_token_id=0, compile_decode=True)
+    fast = Engine(model, stop_token_ids=(), pad_token_id=0, compile_decode="eager")
     for n, t in ((2, 5), (3, 9), (1, 7)):
         params = SamplingParams(max_new_tokens=t)
         want = [e.token_id for e in eager.generate(request(n), params)]

@@ -29,18 +29,16 @@ is not thread-safe: one thread owns it (the server's worker, or the caller of `g
 from __future__ import annotations
 
 import itertools
-import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from owl3.errors import Owl3Error
+from owl3.inference.kernels import attention_kernels, compiled
 from owl3.inference.kv_cache import DecodeView, KVPool, RowsView, SlotView
 from owl3.inference.media_cache import MediaCache
 from owl3.inference.prefix_cache import Prefix, PrefixCache
@@ -49,38 +47,6 @@ from owl3.inference.sampling import RowSampling, SamplingParams, request_seed, s
 from owl3.model import Owl3Model, RowVisuals, VisualContext
 from owl3.model.layers import causal_mask
 from owl3.processing import Encoding
-
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-# torch.compile backend of the decode step ("eager" checks graph capture without code generation)
-COMPILE_BACKEND = "inductor"
-
-
-def compiled(model: torch.nn.Module):
-    """`torch.compile(model)` for the decode step, made once per model (its graphs survive engines).
-
-    Sizes are symbolic (`dynamic=True`): one graph serves every batch size and key window.
-    """
-    if model not in _COMPILED:
-        _COMPILED[model] = torch.compile(model, dynamic=True, backend=COMPILE_BACKEND)
-    return _COMPILED[model]
-
-
-def attention_kernels(device: torch.device | str) -> AbstractContextManager:
-    """The attention kernels of the engine's forwards: on CUDA, scaled_dot_product_attention without
-    cuDNN's attention for the `with` block (the previous choice is restored on exit); elsewhere nothing.
-
-    Recent PyTorch tries cuDNN's attention first on Hopper, and cuDNN builds an execution plan for every
-    new shape (tenths of a second each). Generation makes a new shape at every decode step (the key
-    length grows) and in every block of a long prefill, so those plans cost more than the attention:
-    measured on an H100 (docs/performance.md), the 7B decode step ran at 62 ms/token the first time a
-    length was seen and 21 ms/token once it had been. FlashAttention and the memory-efficient kernel have
-    no per-shape cost.
-    """
-    if torch.device(device).type != "cuda":
-        return nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class Engine:
@@ -98,7 +64,7 @@ class Engine:
         media_cache_mb: float = 512,
         prefix_cache_mb: float = 0,
         kv_bucket: int = 256,
-        compile_decode: bool = False,
+        compile_decode: bool | str = False,
         split_prefill: bool | None = None,
     ) -> None:
         if min(max_num_seqs, max_prefill_seqs, prefill_chunk, vision_chunk_size, kv_bucket) < 1:
@@ -118,8 +84,10 @@ class Engine:
         self.kv_bucket = kv_bucket
         # the prefill's split cross-attention (VisualContext.split_prefill): None = on CUDA only
         self.split_prefill = split_prefill
-        # the decode step (one token per row) may run through torch.compile; prefill never does
-        self._decode_model = compiled(model) if compile_decode else model
+        # the decode step (one token per row) may run through torch.compile (True: inductor, or a
+        # backend's name); prefill never does
+        backend = "inductor" if compile_decode is True else compile_decode
+        self._decode_model = compiled(model, backend) if backend else model
         self.media_cache = MediaCache(int(media_cache_mb * 2**20))
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._ids = itertools.count()

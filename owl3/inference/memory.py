@@ -34,7 +34,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from owl3.errors import Owl3Error
-from owl3.inference.engine import Engine, attention_kernels
+from owl3.inference.engine import Engine
+from owl3.inference.kernels import attention_kernels
 from owl3.inference.kv_cache import KVCache
 from owl3.model import Owl3Model, VisualContext
 from owl3.processing import Encoding
