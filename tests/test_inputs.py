@@ -616,7 +616,12 @@ def test_chat_ctrl_c_inside_a_decode_step_leaves_the_engine_clean(tiny_pipe, cap
 def test_chat_real_sigint_stops_the_answer_not_the_session():
     """A real process and a real SIGINT once the answer has begun: the answer stops, the session goes on
     to the next command (here /quit), and it exits 0 (before: the session ended with code 130)."""
-    code = "import sys; from owl3.cli import main; sys.exit(main(sys.argv[1:]))"
+    # Ctrl-C raises KeyboardInterrupt as in a terminal even when the tests were started in the background
+    # (a non-interactive shell starts background jobs with SIGINT ignored, and the child inherits that)
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from owl3.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "chat", "--model", str(TINY), "--max-new-tokens", "3000"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
