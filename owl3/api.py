@@ -11,12 +11,8 @@ official examples write them. For advanced use the pipeline exposes `model`, `pr
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,16 @@ import torch
 from PIL import Image
 
 from owl3.checkpoint import load_model
+from owl3.conversation import (
+    MEDIA_OPTIONS,
+    SAMPLING_OPTIONS,
+    Completion,
+    Conversation,
+    Messages,
+    encode_ahead,
+    parse_conversation,
+    split_options,
+)
 from owl3.errors import Owl3Error
 from owl3.inference.attribution import Share, group_shares, view_mass
 from owl3.inference.detokenizer import StreamDetokenizer
@@ -40,46 +46,6 @@ from owl3.processing.video import check_sampling
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "demo"  # the demo model trained by owl3 (docs/demo.md)
 PRESIZE_MIN_VIEWS = 4  # from this many images/frames, resize them in parallel before the processor
-
-Messages = str | Sequence[dict[str, Any]]
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" or "length"
-    prompt_tokens: int
-    # with attribution=True: each image's (and video frame's) part of the answer's hyper-attention
-    shares: list[Share] | None = None
-    # with kb=...: the retrieved knowledge items the answer was given, with their scores and shares
-    citations: list[Any] | None = None
-
-    def __str__(self) -> str:
-        return self.text
-
-
-@dataclass
-class Conversation:
-    """One request of a batch."""
-
-    messages: Messages
-    images: Sequence[Any] = ()
-    videos: Sequence[VideoInput] = ()
-    cut: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-MEDIA_OPTIONS = ("cut", "frames", "fps", "max_frames", "progress", "max_pixels")
-SAMPLING_OPTIONS = (*(f.name for f in fields(SamplingParams)), "stop")
-CONVERSATION_FIELDS = ("messages", "images", "videos", "cut", "extra")
-
-
-def _split_options(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Keyword arguments -> (media options for `encode`, sampling options)."""
-    media = {k: kw[k] for k in MEDIA_OPTIONS if k in kw}
-    return media, {k: v for k, v in kw.items() if k not in MEDIA_OPTIONS}
-
 
 class Owl3Pipeline:
     """A loaded model with its processor and generation engine."""
@@ -247,7 +213,7 @@ class Owl3Pipeline:
             )
         if top_k is not None:
             kw["top_k"] = top_k
-        media, sampling = _split_options(kw)
+        media, sampling = split_options(kw)
         enc = self.encode(messages, images, videos, **media)
         out = self._complete([enc], self.sampling(**sampling))[0]
         if attribution:
@@ -287,7 +253,7 @@ class Owl3Pipeline:
         self, messages: Messages, images: Sequence[Any] = (), videos: Sequence[VideoInput] = (), **kw: Any
     ) -> Iterator[str]:
         """The answer as text pieces, as they are generated; never splits a UTF-8 character."""
-        media, sampling = _split_options(kw)
+        media, sampling = split_options(kw)
         enc = self.encode(messages, images, videos, **media)
         return self._stream(enc, self.sampling(**sampling))
 
@@ -303,7 +269,7 @@ class Owl3Pipeline:
             raise Owl3Error("conversations must be a list of Conversation objects or dicts")
         encs, params = [], []
         for i, c in enumerate(conversations):
-            conv, media, own = _conversation(i, c)
+            conv, media, own = parse_conversation(i, c)
             encs.append(self.encode(conv.messages, conv.images, conv.videos, cut=conv.cut, **media))
             params.append(self.sampling(**{**sampling, **own}))
         return [c.text for c in self._complete(encs, params)]
@@ -323,7 +289,7 @@ class Owl3Pipeline:
         prompt_tokens: dict[int, int] = {}
 
         def encode(i: int, c: Any) -> tuple[Encoding, SamplingParams]:
-            conv, media, own = _conversation(i, c)
+            conv, media, own = parse_conversation(i, c)
             try:
                 enc = self.encode(conv.messages, conv.images, conv.videos, cut=conv.cut, **media)
                 params = self.sampling(**{**sampling, **own})
@@ -334,7 +300,7 @@ class Owl3Pipeline:
 
         ids: dict[int, list[int]] = {}
         spare_core = self.model.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
-        pairs = _ahead(encode, conversations, depth=2 if spare_core else 0)
+        pairs = encode_ahead(encode, conversations, depth=2 if spare_core else 0)
         for ev in self.engine.generate_each(pairs, in_flight=in_flight):
             ids.setdefault(ev.request_id, []).append(ev.token_id)
             if ev.finished:
@@ -448,55 +414,6 @@ class Owl3Pipeline:
         self.engine.check_length(int(enc.input_ids.shape[0]), reserve=0)
         visual = self.engine.encode_visual([enc])
         return self.model(enc.input_ids[None].to(self.model.device), visual=visual)[0]
-
-
-def _conversation(i: int, c: Any) -> tuple[Conversation, dict[str, Any], dict[str, Any]]:
-    """A batch entry -> (the Conversation, its media options, its sampling options)."""
-    if isinstance(c, Conversation):
-        conv, loose = c, {}
-    elif isinstance(c, dict):
-        if "messages" not in c:
-            raise Owl3Error(
-                f"conversation {i} has no 'messages'; a conversation is a dict with keys messages, images, "
-                "videos, cut, extra (and media or sampling options)"
-            )
-        conv = Conversation(**{k: c[k] for k in CONVERSATION_FIELDS if k in c})
-        loose = {k: v for k, v in c.items() if k not in CONVERSATION_FIELDS}
-    else:
-        raise Owl3Error(f"conversation {i} is a {type(c).__name__}; pass a Conversation or a dict")
-    if not isinstance(conv.extra, dict):
-        raise Owl3Error(f"conversation {i}: extra must be a dict of options, got {type(conv.extra).__name__}")
-    options = {**conv.extra, **loose}
-    unknown = sorted(k for k in options if k not in MEDIA_OPTIONS and k not in SAMPLING_OPTIONS)
-    if unknown:
-        raise Owl3Error(
-            f"conversation {i} has unknown keys {', '.join(map(repr, unknown))}; a conversation takes "
-            f"messages, images, videos, cut, extra, the media options {', '.join(MEDIA_OPTIONS)} and the "
-            f"sampling options {', '.join(SAMPLING_OPTIONS)}"
-        )
-    media, own = _split_options(options)
-    return conv, media, own
-
-
-def _ahead(fn: Any, items: Iterable[Any], depth: int) -> Iterator[Any]:
-    """fn(i, item) for each item in order, computed in a thread up to `depth` items ahead of the reader
-    (`depth` 0: in the reader's thread, as it reads)."""
-    if depth == 0:
-        yield from itertools.starmap(fn, enumerate(items))
-        return
-    source = enumerate(items)
-    with ThreadPoolExecutor(1, thread_name_prefix="owl3-encode") as pool:
-        pending = deque(pool.submit(fn, i, x) for i, x in itertools.islice(source, depth))
-        try:
-            while pending:
-                done = pending.popleft()
-                nxt = next(source, None)
-                if nxt is not None:
-                    pending.append(pool.submit(fn, *nxt))
-                yield done.result()
-        finally:
-            for f in pending:
-                f.cancel()
 
 
 def load(

@@ -496,7 +496,7 @@ def test_loading_skips_module_init_and_the_dynamo_import(tiny_dir):
 @pytest.mark.parametrize("depth", [0, 2])
 def test_encoding_ahead_keeps_the_order_reads_lazily_and_raises_in_place(depth):
     # chat_many encodes in a thread when a core is free for it (depth 2) and inline otherwise (depth 0)
-    from owl3.api import _ahead
+    from owl3.conversation import encode_ahead
 
     pulled = []
 
@@ -510,7 +510,7 @@ def test_encoding_ahead_keeps_the_order_reads_lazily_and_raises_in_place(depth):
             raise Owl3Error(f"conversation {i}: bad")
         return i * 10 + x
 
-    it = _ahead(fn, items(), depth)
+    it = encode_ahead(fn, items(), depth)
     assert [next(it), next(it)] == [0, 11]
     assert len(pulled) <= 2 + depth + 1  # at most `depth` items ahead of the reader
     assert [next(it), next(it)] == [22, 33]

@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoint": BASE | {"config", "model"},
     "processing": BASE | {"config"},
     "inference": CORE,
-    "api": CORE | {"kb"},  # pipe.chat(..., kb=KB) hands the answer to kb.answer
+    "conversation": CORE,  # what a request to the pipeline is and what it returns
+    "api": CORE | {"kb", "conversation"},  # pipe.chat(..., kb=KB) hands the answer to kb.answer
     "options": BASE | {"api"},
     "generate": BASE | {"options", "api", "kb"},
     "kb": CORE,  # knowledge bases: take a pipeline as an argument, never import api
