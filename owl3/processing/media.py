@@ -67,33 +67,17 @@ def load_video(
     frames, fps, max_frames = check_sampling(frames, fps, max_frames)
     if isinstance(video, str) and video[:5].lower() == "data:":
         video = data_url_bytes(video, what)
+    sampling = dict(frames=frames, fps=fps, max_frames=max_frames, max_count=max_count)
+    decoding = dict(progress=progress, max_pixels=max_pixels, official=official)
     if isinstance(video, (bytes, bytearray, memoryview)):
         with video_file(video) as path:
             try:
-                return read_video(
-                    path,
-                    frames=frames,
-                    fps=fps,
-                    max_frames=max_frames,
-                    progress=progress,
-                    max_pixels=max_pixels,
-                    official=official,
-                    max_count=max_count,
-                )
+                return read_video(path, **sampling, **decoding)
             except Owl3Error as e:  # name the caller's bytes, not the temporary file
                 e.args = (str(e).replace(str(path), f"{what} ({len(video)} bytes)"),)
                 raise e from None
     if isinstance(video, (str, Path)):
-        return read_video(
-            local_path(video, what),
-            frames=frames,
-            fps=fps,
-            max_frames=max_frames,
-            progress=progress,
-            max_pixels=max_pixels,
-            official=official,
-            max_count=max_count,
-        )
+        return read_video(local_path(video, what), **sampling, **decoding)
     if isinstance(video, Image.Image):
         raise Owl3Error("a video given as frames must be a list of images: pass videos=[frames]")
     if is_array(video):
