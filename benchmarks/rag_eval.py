@@ -7,9 +7,10 @@
    pictures, each one object of a distinct shape and colour (sizes drawn at random) in a random cell,
    with its text "a big red star". Each query redraws an item's object (same shape, colour and size) in
    another cell with a new jitter; recall@1 and @5 of the item among the image-query hits.
-2. Attention share: `owl3 eval synthetic`'s 8-image questions (`Image 1: <|image|> ... Image 8: <|image|>.
-   In Image X, ...`, seed `--seed`); for each, the answer with `attribution=True` and whether the image
-   with the largest share is X, counted apart for right and wrong answers.
+2. Shares: `owl3 eval synthetic`'s 8-image questions (`Image 1: <|image|> ... Image 8: <|image|>.
+   In Image X, ...`, seed `--seed`); for each, the answer's attention share and gradient share
+   (`attribution="attention"` and `"gradient"`) and whether the image with the largest share is X,
+   counted apart for right and wrong answers.
 
 Prints two tables and a last line of JSON.
 """
@@ -112,13 +113,13 @@ def retrieval(
     }
 
 
-def attention(pipe, n_questions: int, seed: int) -> dict:
+def attention(pipe, n_questions: int, seed: int, measure: str = "attention") -> dict:
     task = SyntheticTask(seed=seed, images=[8], limit=n_questions, frames=0, which_images=0)
     counts = {True: [0, 0], False: [0, 0]}  # answer right? -> [largest share on X, questions]
     layer_hits: dict[int, int] = {}  # the same within each hyper layer alone (Share.by_layer)
     for item in task.items(pipe.config.image_size):
         images, _ = item.media()
-        out = pipe.generate(item.prompt, images, attribution=True, cut=False, max_new_tokens=24)
+        out = pipe.generate(item.prompt, images, attribution=measure, cut=False, max_new_tokens=24)
         top = max(range(len(out.shares)), key=lambda i: out.shares[i].share) + 1
         right = task.score(out.text, item)
         counts[right][0] += top == item.meta["target"]
@@ -169,17 +170,18 @@ def main() -> None:
     if args.questions < 1:  # retrieval only
         print(json.dumps({"retrieval": r, "seed": args.seed}))
         return
-    a = attention(pipe, args.questions, args.seed)
-    print(
-        f"attention share: {a['questions']} questions with 8 images (owl3 eval synthetic, seed {args.seed})"
-    )
-    print(f"  {'answers':<8} {'n':>4}  largest share on the asked Image X")
-    print(f"  {'all':<8} {a['questions']:>4}  {100 * a['top_share_is_X']:.1f}%   (target >= 80%)")
-    print(f"  {'right':<8} {a['right_answers']:>4}  {100 * a['top_share_is_X_when_right']:.1f}%")
-    print(f"  {'wrong':<8} {a['wrong_answers']:>4}  {100 * a['top_share_is_X_when_wrong']:.1f}%")
-    for layer, rate in a["by_layer"].items():
-        print(f"  hyper layer {layer} (0-based) alone: largest share on X {100 * rate:.1f}%")
-    print(json.dumps({"retrieval": r, "attention": a, "seed": args.seed}))
+    shares = {}
+    for measure in ("attention", "gradient"):
+        a = shares[measure] = attention(pipe, args.questions, args.seed, measure)
+        n, seed = a["questions"], args.seed
+        print(f"{measure} share: {n} questions with 8 images (owl3 eval synthetic, seed {seed})")
+        print(f"  {'answers':<8} {'n':>4}  largest share on the asked Image X")
+        print(f"  {'all':<8} {a['questions']:>4}  {100 * a['top_share_is_X']:.1f}%   (target >= 80%)")
+        print(f"  {'right':<8} {a['right_answers']:>4}  {100 * a['top_share_is_X_when_right']:.1f}%")
+        print(f"  {'wrong':<8} {a['wrong_answers']:>4}  {100 * a['top_share_is_X_when_wrong']:.1f}%")
+        for layer, rate in a["by_layer"].items():
+            print(f"  hyper layer {layer} (0-based) alone: largest share on X {100 * rate:.1f}%")
+    print(json.dumps({"retrieval": r, **shares, "seed": args.seed}))
 
 
 if __name__ == "__main__":

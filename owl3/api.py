@@ -31,7 +31,7 @@ from owl3.conversation import (
     split_options,
 )
 from owl3.errors import Owl3Error
-from owl3.inference.attribution import Share, group_shares, view_mass
+from owl3.inference.attribution import Share, attribution_measure, gradient_mass, group_shares, view_mass
 from owl3.inference.detokenizer import StreamDetokenizer
 from owl3.inference.engine import Engine
 from owl3.inference.memory import VisualMemory, remember
@@ -46,6 +46,7 @@ from owl3.processing.video import check_sampling
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "demo"  # the demo model trained by owl3 (docs/demo.md)
 PRESIZE_MIN_VIEWS = 4  # from this many images/frames, resize them in parallel before the processor
+
 
 class Owl3Pipeline:
     """A loaded model with its processor and generation engine."""
@@ -192,19 +193,22 @@ class Owl3Pipeline:
         images: Sequence[Any] = (),
         videos: Sequence[VideoInput] = (),
         *,
-        attribution: bool = False,
+        attribution: bool | str = False,
         kb: Any = None,
         top_k: int | None = None,
         **kw: Any,
     ) -> Completion:
         """The answer to a conversation, with its token ids and finish reason.
 
-        `attribution=True` adds `shares`: each image's and video frame's part of the answer's
-        hyper-attention (owl3/inference/attribution.py; one extra forward, only when asked).
+        `attribution=True` (or "attention") adds `shares`: each image's and video frame's part of the
+        answer's hyper-attention; `attribution="gradient"` the part of the answer that depends on each
+        (gradient x input on the hyper layers' visual K/V). owl3/inference/attribution.py: one extra
+        forward (and backward), only when asked.
         `kb=` a knowledge base (`owl3.kb.open_kb(path)` or its folder) answers with retrieved evidence:
         `top_k` items (default 4) go into the prompt before the question and come back as `citations`,
         each with its retrieval score and attention share (docs/rag.md). Without `kb`, `top_k` is the
         sampling option of that name."""
+        measure = attribution_measure(attribution) if attribution else None  # refused before the answer
         if kb is not None:
             from owl3.kb.answer import answer_with_kb
 
@@ -216,8 +220,8 @@ class Owl3Pipeline:
         media, sampling = split_options(kw)
         enc = self.encode(messages, images, videos, **media)
         out = self._complete([enc], self.sampling(**sampling))[0]
-        if attribution:
-            out.shares = self.attention_shares(enc, out.token_ids)
+        if measure:
+            out.shares = self.attention_shares(enc, out.token_ids, measure=measure)
         return out
 
     def chat(
@@ -229,10 +233,11 @@ class Owl3Pipeline:
         return out if kw.get("attribution") or kw.get("kb") is not None else out.text
 
     def attention_shares(
-        self, enc: Encoding, token_ids: Sequence[int], use_engine: bool = True
+        self, enc: Encoding, token_ids: Sequence[int], use_engine: bool = True, measure: str = "attention"
     ) -> list[Share]:
         """Each image's and video frame's share of the hyper-attention of an answer `token_ids` to `enc`
-        (a trailing stop token is left out). Empty for a prompt without media. `use_engine=False` leaves
+        (`measure="gradient"`: of what the answer depends on; a trailing stop token is left out). Empty
+        for a prompt without media. `use_engine=False` leaves
         the engine alone (its media cache is not thread-safe; the server's engine runs in its own thread)
         and runs the vision tower again."""
         if enc.pixel_values is None:
@@ -247,7 +252,8 @@ class Owl3Pipeline:
             else:
                 kv = self.model.encode_visual_kv(enc.pixel_values, enc.media_starts)
                 ctx = VisualContext.from_kv(kv, enc.media_starts, self.model.cfg.vision.n_tokens)
-        return group_shares(enc, view_mass(self.model, ctx, enc, ids))
+        mass = gradient_mass if attribution_measure(measure) == "gradient" else view_mass
+        return group_shares(enc, mass(self.model, ctx, enc, ids))
 
     def stream(
         self, messages: Messages, images: Sequence[Any] = (), videos: Sequence[VideoInput] = (), **kw: Any

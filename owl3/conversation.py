@@ -27,7 +27,8 @@ class Completion:
     token_ids: list[int]
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
-    # with attribution=True: each image's (and video frame's) part of the answer's hyper-attention
+    # with attribution=True / "gradient": each image's (and video frame's) part of the answer's
+    # hyper-attention / of what the answer depends on
     shares: list[Share] | None = None
     # with kb=...: the retrieved knowledge items the answer was given, with their scores and shares
     citations: list[Any] | None = None

@@ -25,7 +25,7 @@ from owl3.options import (
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.memory is not None:
         return _generate_from_memory(args)
-    if args.kb is not None or args.attribution:
+    if args.kb is not None or args.attribution or args.attribution_measure:
         return _generate_with_sources(args)
     pipe = load_pipeline(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -50,6 +50,7 @@ def _generate_with_sources(args: argparse.Namespace) -> int:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})
     sampling = sampling_kwargs(args)
+    measure = args.attribution_measure or "attention"
     if args.kb is not None:
         # with a knowledge base, --top-k counts the retrieved items (docs/rag.md)
         sampling.pop("top_k")
@@ -59,22 +60,22 @@ def _generate_with_sources(args: argparse.Namespace) -> int:
             videos=args.video,
             kb=args.kb,
             top_k=args.top_k or None,
-            attribution=args.attribution,
+            attribution=measure,
             **media_kwargs(args),
             **sampling,
         )
     else:
-        out = pipe.generate(
-            messages, images=args.image, videos=args.video, attribution=True, **media_kwargs(args), **sampling
-        )
+        media = {**media_kwargs(args), **sampling}
+        out = pipe.generate(messages, images=args.image, videos=args.video, attribution=measure, **media)
     print(out.text)
     if out.citations is not None:
         query = out.shares[-1].share if args.image and out.shares else None
         print("\n" + sources_table(out.citations, query))
-    if out.shares and (args.attribution or args.kb is None):
-        print("\n" + shares_table(out.shares))
-    elif args.attribution and not out.shares:
-        print("(no images or video frames: no attention shares)", file=sys.stderr)
+    asked = args.attribution or args.attribution_measure
+    if out.shares and (asked or args.kb is None):
+        print("\n" + shares_table(out.shares, measure))
+    elif asked and not out.shares:
+        print(f"(no images or video frames: no {measure} shares)", file=sys.stderr)
     return 0
 
 
@@ -95,12 +96,12 @@ def sources_table(citations, query_share: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def shares_table(shares) -> str:
-    """Each image's (and video frame's) share of the answer's hyper-attention, with a bar, and its share
-    within each hyper layer alone."""
+def shares_table(shares, measure: str = "attention") -> str:
+    """Each image's (and video frame's) share of the answer's hyper-attention (or, by `measure`
+    "gradient", of what the answer depends on), with a bar, and its share within each hyper layer alone."""
     layers = list(shares[0].by_layer) if shares else []
     head = "".join(f"  {'layer ' + str(i):>8}" for i in layers)
-    lines = [f"Attention share{'':<16}{head}  (hyper layers, 0-based)"]
+    lines = [f"{measure.capitalize() + ' share':<31}{head}  (hyper layers, 0-based)"]
     for s in shares:
         per = "".join(f"  {100 * s.by_layer[i]:7.1f}%" for i in layers)
         lines.append(f"  {s.label:<20} {100 * s.share:5.1f}%   {per}  {'#' * round(30 * s.share)}")
@@ -121,7 +122,7 @@ def _media_options_given(args: argparse.Namespace) -> list[str]:
 
 
 def _generate_from_memory(args: argparse.Namespace) -> int:
-    if args.kb is not None or args.attribution:
+    if args.kb is not None or args.attribution or args.attribution_measure:
         raise Owl3Error("--memory cannot be combined with --kb or --attribution")
     if args.image or args.video:
         raise Owl3Error("--memory already holds the media; drop --image/--video (or encode them anew)")
@@ -325,6 +326,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--attribution",
         action="store_true",
         help="after the answer, print each image's (and video frame's) share of its hyper-attention",
+    )
+    g.add_argument(
+        "--attribution-measure",
+        choices=("attention", "gradient"),
+        default=None,
+        help="the share --attribution and --kb's Sources print: 'attention' (default; where the answer's "
+        "hyper-attention fell) or 'gradient' (what the answer depends on: gradient x input on the hyper "
+        "layers' visual K/V; one backward more). Implies --attribution",
     )
     add_model_args(g)
     add_media_args(g)

@@ -79,6 +79,29 @@ def test_retrieval_answers_as_the_python_api_and_cites(client, kb, demo_pipe):
     assert [c["id"] for c in tail[-1]] == [c.id for c in ref.citations]
 
 
+def test_retrieval_cites_by_the_gradient_share_when_asked(client, kb, demo_pipe, served):
+    q = _query("star", "yellow", 2)
+    ref = demo_pipe.chat(QUESTION, images=[q], kb=kb, top_k=2, attribution="gradient", max_new_tokens=10)
+    attention = demo_pipe.chat(QUESTION, images=[q], kb=kb, top_k=2, max_new_tokens=10)
+    content = [image_part(q), {"type": "text", "text": QUESTION}]
+    resp = client.chat.completions.create(
+        model=DEFAULT_NAME,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=10,
+        extra_body={"retrieval": {"top_k": 2, "share": "gradient"}},
+    )
+    cites = resp.model_extra["citations"]
+    assert [c["share"] for c in cites] == pytest.approx([c.share for c in ref.citations], abs=1e-4)
+    assert [c["share"] for c in cites] != pytest.approx([c.share for c in attention.citations], abs=1e-4)
+    retrieval = {"top_k": 2, "share": "saliency"}
+    body = {"messages": [{"role": "user", "content": content}], "retrieval": retrieval}
+    req = urllib.request.Request(served.url + "/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    assert e.value.code == 400 and "share" in json.loads(e.value.read())["error"]["message"]
+
+
 def test_a_plain_request_has_no_citations(client):
     resp = client.chat.completions.create(
         model=DEFAULT_NAME, messages=[{"role": "user", "content": "Hello"}], max_tokens=3

@@ -1,4 +1,5 @@
-"""The attention share of an answer: how much of its hyper-attention fell on each image or video frame.
+"""The attention share of an answer: how much of its hyper-attention fell on each image or video frame;
+and the gradient share: how much the answer depends on each.
 
 After an answer is generated, one teacher-forced forward runs over prompt + answer with forward hooks on
 the hyper layers' attention (owl3/model/capture.py: the model's forward holds no tap, and nothing runs
@@ -15,6 +16,14 @@ Share rules, one per attention variant (`SHARE_RULES`, keyed by `Owl3Config.atte
   keys (causal)] of each query, summed over the answer's queries, the heads and the hyper layers (a
   query that sees no image keeps plain self-attention and puts no mass on any image).
 
+The gradient share (`attribution="gradient"`, `gradient_mass`) asks instead how much the answer depends on
+each image. Images reach the language model only as the hyper layers' visual keys and values, so one
+teacher-forced forward and backward gives, per hyper layer and view, gradient x input on those keys and on
+those values: a first-order estimate of how much the answer's log-probability changes when the view's keys
+(values) are taken away. Its magnitude |<dL/dK, K>| + |<dL/dV, V>| is summed as the attention mass is. It
+follows what the answer used, not where a head looked: heads that look at an image by position and do not
+change the answer weigh little (docs/rag.md measures both on the demo model). It is variant-independent.
+
 The per-view masses are summed over the views of one image (crops and global view) and normalized over
 the images and frames of the request, so the shares add up to 1; `Share.by_layer` holds the same share
 within each hyper layer alone (layers can read the images very differently: docs/rag.md).
@@ -23,7 +32,7 @@ within each hyper layer alone (layers can read the images very differently: docs
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -37,7 +46,8 @@ from owl3.processing import Encoding
 
 @dataclass(frozen=True)
 class Share:
-    """One image's (or video frame's) part of an answer's hyper-attention."""
+    """One image's (or video frame's) part of an answer's hyper-attention (attention share) or of what
+    the answer depends on (gradient share)."""
 
     kind: str  # "image" or "video"
     index: int  # the image's (or the video's) 0-based place among the request's images (videos)
@@ -60,6 +70,18 @@ class Share:
             "share": self.share,
             "by_layer": dict(self.by_layer),
         }
+
+
+MEASURES = ("attention", "gradient")
+
+
+def attribution_measure(attribution: bool | str) -> str:
+    """`attribution=True` -> "attention"; "attention" or "gradient" as they are; anything else refused."""
+    if attribution is True:
+        return "attention"
+    if isinstance(attribution, str) and attribution in MEASURES:
+        return attribution
+    raise Owl3Error(f"attribution must be True, 'attention' or 'gradient', got {attribution!r}")
 
 
 def hyper_layers(model: Owl3Model) -> list[int]:
@@ -129,6 +151,39 @@ def view_mass(
     with taps.capture():
         model(ids, positions, visual=ctx, last_only=True)
     return {i: rule(taps, i, ctx, queries).view(n_views, -1).sum(-1).cpu() for i in layers}  # (M,) each
+
+
+def gradient_mass(
+    model: Owl3Model, ctx: VisualContext, enc: Encoding, answer_ids: Sequence[int]
+) -> dict[int, Tensor]:
+    """{hyper layer index: (n_views,) float32}: |<dL/dK, K>| + |<dL/dV, V>| summed over each view's visual
+    tokens and heads, where L is the answer's log-probability given the prompt (teacher-forced) and K, V
+    the layer's visual keys (rotated) and values. Arguments as `view_mass`'s. The model's weights take no
+    gradient and `ctx` is left as it was (the forward runs on copies of its K/V)."""
+    n_views = len(enc.media_starts)
+    layers = hyper_layers(model)
+    if not answer_ids or not n_views:
+        return {i: torch.zeros(n_views) for i in layers}
+    dev = model.device
+    with torch.inference_mode(False), torch.enable_grad():
+        kv = {i: (k.clone().requires_grad_(), v.clone().requires_grad_()) for i, (k, v) in ctx.kv.items()}
+        own = replace(ctx, kv=kv, decode_mask=None, split_plan=None)
+        ids = torch.cat([enc.input_ids, torch.tensor(list(answer_ids[:-1]), dtype=torch.long)]).to(dev)[None]
+        positions = torch.arange(ids.shape[1], device=dev)[None]
+        first = enc.input_ids.shape[0] - 1  # the prompt's last token predicts the answer's first
+        text = model.language_model
+        h = text.model(model.embed(ids), positions, None, None, own)[0, first:]  # (n, D)
+        logp = text.lm_head(h).float().log_softmax(-1)
+        answer = torch.tensor(list(answer_ids), device=dev)
+        loss = logp[torch.arange(len(answer_ids), device=dev), answer].sum()
+        tensors = [t for i in layers for t in kv[i]]
+        grads = torch.autograd.grad(loss, tensors)
+    out = {}
+    for j, i in enumerate(layers):
+        per = [(g * t).float().sum((0, 1, 3)).view(n_views, -1).sum(-1).abs() for g, t in
+               zip(grads[2 * j : 2 * j + 2], kv[i], strict=True)]  # fmt: skip
+        out[i] = (per[0] + per[1]).detach().cpu()
+    return out
 
 
 def group_shares(enc: Encoding, mass: dict[int, Tensor]) -> list[Share]:

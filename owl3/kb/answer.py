@@ -110,11 +110,12 @@ def answer_with_kb(
     videos: Sequence[Any] = (),
     *,
     top_k: int | None = None,
-    attribution: bool = True,  # accepted for symmetry with generate(): the shares are always computed
+    attribution: bool | str = True,  # the shares are always computed; "gradient" picks that measure
     **kw: Any,
 ) -> Any:
     """`pipe.generate(...)` with retrieved evidence (see the module docstring). `images`: at most one, the
-    query image; videos are not taken. The shares are always computed: they are the citations' point."""
+    query image; videos are not taken. The shares are always computed: they are the citations' point
+    (the attention share unless `attribution="gradient"`)."""
     kb = open_kb(kb)
     if videos:
         raise Owl3Error("an answer from a knowledge base takes a query image, not videos")
@@ -125,6 +126,6 @@ def answer_with_kb(
     msgs, all_images, hits = knowledge_request(pipe, kb, messages, images, top_k or DEFAULT_TOP_K)
     if kw.get("cut") is None:  # no crops unless asked for, even when one picture is left
         kw["cut"] = False
-    out = pipe.generate(msgs, all_images, attribution=True, **kw)
+    out = pipe.generate(msgs, all_images, attribution=attribution or True, **kw)
     out.citations = cite(hits, out.shares)
     return out

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -218,12 +219,12 @@ class Run:
         return JSONResponse(body)
 
     async def citations(self) -> list[dict[str, Any]]:
-        """The retrieved items with their scores and attention shares (one more forward, in the pool)."""
+        """The retrieved items with their scores and shares (one more forward, in the pool)."""
         from owl3.kb.answer import cite
 
-        pipe, enc = self.service.pipe, self.prep.encoding
+        shares_of = partial(self.service.pipe.attention_shares, measure=self.prep.share, use_engine=False)
         loop = asyncio.get_running_loop()
-        shares = await loop.run_in_executor(self.service.pool, pipe.attention_shares, enc, self.ids, False)
+        shares = await loop.run_in_executor(self.service.pool, shares_of, self.prep.encoding, self.ids)
         return [c.to_dict() for c in cite(self.prep.hits, shares)]
 
     async def _drain(self) -> None:

@@ -36,6 +36,7 @@ class Prepared:
     images: int
     frames: int
     hits: list[Any] | None = None  # with "retrieval": the knowledge items put in the prompt
+    share: str = "attention"  # with "retrieval": the citations' measure
 
 
 def prepare(
@@ -98,7 +99,8 @@ def prepare(
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
-    return Prepared(enc, params, stop, n, len(pil_images), n_frames, hits)
+    share = req.retrieval.share if req.retrieval is not None else "attention"
+    return Prepared(enc, params, stop, n, len(pil_images), n_frames, hits, share)
 
 
 def _retrieve(pipe: Any, kb: Any, req: ChatRequest, messages: list, images: list, clips: list):

@@ -109,6 +109,8 @@ class Retrieval(_Model):
     """owl3's extension: answer from the server's knowledge base (`owl3 serve --kb KB`; docs/rag.md)."""
 
     top_k: int = Field(default=4, ge=1, le=32)
+    # the citations' share: where the answer's hyper-attention fell, or what the answer depends on
+    share: Literal["attention", "gradient"] = "attention"
 
 
 class ChatRequest(_Model):
