@@ -117,9 +117,18 @@ def attention(pipe, n_questions: int, seed: int, measure: str = "attention") -> 
     task = SyntheticTask(seed=seed, images=[8], limit=n_questions, frames=0, which_images=0)
     counts = {True: [0, 0], False: [0, 0]}  # answer right? -> [largest share on X, questions]
     layer_hits: dict[int, int] = {}  # the same within each hyper layer alone (Share.by_layer)
-    for item in task.items(pipe.config.image_size):
-        images, _ = item.media()
-        out = pipe.generate(item.prompt, images, attribution=measure, cut=False, max_new_tokens=24)
+    questions = [(item, item.media()[0]) for item in task.items(pipe.config.image_size)]
+    start = time.perf_counter()
+    for item, images in questions:  # the same answers without any share: the baseline of the timing
+        pipe.generate(item.prompt, images, cut=False, max_new_tokens=24)
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    answers = [
+        pipe.generate(item.prompt, images, attribution=measure, cut=False, max_new_tokens=24)
+        for item, images in questions
+    ]
+    seconds = time.perf_counter() - start
+    for (item, _), out in zip(questions, answers, strict=True):
         top = max(range(len(out.shares)), key=lambda i: out.shares[i].share) + 1
         right = task.score(out.text, item)
         counts[right][0] += top == item.meta["target"]
@@ -129,6 +138,8 @@ def attention(pipe, n_questions: int, seed: int, measure: str = "attention") -> 
             layer_hits[layer] = layer_hits.get(layer, 0) + (best == item.meta["target"])
     hit = counts[True][0] + counts[False][0]
     return {
+        "seconds": round(seconds, 2),
+        "seconds_without_shares": round(alone, 2),
         "by_layer": {layer: n / n_questions for layer, n in layer_hits.items()},
         "questions": n_questions,
         "top_share_is_X": hit / n_questions,
@@ -181,6 +192,8 @@ def main() -> None:
         print(f"  {'wrong':<8} {a['wrong_answers']:>4}  {100 * a['top_share_is_X_when_wrong']:.1f}%")
         for layer, rate in a["by_layer"].items():
             print(f"  hyper layer {layer} (0-based) alone: largest share on X {100 * rate:.1f}%")
+        with_s, without = a["seconds"], a["seconds_without_shares"]
+        print(f"  time: {with_s:.1f} s with the shares, {without:.1f} s without ({with_s / without:.2f}x)")
     print(json.dumps({"retrieval": r, **shares, "seed": args.seed}))
 
 
