@@ -47,16 +47,17 @@ def test_shares_add_up_and_the_answer_is_unchanged(tiny_pipe):
     assert str(answer) == plain.text and len(answer.shares) == 3
 
 
-def test_video_frames_and_cropped_views(tiny_pipe):
+@pytest.mark.parametrize("measure", ["attention", "gradient"])
+def test_video_frames_and_cropped_views(tiny_pipe, measure):
     frames = _pictures(3, seed=1)
-    out = tiny_pipe.generate(
-        "<|image|> <|video|> What changed?", [_pictures(1)[0]], [frames], attribution=True, max_new_tokens=4
-    )
+    prompt = "<|image|> <|video|> What changed?"
+    out = tiny_pipe.generate(prompt, [_pictures(1)[0]], [frames], attribution=measure, max_new_tokens=4)
     labels = ["image 1", "video 1 frame 1", "video 1 frame 2", "video 1 frame 3"]
     assert [s.label for s in out.shares] == labels
+    assert sum(s.share for s in out.shares) == pytest.approx(1.0)
     # a lone image is cropped (a grid plus a global view): its views count as one image
     big = Image.new("RGB", (900, 300), (40, 90, 200))
-    one = tiny_pipe.generate("What is this?", [big], attribution=True, max_new_tokens=3)
+    one = tiny_pipe.generate("What is this?", [big], attribution=measure, max_new_tokens=3)
     assert len(one.shares) == 1 and one.shares[0].share == pytest.approx(1.0)
 
 

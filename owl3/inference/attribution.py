@@ -177,7 +177,10 @@ def gradient_mass(
         answer = torch.tensor(list(answer_ids), device=dev)
         loss = logp[torch.arange(len(answer_ids), device=dev), answer].sum()
         tensors = [t for i in layers for t in kv[i]]
-        grads = torch.autograd.grad(loss, tensors)
+        grads = [
+            torch.zeros_like(t) if g is None else g  # a K/V the answer did not reach
+            for g, t in zip(torch.autograd.grad(loss, tensors, allow_unused=True), tensors, strict=True)
+        ]
     out = {}
     for j, i in enumerate(layers):
         per = [(g * t).float().sum((0, 1, 3)).view(n_views, -1).sum(-1).abs() for g, t in
