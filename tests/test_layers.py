@@ -132,7 +132,8 @@ def test_the_checker_sees_a_cycle_and_a_layer_break(tmp_path):
     assert "api" not in ALLOWED[part("owl3.model.b")]
 
 
-COMMANDS = ["", "generate", "encode", "chat", "bench latency", "bench serve", "eval synthetic",
+COMMANDS = ["", "generate", "encode", "chat", "bench", "bench latency", "bench video", "bench memory",
+            "bench serve", "eval", "eval synthetic",
             "eval compare", "eval mmbench", "eval distractor", "eval nlvr2", "eval videomme", "eval mvbench",
             "eval longvideobench", "eval merge", "demo", "demo-train", "train", "build", "serve", "kb",
             "kb build", "kb add", "kb search", "kb info"]  # fmt: skip
