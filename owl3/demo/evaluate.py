@@ -59,7 +59,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "--plot", metavar="P.png", default=None, help="accuracy plot (default: R.png next to --output)"
     )
     s.add_argument("--json", action="store_true", help="end with one line of JSON holding the results")
-    s.add_argument("--batch-size", type=int, default=8, metavar="B", help="questions per batch (default 8)")
+    s.add_argument(
+        "--batch-size", type=int, default=8, metavar="B", help="questions answered at a time (default 8)"
+    )
     s.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="answer length limit (32)")
     add_model_args(s)
     s.set_defaults(func=cmd_eval_synthetic)

@@ -149,7 +149,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
         help="one JSON line per prompt; an existing file of the same run is continued",
     )
     r.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions")
-    r.add_argument("--batch-size", type=int, default=8, metavar="B", help="--model: prompts per batch (8)")
+    r.add_argument("--batch-size", type=int, default=8, metavar="B", help="--model: prompts at a time (8)")
     r.add_argument("--concurrency", type=int, default=8, metavar="C", help="--server: requests in flight (8)")
     r.add_argument(
         "--shard",
