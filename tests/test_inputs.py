@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 import owl3
 from owl3 import Owl3Error
@@ -184,6 +185,76 @@ def test_a_dark_16_bit_image_stays_dark():
     """16-bit values that happen to be under 256 are still 16-bit: 200/65535 is black, not 200/255."""
     img = load_image(Image.fromarray(np.full((4, 4), 200, np.uint16)))
     assert _px(img, 0, 0) == (1, 1, 1)
+
+
+
+def _s15(x: float) -> bytes:
+    return struct.pack(">i", round(x * 65536))
+
+
+def icc_profile(colorants, gamma: float = 1.0, name: str = "linear test RGB") -> bytes:
+    """A minimal ICC v2 RGB matrix/TRC display profile (header, tag table, desc, wtpt, r/g/b XYZ and TRC):
+    D50 colorants, one gamma for the three channels."""
+
+    def xyz(v):
+        return b"XYZ " + b"\0" * 4 + b"".join(_s15(c) for c in v)
+
+    curv = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    text = name.encode() + b"\0"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 78
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(colorants[0])),
+            (b"gXYZ", xyz(colorants[1])), (b"bXYZ", xyz(colorants[2])), (b"rTRC", curv), (b"gTRC", curv),
+            (b"bTRC", curv)]  # fmt: skip
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body + b"\0" * (-len(body) % 4)
+    header = struct.pack(">I", offset + len(data)) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+    header += b"\0" * 12 + b"acsp" + b"\0" * 28 + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+    return header + b"\0" * (128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+
+
+SRGB_D50 = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+
+
+def _srgb_encode(v: int) -> int:
+    x = v / 255
+    return round(255 * (1.055 * x ** (1 / 2.4) - 0.055 if x > 0.0031308 else 12.92 * x))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path, fmt):
+    """A photo tagged with a non-sRGB profile (here: linear-light sRGB primaries, so the right sRGB values
+    are the sRGB curve of the stored ones) looks as a colour-managed viewer shows it; the official pixels
+    and an image without a profile keep the stored values."""
+    stored = (128, 64, 200)
+    path = tmp_path / f"tagged.{fmt.lower()}"
+    options = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
+    Image.new("RGB", (16, 16), stored).save(path, fmt, icc_profile=icc_profile(SRGB_D50), **options)
+    assert Image.open(path).info.get("icc_profile")  # the format really carries it
+    want = tuple(_srgb_encode(v) for v in stored)  # (188, 137, 229)
+    got, official = _px(load_image(path), 8, 8), _px(load_image(path, official=True), 8, 8)
+    assert all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (got, want)
+    assert all(abs(g - v) <= 2 for g, v in zip(official, stored, strict=True)), official
+    # an sRGB profile, a profile that cannot be read, and no profile: the stored values
+    for icc in (ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(), b"not a profile", None):
+        img = Image.new("RGB", (4, 4), stored)
+        if icc is not None:
+            img.info["icc_profile"] = icc
+        assert _px(load_image(img), 0, 0) == stored
+
+
+def test_a_profile_with_transparency_and_orientation(tmp_path):
+    img = Image.new("RGBA", (8, 4), (128, 64, 200, 255))
+    img.putpixel((0, 0), (0, 0, 0, 0))  # a transparent pixel: white after compositing
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    path = tmp_path / "tagged.png"
+    img.save(path, icc_profile=icc_profile(SRGB_D50), exif=exif)
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (4, 8)
+    assert _px(out, 3, 0) == (255, 255, 255)  # the top-left pixel, rotated to the top right
+    assert all(abs(g - w) <= 2 for g, w in zip(_px(out, 1, 4), (188, 137, 229), strict=True))
 
 
 ARRAYS = {

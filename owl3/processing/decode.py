@@ -5,6 +5,9 @@ file, a `data:...;base64,` URL, and numpy arrays or torch tensors H×W×C (C = 1
 float in [0, 1] (uint16 and bool too). http(s) URLs are refused: fetching is the server's job, behind its
 flags. The pixels are what an image viewer shows:
 - EXIF orientation is applied (a phone photo taken upright is upright);
+- an embedded colour profile other than sRGB (Display P3 from a phone, Adobe RGB from a camera, a CMYK
+  press profile) is converted to sRGB, as a colour-managed viewer shows it; a profile that cannot be read
+  is ignored, as viewers ignore it;
 - 16-bit and 32-bit integer images are scaled to 8 bits, float images from [0, 1] (a range outside
   [0, 1] is stretched min-to-max), instead of Pillow's `convert("RGB")`, which clips them;
 - transparency (RGBA, LA, palette or colour-key transparency) is composited on white.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import os
 import struct
@@ -183,6 +187,26 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
+# image modes whose embedded ICC profile is applied (16-bit and float images keep their values' scaling)
+_ICC_MODES = ("RGB", "RGBA", "CMYK", "L")
+
+
+@functools.lru_cache(maxsize=16)
+def _to_srgb(icc: bytes, mode: str) -> Any:
+    """A cached LittleCMS transform from the profile `icc` (images of `mode`) to sRGB; None when the
+    profile is sRGB already (the pixels stay as they are) or cannot be read or applied to `mode`."""
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in (ImageCms.getProfileDescription(src) or "").lower():
+            return None
+        out = "RGBA" if mode == "RGBA" else "RGB"
+        return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, out)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
 def to_rgb(img: Image.Image, *, official: bool = False) -> Image.Image:
     """8-bit RGB as a viewer shows `img` (see the module docstring); `official=True`: `convert("RGB")`."""
     if official:
@@ -193,6 +217,13 @@ def to_rgb(img: Image.Image, *, official: bool = False) -> Image.Image:
         orientation = 1
     if orientation in (2, 3, 4, 5, 6, 7, 8):
         img = ImageOps.exif_transpose(img)
+    icc = img.info.get("icc_profile")
+    if icc and img.mode in _ICC_MODES:
+        transform = _to_srgb(bytes(icc), img.mode)
+        if transform is not None:
+            from PIL import ImageCms
+
+            img = ImageCms.applyTransform(img, transform)
     if img.mode == "RGB":
         return img
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
