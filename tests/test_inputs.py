@@ -257,6 +257,40 @@ def test_a_profile_with_transparency_and_orientation(tmp_path):
     assert all(abs(g - w) <= 2 for g, w in zip(_px(out, 1, 4), (188, 137, 229), strict=True))
 
 
+
+def _heic(img: Image.Image) -> bytes:
+    import io
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, quality=-1)  # lossless
+    return buf.getvalue()
+
+
+def test_heic_pictures_are_read_through_pillow_heif(tmp_path, tiny_pipe):
+    from owl3.processing.media import media_kind
+
+    data = _heic(Image.new("RGB", (64, 48), (200, 30, 40)))
+    (tmp_path / "photo.heic").write_bytes(data)
+    (tmp_path / "photo").write_bytes(data)  # no suffix: told apart by its content
+    for source in (tmp_path / "photo.heic", data):
+        img = load_image(source)
+        assert img.mode == "RGB" and img.size == (64, 48)
+        assert _close(_px(img, 10, 10), (200, 30, 40), 3)
+    assert media_kind(tmp_path / "photo") == "image"
+    with pytest.raises(MediaTooLarge, match="64x48 = 3072 pixels, over the limit of 1000"):
+        load_image(data, max_pixels=1000)
+    answer = tiny_pipe.chat("What is this?", images=[tmp_path / "photo.heic"], max_new_tokens=3)
+    assert answer == tiny_pipe.chat("What is this?", images=[load_image(data)], max_new_tokens=3)
+
+
+def test_heic_without_pillow_heif_is_one_clear_error(monkeypatch):
+    data = _heic(Image.new("RGB", (16, 16), (0, 0, 0)))
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if it were not installed
+    with pytest.raises(Owl3Error, match=r"HEIC/HEIF picture, which needs pillow-heif: pip install"):
+        load_image(data)
+
+
 ARRAYS = {
     "uint8 H×W×3": (lambda: _halves(), None),
     "float H×W×3 in [0, 1]": (lambda: _halves().astype(np.float32) / 255, None),

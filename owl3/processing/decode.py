@@ -99,14 +99,42 @@ def _open_unchecked(fp: IO[bytes]) -> Image.Image:
     raise OSError("cannot identify image file")
 
 
+# the major brands of HEIF files holding HEVC pictures (iPhone photos: "heic"); AVIF files ("avif") are
+# Pillow's own
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
-    """Whether Pillow recognizes the file's header (nothing is decoded)."""
+    """Whether Pillow recognizes the file's header, or it is a HEIF picture (nothing is decoded)."""
     try:
         with open(path, "rb") as f:
-            _open_unchecked(io.BytesIO(f.read(1 << 20)))
+            head = f.read(1 << 20)
+        if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+            return True
+        _open_unchecked(io.BytesIO(head))
         return True
     except (OSError, SyntaxError, ValueError, EOFError):
         return False
+
+
+def _open_heif(data: bytes, name: str, check_size: Any) -> Image.Image:
+    """A HEIC/HEIF picture through pillow-heif (optional: `pip install pillow-heif`), its size checked
+    before decoding; its EXIF and ICC profile come along as Pillow's would."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise Owl3Error(
+            f"{name} is a HEIC/HEIF picture, which needs pillow-heif: pip install pillow-heif (or "
+            "'owl3[heif]'), or convert it to JPEG or PNG"
+        ) from None
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)
+        check_size(*heif.size)
+        img = heif.to_pillow()
+        img.load()
+        return img
+    except (OSError, ValueError, RuntimeError, SyntaxError, EOFError) as e:
+        raise Owl3Error(f"cannot read {name} ({type(e).__name__}: {e}); pass a valid HEIC file") from None
 
 
 def open_image(source: Path | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, what: str = "image",
@@ -130,11 +158,8 @@ def open_image(source: Path | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIX
     if not data:
         raise Owl3Error(f"{name} is empty; pass a PNG, JPEG, WebP, ... file")
     fp = io.BytesIO(data)
-    try:
-        # the header only, without Pillow's decompression-bomb check: our own limit decides. Pillow's check
-        # is a process-wide setting (and its warning a process-wide filter), so neither is touched
-        img = _open_unchecked(fp)
-        w, h = img.size
+
+    def check_size(w: int, h: int) -> None:
         if max_pixels is not None and w * h > max_pixels:
             raise MediaTooLarge(
                 f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}; raise it "
@@ -143,6 +168,15 @@ def open_image(source: Path | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIX
                 height=h,
                 limit=max_pixels,
             )
+
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return _open_heif(data, name, check_size)
+    try:
+        # the header only, without Pillow's decompression-bomb check: our own limit decides. Pillow's check
+        # is a process-wide setting (and its warning a process-wide filter), so neither is touched
+        img = _open_unchecked(fp)
+        w, h = img.size
+        check_size(w, h)
         if Image.MAX_IMAGE_PIXELS is None or w * h <= Image.MAX_IMAGE_PIXELS:
             img = Image.open(fp)  # under Pillow's own limit: Pillow's own way, which warns of nothing
         img.load()  # decode now so that a truncated file fails here, not later
