@@ -284,6 +284,23 @@ def test_heic_pictures_are_read_through_pillow_heif(tmp_path, tiny_pipe):
     assert answer == tiny_pipe.chat("What is this?", images=[load_image(data)], max_new_tokens=3)
 
 
+def test_a_heic_photo_taken_sideways_is_turned_once(tmp_path):
+    import io
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    img = Image.new("RGB", (64, 32), (200, 30, 40))
+    img.paste((0, 0, 255), (0, 0, 4, 4))  # a blue corner, top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, quality=-1, exif=exif.tobytes())
+    png = tmp_path / "same.png"
+    img.save(png, exif=exif)
+    got, want = load_image(buf.getvalue()), load_image(png)
+    assert got.size == want.size == (32, 64)  # turned, and not turned twice (libheif turns it itself)
+    assert _close(_px(got, 30, 1), (0, 0, 255), 3) and _close(_px(want, 30, 1), (0, 0, 255), 0)
+
+
 def test_heic_without_pillow_heif_is_one_clear_error(monkeypatch):
     data = _heic(Image.new("RGB", (16, 16), (0, 0, 0)))
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if it were not installed
