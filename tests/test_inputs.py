@@ -371,6 +371,26 @@ def test_large_image_under_the_limit_prints_no_warning(tmp_path, capfd):
 
 
 # ---------------------------------------------------------------------------------------- video
+def test_an_animated_webp_is_a_video(tmp_path, tiny_pipe):
+    """FFmpeg cannot decode animated WebP; the frames come through Pillow, sampled by the same rules as an
+    animated GIF through PyAV, the rate from the frames' durations, transparency on white."""
+    frames = [Image.new("RGBA", (64, 48), (30 * i, 0, 255 - 30 * i, 255)) for i in range(8)]
+    frames[3].putpixel((0, 0), (0, 0, 0, 0))
+    webp, gif = tmp_path / "clip.webp", tmp_path / "clip.gif"
+    frames[0].save(webp, save_all=True, append_images=frames[1:], duration=100, loop=0, lossless=True)
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    for kw in ({"frames": 4}, {"fps": 5}, {"frames": 3}):
+        got = tiny_pipe.load_video(webp, **kw)
+        assert [_px(f, 5, 5) for f in got] == [_px(f, 5, 5) for f in tiny_pipe.load_video(gif, **kw)], kw
+    assert len(tiny_pipe.load_video(webp, fps=5)) == 4  # 10 frames a second, every second one
+    assert _px(tiny_pipe.load_video(webp, frames=8)[3], 0, 0) == (255, 255, 255)
+    assert tiny_pipe.load_video(webp.read_bytes(), frames=4)[0].size == (64, 48)
+    with pytest.raises(MediaTooLarge, match="64x48 = 3072 pixels per frame"):
+        tiny_pipe.load_video(webp, frames=4, max_pixels=1000)
+    answer = tiny_pipe.chat("<|video|>What happens?", videos=[webp], max_new_tokens=3, frames=4)
+    assert answer == tiny_pipe.chat("<|video|>What happens?", videos=[gif], max_new_tokens=3, frames=4)
+
+
 def test_video_rotation_is_applied_as_players_show_it(media):
     frame = read_video(media["rotated"], frames=1)[0]
     assert frame.size == (32, 64)  # stored 64x32 with a -90° display matrix: shown portrait

@@ -335,6 +335,9 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
     if mode not in MODES:
         raise Owl3Error(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     frames, fps, max_frames = check_sampling(frames, fps, max_frames)
+    if _is_animated_webp(path):  # FFmpeg decodes no animated WebP: Pillow does
+        return _read_animated(path, frames=frames, fps=fps, max_frames=max_frames, sampling=sampling,
+                              max_pixels=max_pixels, official=official, max_count=max_count)
     with _open(path) as (container, stream):
         w, h = stream.codec_context.width, stream.codec_context.height
         if max_pixels is not None and w * h > max_pixels:
@@ -378,6 +381,56 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
                 if not rate:
                     raise Owl3Error(f"{path} does not state a frame rate; use mode='exact'")
                 got = _read_keyframes(container, stream, want, rate, bar, official)
+    return [got[i] for i in indices]
+
+
+def _is_animated_webp(path: str | Path) -> bool:
+    """An animated WebP (a RIFF WEBP file with an ANIM chunk), which FFmpeg's WebP decoder cannot read."""
+    try:
+        with open(local_path(path, "the video"), "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False  # _open says what is wrong with the path
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP" and b"ANIM" in head
+
+
+def _read_animated(path: str | Path, *, frames: int | None, fps: float | None, max_frames: int | None,
+                   sampling: str, max_pixels: int | None, official: bool, max_count: int | None
+                   ) -> list[Image.Image]:
+    """`read_video` for an animated image through Pillow: the frame rate from the frames' durations,
+    frames with transparency on white (as `load_image` shows an image), the same limits."""
+    from owl3.processing.decode import to_rgb
+
+    p = local_path(path, "the video")
+    try:
+        img = Image.open(p)
+        n_total, (w, h) = getattr(img, "n_frames", 1), img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise MediaTooLarge(
+                f"the video {path} has {w}x{h} = {w * h} pixels per frame, over the limit of {max_pixels}; "
+                "raise it with max_pixels=... (--max-pixels N) if you mean it",
+                width=w, height=h, limit=max_pixels,
+            )
+        durations = []
+        for i in range(n_total):
+            img.seek(i)
+            img.load()  # a WebP frame's duration is known once it is read
+            durations.append(float(img.info.get("duration") or 0))
+        rate = 1000 / float(np.median(durations)) if np.median(durations) > 0 else None
+        indices = frame_indices(n_total, frames=frames, fps=fps, video_fps=rate, max_frames=max_frames,
+                                sampling=sampling)
+        if max_count is not None and len(indices) > max_count:
+            raise Owl3Error(
+                f"sampling {path} gives {len(indices)} frames, more than the {max_count} the model's context "
+                "holds (each frame takes a prompt token); ask for fewer (frames=N, or max_frames=N with fps)"
+            )
+        got = {}
+        for i in sorted(set(indices)):
+            img.seek(i)
+            frame = img.convert("RGBA")
+            got[i] = frame.convert("RGB") if official else to_rgb(frame)
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        raise Owl3Error(f"failed to decode {p} ({e}); the file may be corrupt or truncated") from None
     return [got[i] for i in indices]
 
 
