@@ -102,6 +102,11 @@ def test_retrieval_cites_by_the_gradient_share_when_asked(client, kb, demo_pipe,
     assert e.value.code == 400 and "share" in json.loads(e.value.read())["error"]["message"]
 
 
+def test_the_model_card_names_the_knowledge_base(client, kb):
+    card = client.models.list().data[0]
+    assert card.model_extra["knowledge_base"] == {"name": kb.path.name, "items": len(kb)}
+
+
 def test_a_plain_request_has_no_citations(client):
     resp = client.chat.completions.create(
         model=DEFAULT_NAME, messages=[{"role": "user", "content": "Hello"}], max_tokens=3

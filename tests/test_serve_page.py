@@ -36,18 +36,29 @@ def served(demo_pipe):
 
 
 @pytest.fixture(scope="module")
-def page(served):
+def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
+    with sync_api.sync_playwright() as p:  # one per process: the sync API runs its own event loop
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 900, "height": 700})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(served.url + "/")
-        page.errors = errors
-        yield page
+        yield browser
         browser.close()
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.errors = errors
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(served, browser):
+    page = _open(browser, served.url)
+    yield page
+    page.close()
 
 
 def test_attach_an_image_ask_and_watch_the_answer_stream_in(page, tmp_path):
@@ -99,3 +110,53 @@ def test_stop_ends_a_generation(page, served):
     assert served.engine.aborted, "the server did not abort the stopped request"
     page.screenshot(path=str(SCREENSHOT.with_name(SCREENSHOT.stem + "-stopped.png")))
     assert not page.errors
+
+
+@pytest.fixture(scope="module")
+def kb_page(demo_pipe, tmp_path_factory, browser):
+    """The page against a server started with a knowledge base (the scripted engine answers; retrieval and
+    the citations' shares are the real ones, on the demo model)."""
+    pytest.importorskip("lancedb")
+    from owl3 import cli
+    from owl3.kb import open_kb
+    from tests.test_kb import _write_items
+
+    tmp = tmp_path_factory.mktemp("kbpage")
+    assert cli.main(["kb", "build", str(_write_items(tmp / "items")), "-o", str(tmp / "shapes")]) == 0
+    engine = FakeEngine(demo_pipe.tokenizer, demo_pipe.processor.stop_token_ids)
+    app = create_app(demo_pipe, engine, ServeConfig(model_name="owl3-kb-page", kb=open_kb(tmp / "shapes")))
+    with ServerThread(app) as server:
+        page = _open(browser, server.url)
+        yield page
+        page.close()
+
+
+def test_a_server_with_a_knowledge_base_answers_with_sources(kb_page, tmp_path):
+    from tests.test_kb import _query
+
+    page = kb_page
+    sync_api.expect(page.locator("#model")).to_contain_text("knowledge base shapes (9 items)")
+    page.click("#settings summary")
+    sync_api.expect(page.locator("#use-kb")).to_be_checked()
+    page.fill("#top-k", "2")
+    query = tmp_path / "star.png"
+    _query("star", "yellow", 2).save(query)
+    page.set_input_files("#file", str(query))
+    page.fill("#prompt", "What colour is the star?")
+    page.press("#prompt", "Enter")
+    sources = page.locator(".msg.assistant .sources li")
+    sync_api.expect(sources).to_have_count(2)
+    first = sources.first.inner_text()
+    assert first.startswith("star · score ") and "share " in first and "a big yellow star" in first
+    # unticked: a plain answer, no sources
+    page.uncheck("#use-kb")
+    page.fill("#prompt", "And now?")
+    page.press("#prompt", "Enter")
+    sync_api.expect(page.locator(".msg.assistant .meta")).to_have_count(2)
+    assert page.locator(".msg.assistant").nth(1).locator(".sources li").count() == 0
+    page.screenshot(path=str(SCREENSHOT.with_name(SCREENSHOT.stem + "-sources.png")))
+    assert not page.errors
+
+
+def test_a_server_without_a_knowledge_base_shows_no_such_setting(page):
+    assert page.locator("#kb-row").is_hidden() and page.locator("#top-k-row").is_hidden()

@@ -115,6 +115,8 @@ def create_app(pipe: Any, engine: Any, config: ServeConfig) -> FastAPI:
             "owned_by": "owl3",
             "max_model_len": service.max_model_len,
         }
+        if config.kb is not None:  # owl3's extension: requests may ask for "retrieval" (docs/rag.md)
+            card["knowledge_base"] = {"name": Path(config.kb.path).name, "items": len(config.kb)}
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])

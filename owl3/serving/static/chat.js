@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const log = $("log"), prompt = $("prompt"), send = $("send"), fileInput = $("file");
 const state = {
   model: null,        // the served model's name, from /v1/models
+  kb: null,           // the server's knowledge base ({name, items}) when it was started with --kb
   history: [],        // OpenAI messages of the conversation so far (media as data: URLs)
   pending: [],        // attachments for the next message: {kind: "image"|"video", url, name}
   controller: null,   // AbortController of the answer being streamed
@@ -36,8 +37,13 @@ async function loadModel() {
       return;
     }
     const body = await resp.json();
-    state.model = body.data[0].id;
-    $("model").textContent = `${state.model} · context ${body.data[0].max_model_len} tokens`;
+    const card = body.data[0];
+    state.model = card.id;
+    state.kb = card.knowledge_base || null;
+    let line = `${state.model} · context ${card.max_model_len} tokens`;
+    if (state.kb) line += ` · knowledge base ${state.kb.name} (${state.kb.items} items)`;
+    $("model").textContent = line;
+    $("kb-row").hidden = $("top-k-row").hidden = !state.kb;
   } catch (e) {
     $("model").textContent = "server unreachable";
   }
@@ -136,6 +142,9 @@ function requestBody() {
     media_io_kwargs: { video: { num_frames: Math.max(1, parseInt($("frames").value, 10) || 8) } },
   };
   if (state.model) body.model = state.model;
+  if (state.kb && $("use-kb").checked) {
+    body.retrieval = { top_k: Math.min(32, Math.max(1, parseInt($("top-k").value, 10) || 4)) };
+  }
   return body;
 }
 
@@ -178,7 +187,7 @@ async function ask() {
   box.classList.add("streaming");
   state.controller = new AbortController();
   setBusy(true);
-  let answer = "", finish = null, usage = null, failed = null;
+  let answer = "", finish = null, usage = null, failed = null, citations = null;
   const t0 = performance.now();
   try {
     const resp = await fetch("/v1/chat/completions", {
@@ -188,6 +197,7 @@ async function ask() {
     for await (const chunk of events(resp)) {
       if (chunk.error) { failed = chunk.error.message; break; }
       if (chunk.usage) usage = chunk.usage;
+      if (chunk.citations) citations = chunk.citations;
       const choice = chunk.choices && chunk.choices[0];
       if (!choice) continue;
       if (choice.delta && choice.delta.content) {
@@ -222,6 +232,27 @@ async function ask() {
   if (failed) bits.push("error: " + failed);
   meta.textContent = bits.join(" · ");
   box.appendChild(meta);
+  if (citations && citations.length) box.appendChild(sources(citations));
+}
+
+// The knowledge items an answer was given: id, retrieval score, the answer's share of attention on the
+// item's image, and its text (all as text).
+function sources(citations) {
+  const list = document.createElement("ol");
+  list.className = "sources";
+  for (const c of citations) {
+    const li = document.createElement("li");
+    const share = c.share === null || c.share === undefined ? "no image" : `${(100 * c.share).toFixed(1)}%`;
+    li.textContent = `${c.id} · score ${c.score.toFixed(4)} · share ${share}` + (c.text ? ` · ${c.text}` : "");
+    list.appendChild(li);
+  }
+  const box = document.createElement("details");
+  box.className = "sources-box";
+  box.open = true;
+  const summary = document.createElement("summary");
+  summary.textContent = `Sources (${citations.length})`;
+  box.append(summary, list);
+  return box;
 }
 
 function setBusy(busy) {
