@@ -292,6 +292,7 @@ BAD = [  # (id, body, status, code)
     ("empty-stop", {**_user("hi"), "stop": [""]}, 400, "invalid_request"),
     ("seed-over-int64", {**_user("hi"), "seed": 2**70}, 400, "invalid_request"),
     ("logprobs", {**_user("hi"), "logprobs": True}, 400, "unsupported_parameter"),
+    ("unknown-attribution", {**_user("hi"), "attribution": "saliency"}, 400, "invalid_request"),
     ("placeholder-in-text", _user("look: <|image|>"), 400, "invalid_request"),
     ("bad-base64", _image_url("data:image/png;base64,@@@" + SECRET), 400, "invalid_base64"),
     ("data-url-not-base64", _image_url("data:image/png," + SECRET), 400, "invalid_base64"),

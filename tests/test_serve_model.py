@@ -135,6 +135,29 @@ def test_several_images_and_a_video_in_one_message(client, ref, scenes, tmp_path
     assert (r.usage.images, r.usage.video_frames) == (2, 4)
 
 
+@pytest.mark.parametrize("measure", ["attention", "gradient"])
+def test_attribution_returns_the_python_apis_shares(client, ref, scenes, measure):
+    content = [
+        {"type": "text", "text": "Image 1:"},
+        image_part(scenes[2]),
+        {"type": "text", "text": "Image 2:"},
+        image_part(scenes[3]),
+        {"type": "text", "text": "In Image 2, what colour is the square?"},
+    ]
+    prompt = "Image 1:\n<|image|>\nImage 2:\n<|image|>\nIn Image 2, what colour is the square?"
+    want = ref.generate(prompt, images=scenes[2:4], attribution=measure, max_new_tokens=NEW)
+    body = {"attribution": measure if measure == "gradient" else True}
+    r = ask(client, content, extra_body=body)
+    got = r.model_extra["shares"]
+    assert [s["label"] for s in got] == ["image 1", "image 2"]
+    assert [s["share"] for s in got] == pytest.approx([s.share for s in want.shares], abs=1e-4)
+    assert "citations" not in r.model_extra and r.choices[0].message.content == want.text
+    chunks = list(ask(client, content, stream=True, extra_body=body))
+    tail = [c.model_extra["shares"] for c in chunks if not c.choices]
+    assert [s["share"] for s in tail[-1]] == pytest.approx([s.share for s in want.shares], abs=1e-4)
+    assert "shares" not in (ask(client, content).model_extra or {})  # only when asked
+
+
 def test_seeded_sampling_equals_the_python_api(client, ref, scenes):
     content = [image_part(scenes[4]), {"type": "text", "text": "Describe the picture."}]
     want = ref.chat(

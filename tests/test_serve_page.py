@@ -136,7 +136,7 @@ def test_a_server_with_a_knowledge_base_answers_with_sources(kb_page, tmp_path):
 
     page = kb_page
     sync_api.expect(page.locator("#model")).to_contain_text("knowledge base shapes (9 items)")
-    page.click("#settings summary")
+    page.evaluate("document.getElementById('settings').open = true")
     sync_api.expect(page.locator("#use-kb")).to_be_checked()
     page.fill("#top-k", "2")
     query = tmp_path / "star.png"
@@ -155,6 +155,30 @@ def test_a_server_with_a_knowledge_base_answers_with_sources(kb_page, tmp_path):
     sync_api.expect(page.locator(".msg.assistant .meta")).to_have_count(2)
     assert page.locator(".msg.assistant").nth(1).locator(".sources li").count() == 0
     page.screenshot(path=str(SCREENSHOT.with_name(SCREENSHOT.stem + "-sources.png")))
+    assert not page.errors
+
+
+def test_image_shares_when_asked(kb_page, tmp_path):
+    from tests.test_kb import _query
+
+    page = kb_page
+    page.click("#new-chat")
+    page.evaluate("document.getElementById('settings').open = true")
+    page.uncheck("#use-kb")
+    page.select_option("#attribution", "gradient")
+    paths = []
+    for i, (shape, colour) in enumerate((("star", "yellow"), ("circle", "red"))):
+        paths.append(str(tmp_path / f"{shape}.png"))
+        _query(shape, colour, i).save(paths[-1])
+    page.set_input_files("#file", paths)
+    page.fill("#prompt", "Which one is red?")
+    page.press("#prompt", "Enter")
+    rows = page.locator(".msg.assistant .shares li")
+    sync_api.expect(rows).to_have_count(2)
+    assert rows.nth(0).inner_text().startswith("image 1 ") and "%" in rows.nth(1).inner_text()
+    sync_api.expect(page.locator(".msg.assistant summary").last).to_have_text("gradient shares")
+    page.screenshot(path=str(SCREENSHOT.with_name(SCREENSHOT.stem + "-shares.png")))
+    page.select_option("#attribution", "")
     assert not page.errors
 
 

@@ -160,7 +160,8 @@ class Run:
         self.model = service.config.model_name
         self.text = TextStream(service.pipe.tokenizer, prep.stop)
         self.tokens = 0
-        self.ids: list[int] | None = [] if prep.hits is not None else None  # kept for the citations
+        # the answer's token ids, kept for its citations or shares
+        self.ids: list[int] | None = [] if prep.hits is not None or prep.attribution else None
         self.finish: str | None = None
         self._last: float | None = None
         self._closed = False
@@ -215,17 +216,26 @@ class Run:
             return Response(status_code=499)  # the client is gone: nobody reads this
         body = P.completion(self.rid, self.model, self.text.text, self.finish, self.usage())
         if self.ids is not None:
-            body["citations"] = await self.citations()
+            body.update(await self.extras())
         return JSONResponse(body)
 
-    async def citations(self) -> list[dict[str, Any]]:
-        """The retrieved items with their scores and shares (one more forward, in the pool)."""
+    async def extras(self) -> dict[str, Any]:
+        """owl3's extensions of the answer: the retrieved items with their scores and shares (`citations`),
+        the shares of every image and frame (`shares`); each measure one more forward, in the pool."""
         from owl3.kb.answer import cite
 
-        shares_of = partial(self.service.pipe.attention_shares, measure=self.prep.share, use_engine=False)
-        loop = asyncio.get_running_loop()
-        shares = await loop.run_in_executor(self.service.pool, shares_of, self.prep.encoding, self.ids)
-        return [c.to_dict() for c in cite(self.prep.hits, shares)]
+        loop, measures, out = asyncio.get_running_loop(), {}, {}
+        wanted = {self.prep.share if self.prep.hits is not None else None, self.prep.attribution} - {None}
+        for measure in sorted(wanted):
+            shares_of = partial(self.service.pipe.attention_shares, measure=measure, use_engine=False)
+            measures[measure] = await loop.run_in_executor(
+                self.service.pool, shares_of, self.prep.encoding, self.ids
+            )
+        if self.prep.hits is not None:
+            out["citations"] = [c.to_dict() for c in cite(self.prep.hits, measures[self.prep.share])]
+        if self.prep.attribution:
+            out["shares"] = [{"label": s.label, **s.to_dict()} for s in measures[self.prep.attribution]]
+        return out
 
     async def _drain(self) -> None:
         async for _ in self.deltas():
@@ -239,7 +249,7 @@ class Run:
                 yield P.chunk(self.rid, self.model, created, {"content": piece})
             yield P.chunk(self.rid, self.model, created, {}, self.finish)
             if self.ids is not None and self.finish != "abort":  # owl3: a last chunk carries them
-                yield P.sse(P.citations_chunk(self.rid, self.model, created, await self.citations()))
+                yield P.sse(P.extras_chunk(self.rid, self.model, created, await self.extras()))
             if include_usage:
                 yield P.chunk(self.rid, self.model, created, None, usage_=self.usage())
         except APIError as e:

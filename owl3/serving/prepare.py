@@ -37,6 +37,7 @@ class Prepared:
     frames: int
     hits: list[Any] | None = None  # with "retrieval": the knowledge items put in the prompt
     share: str = "attention"  # with "retrieval": the citations' measure
+    attribution: str | None = None  # "attention" or "gradient": the answer's shares are asked for
 
 
 def prepare(
@@ -100,7 +101,8 @@ def prepare(
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
     share = req.retrieval.share if req.retrieval is not None else "attention"
-    return Prepared(enc, params, stop, n, len(pil_images), n_frames, hits, share)
+    attribution = "attention" if req.attribution is True else req.attribution or None
+    return Prepared(enc, params, stop, n, len(pil_images), n_frames, hits, share, attribution)
 
 
 def _retrieve(pipe: Any, kb: Any, req: ChatRequest, messages: list, images: list, clips: list):

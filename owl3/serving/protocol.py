@@ -129,6 +129,8 @@ class ChatRequest(_Model):
     n: int = 1
     media_io_kwargs: MediaOptions | None = None
     retrieval: Retrieval | None = None
+    # owl3's extension: each image's (and video frame's) share of the answer (docs/rag.md); true = attention
+    attribution: bool | Literal["attention", "gradient"] = False
     # accepted only at their neutral values: owl3 does not implement them
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -224,17 +226,12 @@ def chunk(
     return sse(body)
 
 
-def citations_chunk(rid: str, model: str, created: int, citations: list[dict[str, Any]]) -> dict[str, Any]:
-    """owl3's extension of a stream answered from a knowledge base: a chunk with no choices that carries
-    the citations (OpenAI clients skip chunks without choices, as they do the usage chunk)."""
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "citations": citations,
-    }
+def extras_chunk(rid: str, model: str, created: int, extras: dict[str, Any]) -> dict[str, Any]:
+    """owl3's extensions of a stream (the `citations` of an answer from a knowledge base, the `shares` of
+    one asked for with `attribution`): a chunk with no choices that carries them (OpenAI clients skip
+    chunks without choices, as they do the usage chunk)."""
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+            **extras}  # fmt: skip
 
 
 def sse(body: dict[str, Any]) -> str:

@@ -142,6 +142,7 @@ function requestBody() {
     media_io_kwargs: { video: { num_frames: Math.max(1, parseInt($("frames").value, 10) || 8) } },
   };
   if (state.model) body.model = state.model;
+  if ($("attribution").value) body.attribution = $("attribution").value;
   if (state.kb && $("use-kb").checked) {
     body.retrieval = { top_k: Math.min(32, Math.max(1, parseInt($("top-k").value, 10) || 4)) };
   }
@@ -187,7 +188,7 @@ async function ask() {
   box.classList.add("streaming");
   state.controller = new AbortController();
   setBusy(true);
-  let answer = "", finish = null, usage = null, failed = null, citations = null;
+  let answer = "", finish = null, usage = null, failed = null, citations = null, shares = null;
   const t0 = performance.now();
   try {
     const resp = await fetch("/v1/chat/completions", {
@@ -198,6 +199,7 @@ async function ask() {
       if (chunk.error) { failed = chunk.error.message; break; }
       if (chunk.usage) usage = chunk.usage;
       if (chunk.citations) citations = chunk.citations;
+      if (chunk.shares) shares = chunk.shares;
       const choice = chunk.choices && chunk.choices[0];
       if (!choice) continue;
       if (choice.delta && choice.delta.content) {
@@ -233,6 +235,27 @@ async function ask() {
   meta.textContent = bits.join(" · ");
   box.appendChild(meta);
   if (citations && citations.length) box.appendChild(sources(citations));
+  if (shares && shares.length) box.appendChild(shareBars(shares, $("attribution").value));
+}
+
+// Each image's (and video frame's) share of the answer, with a bar: where the answer's hyper-attention
+// fell ("attention") or what the answer depends on ("gradient"); docs/rag.md.
+function shareBars(shares, measure) {
+  const box = document.createElement("details");
+  box.className = "sources-box";
+  box.open = true;
+  const summary = document.createElement("summary");
+  summary.textContent = `${measure} shares`;
+  const list = document.createElement("ul");
+  list.className = "shares";
+  for (const s of shares) {
+    const li = document.createElement("li");
+    const pct = (100 * s.share).toFixed(1);
+    li.textContent = `${s.label} ${pct}% ` + "\u2588".repeat(Math.round(20 * s.share));
+    list.appendChild(li);
+  }
+  box.append(summary, list);
+  return box;
 }
 
 // The knowledge items an answer was given: id, retrieval score, the answer's share of attention on the
