@@ -178,6 +178,14 @@ def test_answer_with_citations_end_to_end(tmp_path, tiny_dir, tiny_pipe, capsys)
     out_lines = capsys.readouterr().out.splitlines()
     i = out_lines.index("Sources")
     assert len(out_lines[i + 2 :]) == 3 and "query image" in out_lines[-1]
+    # --attribution-measure gradient: the Sources table's shares are the gradient shares, then their table
+    assert cli.main([*args[:-1], "--attribution-measure", "gradient", args[-1]]) == 0
+    printed = capsys.readouterr().out
+    want = tiny_pipe.chat("Which shape is this?", images=[q], kb=str(kb), top_k=2, attribution="gradient",
+                          max_new_tokens=4)  # fmt: skip
+    rows = printed.split("Sources")[1].split("Gradient share")[0].strip().splitlines()[1:]
+    shares = ["-" if c.share is None else f"{100 * c.share:.1f}%" for c in want.citations]
+    assert [r.split()[3] for r in rows[: len(shares)]] == shares
 
 
 def test_items_from_a_folder_and_jsonl_mistakes(tmp_path):
