@@ -240,7 +240,7 @@ class Engine:
         """`generate` over a stream of (encoding, sampling) pairs, as one continuous batch: the next pair is
         taken as `in_flight` requests (default: the running and prefilling slots) finish, so a long
         stream never waits for a batch to drain and is not encoded all at once. New pairs join once half
-        the room is free, so their prefills run as one batch (one at a time costs ~10% on a CPU).
+        the room is free, so their prefills run as one batch (docs/benchmarks/2026-12-07-eval-stream).
         `request_id` of an event is the pair's index in the stream. A pair whose request is refused
         raises (`Owl3Error`) and aborts the others; so does closing the iterator early."""
         room = in_flight or self.max_num_seqs + self.max_prefill_seqs
