@@ -143,14 +143,22 @@ def view_mass(
     layers = hyper_layers(model)
     if not answer_ids or not n_views:
         return {i: torch.zeros(n_views) for i in layers}
-    dev = model.device
-    ids = torch.cat([enc.input_ids, torch.tensor(list(answer_ids[:-1]), dtype=torch.long)]).to(dev)[None]
-    positions = torch.arange(ids.shape[1], device=dev)[None]  # (1, T)
-    queries = torch.arange(enc.input_ids.shape[0] - 1, ids.shape[1], device=dev)  # (n,)
+    ids, positions, queries = _teacher_forced(model, enc, answer_ids)
     taps = Readout(model.language_model.model, {i: set(names) for i in layers})
     with taps.capture():
         model(ids, positions, visual=ctx, last_only=True)
     return {i: rule(taps, i, ctx, queries).view(n_views, -1).sum(-1).cpu() for i in layers}  # (M,) each
+
+
+def _teacher_forced(
+    model: Owl3Model, enc: Encoding, answer_ids: Sequence[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ids (1, T) of prompt + answer but its last token, their positions (1, T), and the positions (n,)
+    of the queries that produced the answer's n tokens (the prompt's last token and the answer's)."""
+    dev = model.device
+    ids = torch.cat([enc.input_ids, torch.tensor(list(answer_ids[:-1]), dtype=torch.long)]).to(dev)[None]
+    positions = torch.arange(ids.shape[1], device=dev)[None]
+    return ids, positions, torch.arange(enc.input_ids.shape[0] - 1, ids.shape[1], device=dev)
 
 
 def gradient_mass(
@@ -165,14 +173,12 @@ def gradient_mass(
     if not answer_ids or not n_views:
         return {i: torch.zeros(n_views) for i in layers}
     dev = model.device
+    ids, positions, queries = _teacher_forced(model, enc, answer_ids)
     with torch.inference_mode(False), torch.enable_grad():
         kv = {i: (k.clone().requires_grad_(), v.clone().requires_grad_()) for i, (k, v) in ctx.kv.items()}
         own = replace(ctx, kv=kv, decode_mask=None, split_plan=None)
-        ids = torch.cat([enc.input_ids, torch.tensor(list(answer_ids[:-1]), dtype=torch.long)]).to(dev)[None]
-        positions = torch.arange(ids.shape[1], device=dev)[None]
-        first = enc.input_ids.shape[0] - 1  # the prompt's last token predicts the answer's first
         text = model.language_model
-        h = text.model(model.embed(ids), positions, None, None, own)[0, first:]  # (n, D)
+        h = text.model(model.embed(ids), positions, None, None, own)[0, queries]  # (n, D)
         logp = text.lm_head(h).float().log_softmax(-1)
         answer = torch.tensor(list(answer_ids), device=dev)
         loss = logp[torch.arange(len(answer_ids), device=dev), answer].sum()

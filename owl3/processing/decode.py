@@ -31,7 +31,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from owl3.errors import MediaTooLarge, Owl3Error
 
@@ -104,12 +104,16 @@ def _open_unchecked(fp: IO[bytes]) -> Image.Image:
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 
+def _is_heif(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """Whether Pillow recognizes the file's header, or it is a HEIF picture (nothing is decoded)."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 20)
-        if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        if _is_heif(head):
             return True
         _open_unchecked(io.BytesIO(head))
         return True
@@ -169,7 +173,7 @@ def open_image(source: Path | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIX
                 limit=max_pixels,
             )
 
-    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+    if _is_heif(data):
         return _open_heif(data, name, check_size)
     try:
         # the header only, without Pillow's decompression-bomb check: our own limit decides. Pillow's check
@@ -229,8 +233,6 @@ _ICC_MODES = ("RGB", "RGBA", "CMYK", "L")
 def _to_srgb(icc: bytes, mode: str) -> Any:
     """A cached LittleCMS transform from the profile `icc` (images of `mode`) to sRGB; None when the
     profile is sRGB already (the pixels stay as they are) or cannot be read or applied to `mode`."""
-    from PIL import ImageCms
-
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if "srgb" in (ImageCms.getProfileDescription(src) or "").lower():
@@ -255,8 +257,6 @@ def to_rgb(img: Image.Image, *, official: bool = False) -> Image.Image:
     if icc and img.mode in _ICC_MODES:
         transform = _to_srgb(bytes(icc), img.mode)
         if transform is not None:
-            from PIL import ImageCms
-
             img = ImageCms.applyTransform(img, transform)
     if img.mode == "RGB":
         return img

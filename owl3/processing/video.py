@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from owl3.errors import MediaTooLarge, Owl3Error
-from owl3.processing.decode import local_path
+from owl3.processing.decode import local_path, to_rgb
 
 DEFAULT_FRAMES = 8  # the official evaluation's default frame count
 SAMPLINGS = ("segment", "uniform")
@@ -339,13 +339,7 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
         return _read_animated(path, frames=frames, fps=fps, max_frames=max_frames, sampling=sampling,
                               max_pixels=max_pixels, official=official, max_count=max_count)
     with _open(path) as (container, stream):
-        w, h = stream.codec_context.width, stream.codec_context.height
-        if max_pixels is not None and w * h > max_pixels:
-            raise MediaTooLarge(
-                f"the video {path} has {w}x{h} = {w * h} pixels per frame, over the limit of {max_pixels}; "
-                "raise it with max_pixels=... (--max-pixels N) if you mean it",
-                width=w, height=h, limit=max_pixels,
-            )
+        _check_frame_size(path, stream.codec_context.width, stream.codec_context.height, max_pixels)
         rate = _rate(stream)
         untimed = 0
         if mode == "exact":
@@ -362,13 +356,7 @@ def read_video(path: str | Path, *, frames: int | None = None, fps: float | None
                 n_total = len(pts) + untimed
         if n_total == 0:
             raise Owl3Error(f"{path} contains no video frames; pass a video with content")
-        indices = frame_indices(n_total, frames=frames, fps=fps, video_fps=rate, max_frames=max_frames,
-                                sampling=sampling)
-        if max_count is not None and len(indices) > max_count:
-            raise Owl3Error(
-                f"sampling {path} gives {len(indices)} frames, more than the {max_count} the model's context "
-                "holds (each frame takes a prompt token); ask for fewer (frames=N, or max_frames=N with fps)"
-            )
+        indices = _sample_checked(path, n_total, rate, frames, fps, max_frames, sampling, max_count)
         want = sorted(set(indices))
         with tqdm(total=len(want), disable=not progress, file=sys.stderr, desc="video frames",
                   unit="frame") as bar:
@@ -397,41 +385,54 @@ def _is_animated_webp(path: str | Path) -> bool:
 def _read_animated(path: str | Path, *, frames: int | None, fps: float | None, max_frames: int | None,
                    sampling: str, max_pixels: int | None, official: bool, max_count: int | None
                    ) -> list[Image.Image]:
-    """`read_video` for an animated image through Pillow: the frame rate from the frames' durations,
-    frames with transparency on white (as `load_image` shows an image), the same limits."""
-    from owl3.processing.decode import to_rgb
-
+    """`read_video` for an animated image through Pillow: the frame rate from the frames' durations (read
+    only when sampling by `fps`), frames with transparency on white (as `load_image` shows an image), the
+    same limits."""
     p = local_path(path, "the video")
     try:
-        img = Image.open(p)
-        n_total, (w, h) = getattr(img, "n_frames", 1), img.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise MediaTooLarge(
-                f"the video {path} has {w}x{h} = {w * h} pixels per frame, over the limit of {max_pixels}; "
-                "raise it with max_pixels=... (--max-pixels N) if you mean it",
-                width=w, height=h, limit=max_pixels,
-            )
-        durations = []
-        for i in range(n_total):
-            img.seek(i)
-            img.load()  # a WebP frame's duration is known once it is read
-            durations.append(float(img.info.get("duration") or 0))
-        rate = 1000 / float(np.median(durations)) if np.median(durations) > 0 else None
-        indices = frame_indices(n_total, frames=frames, fps=fps, video_fps=rate, max_frames=max_frames,
-                                sampling=sampling)
-        if max_count is not None and len(indices) > max_count:
-            raise Owl3Error(
-                f"sampling {path} gives {len(indices)} frames, more than the {max_count} the model's context "
-                "holds (each frame takes a prompt token); ask for fewer (frames=N, or max_frames=N with fps)"
-            )
-        got = {}
-        for i in sorted(set(indices)):
-            img.seek(i)
-            frame = img.convert("RGBA")
-            got[i] = frame.convert("RGB") if official else to_rgb(frame)
+        with Image.open(p) as img:
+            n_total = getattr(img, "n_frames", 1)
+            _check_frame_size(path, *img.size, max_pixels)
+            rate = None
+            if fps is not None:
+                durations = []
+                for i in range(n_total):
+                    img.seek(i)
+                    img.load()  # a WebP frame's duration is known once it is read
+                    durations.append(float(img.info.get("duration") or 0))
+                rate = 1000 / float(np.median(durations)) if np.median(durations) > 0 else None
+            indices = _sample_checked(path, n_total, rate, frames, fps, max_frames, sampling, max_count)
+            got = {}
+            for i in sorted(set(indices)):
+                img.seek(i)
+                frame = img.convert("RGBA")
+                got[i] = frame.convert("RGB") if official else to_rgb(frame)
     except (OSError, ValueError, EOFError, SyntaxError) as e:
         raise Owl3Error(f"failed to decode {p} ({e}); the file may be corrupt or truncated") from None
     return [got[i] for i in indices]
+
+
+def _check_frame_size(path: str | Path, w: int, h: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and w * h > max_pixels:
+        raise MediaTooLarge(
+            f"the video {path} has {w}x{h} = {w * h} pixels per frame, over the limit of {max_pixels}; "
+            "raise it with max_pixels=... (--max-pixels N) if you mean it",
+            width=w, height=h, limit=max_pixels,
+        )
+
+
+def _sample_checked(path: str | Path, n_total: int, rate: float | None, frames: int | None,
+                    fps: float | None, max_frames: int | None, sampling: str, max_count: int | None
+                    ) -> list[int]:
+    """`frame_indices`, refused when they are more than `max_count` (what the model's context holds)."""
+    indices = frame_indices(n_total, frames=frames, fps=fps, video_fps=rate, max_frames=max_frames,
+                            sampling=sampling)
+    if max_count is not None and len(indices) > max_count:
+        raise Owl3Error(
+            f"sampling {path} gives {len(indices)} frames, more than the {max_count} the model's context "
+            "holds (each frame takes a prompt token); ask for fewer (frames=N, or max_frames=N with fps)"
+        )
+    return indices
 
 
 def read_frames(path: str | Path, indices: list[int]) -> list[Image.Image]:
