@@ -14,7 +14,8 @@ free for the next one at once.
   prefilled have slots of their own past them.
 - Visual K/V: each request keeps its own (no padding to the largest image count); rows without media
   skip the cross branch (`RowVisuals`). Every view's K/V before MI-RoPE are kept in a byte-bounded LRU
-  keyed by its pixels (`MediaCache`): a conversation that resends its pictures runs no vision tower.
+  keyed by its pixels (`MediaCache`): a conversation that resends its pictures runs no vision tower
+  (owl3/inference/visual.py).
 - Prefix cache (off unless `prefix_cache_mb`): a prompt that continues an earlier request's tokens, with
   the same pictures, starts from that request's text KV and prefills only the rest (`PrefixCache`).
 - Sampling: every row has its own settings and its own seeded stream, in one batched operation
@@ -44,6 +45,7 @@ from owl3.inference.media_cache import MediaCache
 from owl3.inference.prefix_cache import Prefix, PrefixCache
 from owl3.inference.request import PromptMemory, Request, TokenEvent, take
 from owl3.inference.sampling import RowSampling, SamplingParams, request_seed, sample
+from owl3.inference.visual import encode_pieces, features_context
 from owl3.model import Owl3Model, RowVisuals, VisualContext
 from owl3.model.layers import causal_mask
 from owl3.processing import Encoding
@@ -287,63 +289,15 @@ class Engine:
 
     def encode_features(self, encodings: Sequence[Encoding]) -> VisualContext:
         """The batch's projected visual features, padded per row; each hyper layer's K/V follow lazily."""
-        pixels = [e.pixel_values for e in encodings if e.pixel_values is not None]
-        feats = self.model.encode_media(torch.cat(pixels), self.vision_chunk_size)  # (N, T, D)
-        per_sample: list[Tensor | None] = []
-        start = 0
-        for e in encodings:
-            n = 0 if e.pixel_values is None else e.pixel_values.shape[0]
-            per_sample.append(feats[start : start + n] if n else None)
-            start += n
-        starts = [e.media_starts for e in encodings]
-        offset = getattr(self.model.cfg, "mi_rope_offset", 1)
-        ctx = VisualContext.build(per_sample, starts, offset)
-        ctx.split_prefill = self.split_prefill
-        return ctx
+        return features_context(self.model, encodings, self.vision_chunk_size, self.split_prefill)
 
     def _encode_pieces(self, pieces: list[tuple[Request, int]]) -> None:
-        """The next `n` views of each (request, n): their K/V from the media cache, the others through the
-        tower together (one batch), then into each request's hyper-layer K/V buffers; a request whose last
-        view is in gets its `visual`."""
-        model = self.model
-        if not isinstance(model, Owl3Model):  # e.g. the concatenation baseline: features, all at once
+        """The next `n` views of each (request, n) into its hyper-layer K/V (`visual.encode_pieces`)."""
+        if not isinstance(self.model, Owl3Model):  # e.g. the concatenation baseline: features, all at once
             for req, _ in pieces:
                 req.visual = self.encode_features([req.enc])
             return
-        cache = self.media_cache
-        raws: list[list[Tensor | None]] = []  # per piece, each view's (n_hyper, 2, kv, T, d)
-        keys: list[list[bytes]] = []
-        todo: list[tuple[int, int]] = []  # (piece, view in piece) that the tower must see
-        for i, (req, n) in enumerate(pieces):
-            a = req.views_done
-            if not cache.enabled:
-                keys.append([])
-                raws.append([None] * n)
-            else:
-                keys.append(
-                    req.view_keys[a : a + n] if req.view_keys else cache.keys(req.enc.pixel_values[a : a + n])
-                )
-                raws.append([cache.get(k) for k in keys[-1]])
-            todo += [(i, j) for j, r in enumerate(raws[-1]) if r is None]
-        if todo:
-            pixels = torch.stack(
-                [pieces[i][0].enc.pixel_values[pieces[i][0].views_done + j] for i, j in todo]
-            )
-            new = model.project_visual_kv(model.encode_media(pixels, None))
-            for (i, j), raw in zip(todo, new, strict=True):
-                raws[i][j] = raw
-                if cache.enabled:
-                    cache.put(keys[i][j], raw)
-        for (req, n), raw in zip(pieces, raws, strict=True):
-            if req.kv is None:
-                req.kv = model.visual_kv_buffers(req.n_views)
-            positions = model.visual_layout(req.enc.media_starts)[1]
-            model.write_visual_kv(req.kv, torch.stack(raw), positions[None], req.views_done)
-            req.views_done += n
-            if req.views_done == req.n_views:
-                req.visual = model.visual_context_from_kv(req.kv, req.enc.media_starts)
-                req.visual.split_prefill = self.split_prefill
-                req.kv = None
+        encode_pieces(self.model, self.media_cache, pieces, self.split_prefill)
 
     # ------------------------------------------------------------------ scheduling
     def _pool_for(self, length: int) -> KVPool:
