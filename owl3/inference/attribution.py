@@ -64,6 +64,7 @@ class Share:
 
     def to_dict(self) -> dict:
         return {
+            "label": self.label,
             "kind": self.kind,
             "index": self.index,
             "frame": self.frame,

@@ -234,7 +234,7 @@ class Run:
         if self.prep.hits is not None:
             out["citations"] = [c.to_dict() for c in cite(self.prep.hits, measures[self.prep.share])]
         if self.prep.attribution:
-            out["shares"] = [{"label": s.label, **s.to_dict()} for s in measures[self.prep.attribution]]
+            out["shares"] = [s.to_dict() for s in measures[self.prep.attribution]]
         return out
 
     async def _drain(self) -> None:
