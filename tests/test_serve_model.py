@@ -219,30 +219,21 @@ def test_the_next_turn_of_a_conversation_reuses_its_prefix(served, client, scene
 
 
 def test_owl3_serve_starts_answers_and_stops_on_sigterm():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # --port 0: the server listens on a free port and prints its address
     root = Path(__file__).resolve().parents[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "owl3.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--max-num-seqs",
-        "2",
-        "--api-key",
-        "k",
-        "--shutdown-timeout",
-        "3",
-    ]
+    cmd = [sys.executable, "-m", "owl3.cli", "serve", "--port", "0", "--max-num-seqs", "2", "--api-key", "k",
+           "--shutdown-timeout", "3"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    url = f"http://127.0.0.1:{port}"
     try:
+        printed = []
+        while not printed or not printed[-1].startswith("owl3 serve:"):
+            printed.append(proc.stdout.readline())
+            assert printed[-1], "".join(printed)  # the process ended before it said where it listens
+        url = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", printed[-1])[1]
+        assert not url.endswith(":0")
         deadline = time.monotonic() + 60
         while _health(url) != 200:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
@@ -255,6 +246,24 @@ def test_owl3_serve_starts_answers_and_stops_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_taken_port_or_a_bad_address_is_one_line_before_the_model_loads(capsys):
+    from owl3 import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # the model would take seconds to load; the port is checked first, so a wrong --model is not reached
+        assert cli.main(["serve", "--port", str(port), "--model", "/no/such/model"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "in use" in err
+    assert cli.main(["serve", "--port", "70000"]) == 2
+    assert "--port must be between 0" in capsys.readouterr().err
+    assert cli.main(["serve", "--host", "no-such-host.invalid", "--model", "/no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown address" in err
 
 
 def _metric(served, name: str) -> float:

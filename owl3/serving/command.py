@@ -7,7 +7,9 @@ light): the command imports the server when it runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from pathlib import Path
 
 from owl3.errors import Owl3Error
@@ -19,6 +21,7 @@ SERVE_MAX_PIXELS = 64_000_000  # images (and video frames) from strangers: lower
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _check(args)
+    sock = listen(args.host, args.port)  # before the model loads: a taken port fails at once
     api_key = args.api_key or os.environ.get("OWL3_API_KEY") or None
     import logging
 
@@ -62,9 +65,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kb=kb,
     )
     app = create_app(pipe, engine, config)
-    where = f"http://{args.host}:{args.port}"
+    port = sock.getsockname()[1]  # --port 0: the free port the system chose
+    where = f"http://{args.host}:{port}"
     print(f"owl3 serve: {name} at {where}/v1 (chat page: {where}/)", flush=True)
-    return run(app, args.host, args.port)
+    return run(app, args.host, port, sock=sock)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (uvicorn listens on it); an unknown host or a port in use is one
+    clear error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise Owl3Error(
+            f"cannot listen on {host}:{port}: unknown address ({e.strerror}); give --host an address of "
+            "this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        hint = {
+            errno.EADDRINUSE: "another process is using it; stop it or pick another --port",
+            errno.EACCES: "ports below 1024 need privileges; pick a --port of 1024 or more",
+            errno.EADDRNOTAVAIL: "it is not an address of this machine; try --host 127.0.0.1 or 0.0.0.0",
+        }.get(e.errno, "check --host and --port")
+        raise Owl3Error(f"cannot listen on {host}:{port}: {e.strerror}; {hint}") from None
+    return sock
 
 
 def make_engine(pipe, max_num_seqs: int, prefix_cache_mb: float = 256):
@@ -78,6 +109,8 @@ def make_engine(pipe, max_num_seqs: int, prefix_cache_mb: float = 256):
 
 
 def _check(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise Owl3Error(f"--port must be between 0 (any free port) and 65535, got {args.port}")
     for name in ("max_images", "max_frames", "max_num_seqs"):
         if getattr(args, name) < 1:
             raise Owl3Error(f"--{name.replace('_', '-')} must be at least 1")
@@ -109,7 +142,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    g.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    g.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
     g.add_argument(
         "--served-model-name",
         metavar="NAME",
