@@ -59,7 +59,7 @@ def _generate_with_sources(args: argparse.Namespace) -> int:
             images=args.image,
             videos=args.video,
             kb=args.kb,
-            top_k=args.top_k or None,
+            top_k=args.top_k,
             attribution=measure,
             **media_kwargs(args),
             **sampling,
@@ -68,7 +68,9 @@ def _generate_with_sources(args: argparse.Namespace) -> int:
         media = {**media_kwargs(args), **sampling}
         out = pipe.generate(messages, images=args.image, videos=args.video, attribution=measure, **media)
     print(out.text)
-    if out.citations is not None:
+    if out.citations == []:
+        print("\nSources: no item of the knowledge base matched the question", file=sys.stderr)
+    elif out.citations is not None:
         query = out.shares[-1].share if args.image and out.shares else None
         print("\n" + sources_table(out.citations, query))
     asked = args.attribution or args.attribution_measure

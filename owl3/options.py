@@ -107,7 +107,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=1024, metavar="N", help="answer length limit (1024)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 = off)")
+    g.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens (default: off)"
+    )
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     g.add_argument("--system", default=None, metavar="TEXT", help="a system prompt")
@@ -118,7 +120,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
-        top_k=args.top_k,
+        top_k=args.top_k or 0,  # 0 = off
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )

@@ -186,6 +186,15 @@ def test_answer_with_citations_end_to_end(tmp_path, tiny_dir, tiny_pipe, capsys)
     rows = printed.split("Sources")[1].split("Gradient share")[0].strip().splitlines()[1:]
     shares = ["-" if c.share is None else f"{100 * c.share:.1f}%" for c in want.citations]
     assert [r.split()[3] for r in rows[: len(shares)]] == shares
+    # no item retrieved at all is said, not an empty table; --top-k 0 with a knowledge base is refused
+    nothing = ["generate", "--model", str(tiny_dir), "--kb", str(kb), "--max-new-tokens", "2", "zzz"]
+    assert cli.main(nothing) == 0
+    captured = capsys.readouterr()
+    assert "Sources" not in captured.out and "no item of the knowledge base matched" in captured.err
+    assert cli.main([*args[:5], "--top-k", "0", *args[7:]]) == 2
+    assert "top_k (--top-k) must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(Owl3Error, match="at least 1"):
+        tiny_pipe.chat("Which shape is this?", images=[q], kb=str(kb), top_k=0)
 
 
 def test_items_from_a_folder_and_jsonl_mistakes(tmp_path):

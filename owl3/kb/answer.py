@@ -123,7 +123,9 @@ def answer_with_kb(
         images = list(images)
     else:
         images = [] if images is None else [images]
-    msgs, all_images, hits = knowledge_request(pipe, kb, messages, images, top_k or DEFAULT_TOP_K)
+    msgs, all_images, hits = knowledge_request(
+        pipe, kb, messages, images, DEFAULT_TOP_K if top_k is None else top_k
+    )
     if kw.get("cut") is None:  # no crops unless asked for, even when one picture is left
         kw["cut"] = False
     out = pipe.generate(msgs, all_images, attribution=attribution or True, **kw)

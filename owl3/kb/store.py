@@ -291,7 +291,7 @@ class KnowledgeBase:
         if (text is None or not text.strip()) and vector is None:
             raise Owl3Error("nothing to search for: give a text query, an image query or both")
         if top_k < 1:
-            raise Owl3Error(f"--top-k must be at least 1, got {top_k}")
+            raise Owl3Error(f"top_k (--top-k) must be at least 1, got {top_k}")
         if len(self) == 0:
             raise Owl3Error(
                 f"the knowledge base at {str(self.path)!r} is empty; add items with 'owl3 kb add'"
