@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+from typing import NoReturn
 
 from owl3.errors import Owl3Error
 
@@ -29,8 +30,25 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the arguments on one line that names the help to read (its
+    subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that `args` picked, e.g. `owl3 eval mmbench`'s."""
+    for action in parser._actions:
+        name = getattr(args, action.dest, None)
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return _chosen(action.choices[name], args)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="owl3: run mPLUG-Owl3 on images, many images and videos.",
         epilog="Run 'owl3 COMMAND --help' for a command's options.",
@@ -43,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help(sys.stderr)  # a bare `owl3`: what it can do
+        return 2
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command that was given them, with its --help
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except Owl3Error as e:

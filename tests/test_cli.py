@@ -102,11 +102,30 @@ def test_help(capsys, command):
         assert opt in out, opt
 
 
-def test_no_command_is_a_usage_error(capsys):
+def test_no_command_prints_the_commands(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: owl3") and "generate" in err and "serve" in err
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["train", "--lora-rank", "0"], "owl3 train: error: unrecognized arguments: --lora-rank 0"),
+        (["eval", "mmbench", "--data", "x", "--bad"], "owl3 eval mmbench: error: unrecognized"),
+        (["eval", "nosuch"], "owl3 eval: error: argument TASK: invalid choice: 'nosuch'"),
+        (["generate", "--max-pixels", "-5", "a"], "owl3 generate: error: argument --max-pixels"),
+        (["demo", "--seed", "x"], "owl3 demo: error: argument --seed: invalid int value: 'x'"),
+        (["build", "--llm", "x"], "owl3 build: error: the following arguments are required"),
+    ],
+)
+def test_a_mistake_in_the_arguments_is_one_line_naming_the_commands_help(capsys, argv, said):
     with pytest.raises(SystemExit) as exc:
-        main([])
+        main(argv)
     assert exc.value.code == 2
-    assert "usage: owl3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1, err
+    assert err.rstrip().endswith(f"(see '{said.split(': error')[0]} --help')")
 
 
 # ---------------------------------------------------------------------------------------- generate
@@ -260,9 +279,10 @@ def test_closed_stdout_ends_quietly(tmp_path):
         "        print('x' * 100)\n"
         "    return 0\n"
         "parser = argparse.ArgumentParser()\n"
+        "parser.add_argument('word')\n"
         "parser.set_defaults(func=chatty)\n"
         "cli.build_parser = lambda: parser\n"
-        "sys.exit(cli.main([]))\n"
+        "sys.exit(cli.main(['x']))\n"
     )
     cmd = f"{sys.executable} {script} | head -1; echo status ${{PIPESTATUS[0]}}"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
