@@ -49,13 +49,16 @@ def _halves(w: int = 64, h: int = 32) -> np.ndarray:
 
 
 def _video(path: Path, n: int = 30, *, rotation: int | None = None, fmt: str | None = None,
-           codec: str = "libx264", paint=None) -> Path:
-    """n frames (frame i: gray level 8*i, or `paint(i)`), optionally with a display-rotation matrix."""
+           codec: str = "libx264", paint=None, matrix: list[int] | None = None) -> Path:
+    """n frames (frame i: gray level 8*i, or `paint(i)`), optionally with a display-rotation matrix (or
+    any display `matrix`: FFmpeg's 9 ints)."""
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        if matrix is not None:
+            stream.set_display_matrix(matrix)
         for i in range(n):
             a = paint(i) if paint else np.full((32, 64, 3), 8 * i, np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
@@ -257,6 +260,38 @@ def test_video_rotation_is_applied_as_players_show_it(media):
     assert read_video(media["rotated"], frames=1, official=True)[0].size == (64, 32)
     data = media["rotated"].read_bytes()  # the server reads it the same way
     assert decode_video(data, "v", MediaPolicy(), frames=1, fps=None, max_frames=4)[0].size == (32, 64)
+
+
+def _corner() -> np.ndarray:
+    a = np.zeros((32, 64, 3), np.uint8)
+    a[:12, :12] = 255  # a white top-left corner on a stored 64x32 (landscape) frame
+    return a
+
+
+# display matrix (a, b, c, d) -> where the stored top-left corner is shown, and the shown size, as FFmpeg's
+# player shows it (fftools: turns by the matrix's rotation, then its "transpose", hflip and vflip filters)
+MIRRORS = [
+    ((-1, 0, 0, 1), "top right", (64, 32)),  # a left-right mirror (a front camera)
+    ((1, 0, 0, -1), "bottom left", (64, 32)),  # upside down mirror
+    ((-1, 0, 0, -1), "bottom right", (64, 32)),  # half turn
+    ((0, -1, 1, 0), "bottom left", (32, 64)),  # quarter turn counterclockwise
+    ((0, 1, -1, 0), "top right", (32, 64)),  # quarter turn clockwise
+    ((0, 1, 1, 0), "top left", (32, 64)),  # "cclock_flip": across the main diagonal
+    ((0, -1, -1, 0), "bottom right", (32, 64)),  # "clock_flip": across the other diagonal
+]
+
+
+@pytest.mark.parametrize("abcd, corner, size", MIRRORS, ids=[m[1] + str(m[2][0]) for m in MIRRORS])
+def test_video_mirrors_and_turns_of_the_display_matrix_are_shown_as_players_do(tmp_path, abcd, corner, size):
+    a, b, c, d = (v * 65536 for v in abcd)
+    path = _video(tmp_path / "m.mp4", 2, paint=lambda i: _corner(), matrix=[a, b, 0, c, d, 0, 0, 0, 1 << 30])
+    frame = read_video(path, frames=1)[0]
+    assert frame.size == size
+    w, h = size
+    at = {"top left": (3, 3), "top right": (w - 4, 3), "bottom left": (3, h - 4)}
+    for name, xy in {**at, "bottom right": (w - 4, h - 4)}.items():
+        assert _close(_px(frame, *xy), (255, 255, 255) if name == corner else (0, 0, 0), 40), name
+    assert read_video(path, frames=1, official=True)[0].size == (64, 32)  # the official path: as stored
 
 
 @pytest.mark.parametrize("mode", ["exact", "keyframe"])

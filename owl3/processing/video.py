@@ -24,6 +24,7 @@ from pathlib import Path
 import av
 import numpy as np
 from av.container import InputContainer
+from av.sidedata.sidedata import Type as SideDataType
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 from PIL import Image
@@ -192,19 +193,48 @@ def video_info(path: str | Path) -> VideoInfo:
 
 
 def frame_image(frame: VideoFrame, official: bool = False) -> Image.Image:
-    """A decoded frame as an RGB PIL image, turned by the stream's rotation metadata as players show it
-    (a phone's portrait video is stored landscape with a display matrix); `official`: as stored."""
+    """A decoded frame as an RGB PIL image, turned and mirrored by the stream's display matrix as players
+    show it (a phone's portrait video is stored landscape with a display matrix); `official`: as stored."""
     img = frame.to_image()
     if official:
         return img
+    turn = _display_transpose(frame)
+    return img.transpose(turn) if turn is not None else img
+
+
+T = Image.Transpose
+# A display matrix maps a stored pixel (p, q) (x right, y down) to (a p + c q, b p + d q) on screen. Its
+# axis-aligned cases, (a, b, c, d) in units, are the eight turns and mirrors, as FFmpeg's player shows
+# them: e.g. (0, -1, 1, 0) is a quarter turn counterclockwise, (-1, 0, 0, 1) a left-right mirror.
+_DISPLAY = {
+    (1, 0, 0, 1): None,
+    (-1, 0, 0, 1): T.FLIP_LEFT_RIGHT,
+    (1, 0, 0, -1): T.FLIP_TOP_BOTTOM,
+    (-1, 0, 0, -1): T.ROTATE_180,
+    (0, -1, 1, 0): T.ROTATE_90,
+    (0, 1, -1, 0): T.ROTATE_270,
+    (0, 1, 1, 0): T.TRANSPOSE,
+    (0, -1, -1, 0): T.TRANSVERSE,
+}
+_TURNS = {1: T.ROTATE_90, 2: T.ROTATE_180, 3: T.ROTATE_270}  # counterclockwise quarter turns
+
+
+def _display_transpose(frame: VideoFrame) -> Image.Transpose | None:
+    """The turn or mirror of `frame`'s display matrix (None: as stored). A matrix that is not
+    axis-aligned (a 30-degree tilt, or scaled) is taken to the quarter turn nearest its rotation."""
+    for data in frame.side_data:
+        if data.type == SideDataType.DISPLAYMATRIX and len(raw := bytes(data)) >= 20:
+            a, b, _, c, d = np.frombuffer(raw[:20], dtype=np.int32).tolist()  # native, as FFmpeg
+            key = tuple(round(v / 65536) for v in (a, b, c, d))  # 16.16 fixed point
+            near = all(abs(v - k * 65536) < 656 for v, k in zip((a, b, c, d), key, strict=True))
+            if near and key in _DISPLAY:
+                return _DISPLAY[key]
+            break
     try:
-        quarter = round(frame.rotation / 90) % 4  # counterclockwise quarter turns
+        quarter = round(frame.rotation / 90) % 4
     except (AttributeError, ValueError, TypeError):
-        quarter = 0
-    return img.transpose(_TURNS[quarter]) if quarter else img
-
-
-_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+        return None
+    return _TURNS.get(quarter)
 
 
 def _seek(container: InputContainer, stream: VideoStream, target: int, tries: Iterable[int]
