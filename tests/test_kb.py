@@ -7,7 +7,9 @@ import json
 import random
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from owl3 import cli
 from owl3.demo.world import Scene, random_object, render
@@ -108,7 +110,7 @@ def test_add_replaces_by_id_and_reports_bad_images(tmp_path, kb_dir, capsys):
     )  # fmt: skip
     assert cli.main(["kb", "add", str(kb), str(tmp_path / "new.jsonl")]) == 0
     err = capsys.readouterr().err
-    assert "'broken'" in err and "'missing'" in err and "added 1 items (2 skipped)" in err
+    assert "'broken'" in err and "'missing'" in err and "added 1 item (2 skipped)" in err
     from owl3.kb import open_kb
 
     k = open_kb(kb)
@@ -195,6 +197,39 @@ def test_answer_with_citations_end_to_end(tmp_path, tiny_dir, tiny_pipe, capsys)
     assert "top_k (--top-k) must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(Owl3Error, match="at least 1"):
         tiny_pipe.chat("Which shape is this?", images=[q], kb=str(kb), top_k=0)
+
+
+def test_item_images_are_read_as_every_image_input(tmp_path, tiny_dir, tiny_pipe, capsys):
+    # a phone photo (EXIF: turn it 90 degrees to view) and a transparent cut-out: the knowledge base embeds
+    # them, and answers with them, as owl3 reads any image (turned upright; transparency on white)
+    from owl3.kb import open_kb
+    from owl3.kb.embed import embed_images
+    from owl3.processing import load_image
+
+    d = tmp_path / "items"
+    d.mkdir()
+    photo = np.zeros((40, 80, 3), np.uint8)
+    photo[:, :40] = (255, 0, 0)  # stored landscape: red left half, black right half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo).save(d / "phone.jpg", exif=exif, quality=95)
+    cutout = np.zeros((64, 64, 4), np.uint8)
+    cutout[16:48, 16:48] = (0, 0, 255, 255)  # a blue square; the rest transparent black
+    Image.fromarray(cutout, "RGBA").save(d / "cutout.png")
+    Image.new("RGB", (4, 4)).save(d / "big.png")
+    (d / "big.png").write_bytes((d / "big.png").read_bytes()[:30])  # a cut-off file: skipped, said why
+    kb = tmp_path / "kb"
+    assert cli.main(["kb", "build", str(d), "-o", str(kb), "--model", str(tiny_dir)]) == 0
+    assert "skipped item 'big'" in capsys.readouterr().err
+    k = open_kb(kb)
+    assert k.image("phone").size == (40, 80)  # upright
+    assert np.asarray(k.image("cutout"))[0, 0].tolist() == [255, 255, 255]  # on white
+    vectors = embed_images(tiny_pipe.model, [d / "phone.jpg", d / "cutout.png"])
+    for name, vector in zip(("phone", "cutout"), vectors, strict=True):
+        ext = ".jpg" if name == "phone" else ".png"
+        assert np.array_equal(np.asarray(k.image(name)), np.asarray(load_image(d / (name + ext))))
+        hit = k.search(vector=vector, top_k=1)[0]  # the stored vector is the image input's own
+        assert hit.id == name and hit.score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_items_from_a_folder_and_jsonl_mistakes(tmp_path):

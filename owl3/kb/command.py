@@ -41,11 +41,15 @@ def _embedder(model, batch_size: int):
     return lambda images: embed_images(model, images, batch_size)
 
 
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
 def _report(kb, report, verb: str) -> None:
     for item_id, why in report.skipped:
         print(f"skipped item {item_id!r}: {why}", file=sys.stderr)
     print(
-        f"{verb} {report.added} items ({len(report.skipped)} skipped) -> {kb.path} ({len(kb)} items)",
+        f"{verb} {_items(report.added)} ({len(report.skipped)} skipped) -> {kb.path} ({_items(len(kb))})",
         file=sys.stderr,
     )
 

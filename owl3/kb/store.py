@@ -15,7 +15,6 @@ not one joint query.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -212,24 +211,18 @@ class KnowledgeBase:
 
     @staticmethod
     def _read(it: Item, strict: bool, report: AddReport) -> tuple[bytes | None, Any]:
-        """An item's image file: (its bytes, the decoded RGB image), or (None, None) if unreadable."""
-        from PIL import Image
+        """An item's image file: (its bytes, the RGB image owl3 makes of them, as of any image input:
+        EXIF orientation, colour profile, transparency on white, HEIC, the pixel limit), or (None, None)
+        if unreadable."""
+        from owl3.processing.decode import load_image
 
         try:
-            data = Path(it.image).read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return data, im.convert("RGB")
-        except Exception as e:  # missing, unreadable, not an image: PIL and the OS raise many kinds
-            if isinstance(e, FileNotFoundError):
-                why = "file not found"
-            elif isinstance(e, Image.UnidentifiedImageError):
-                why = "not an image file PIL can read"
-            else:
-                why = f"{type(e).__name__}: {e}"
+            img = load_image(Path(it.image))
+            return Path(it.image).read_bytes(), img
+        except (OSError, Owl3Error) as e:  # Owl3Error: missing, unreadable, too large; OSError: a race
             if strict:
-                raise Owl3Error(f"item {it.id!r}: cannot read image {str(it.image)!r} ({why})") from None
-            report.skipped.append((it.id, f"cannot read image {str(it.image)!r} ({why})"))
+                raise Owl3Error(f"item {it.id!r}: {e}") from None
+            report.skipped.append((it.id, str(e)))
             return None, None
 
     def _upsert(self, rows: list[dict[str, Any]]) -> None:
@@ -246,14 +239,15 @@ class KnowledgeBase:
         self.table.create_index("text", config=FTS(), replace=True)
 
     def image(self, item_id: str):
-        """The stored image of an item (PIL), or None for a text-only item."""
-        from PIL import Image
+        """The stored image of an item (RGB PIL, made as when it was embedded), or None for a text-only
+        item."""
+        from owl3.processing.decode import load_image
 
         rows = self._rows([item_id], ["image"])
         if not rows:
             raise Owl3Error(f"no item {item_id!r} in the knowledge base at {str(self.path)!r}")
         data = rows[0]["image"]
-        return None if data is None else Image.open(io.BytesIO(data)).convert("RGB")
+        return None if data is None else load_image(data, max_pixels=None, what=f"item {item_id!r}")
 
     def _rows(self, ids: Sequence[str], columns: list[str]) -> list[dict[str, Any]]:
         quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
