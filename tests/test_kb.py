@@ -110,11 +110,16 @@ def test_add_replaces_by_id_and_reports_bad_images(tmp_path, kb_dir, capsys):
     )  # fmt: skip
     assert cli.main(["kb", "add", str(kb), str(tmp_path / "new.jsonl")]) == 0
     err = capsys.readouterr().err
-    assert "'broken'" in err and "'missing'" in err and "added 1 item (2 skipped)" in err
+    assert "'broken'" in err and "'missing'" in err and "added 1 item (1 replaced, 2 skipped)" in err
     from owl3.kb import open_kb
 
     k = open_kb(kb)
     assert len(k) == 9 and k.search(text="moons", top_k=1)[0].text == "a new note about moons"
+    from owl3.kb.items import Item
+
+    with pytest.raises(Owl3Error, match="'twin' appears twice"):  # the Python API checks ids too
+        k.add([Item("twin", None, "one"), Item("twin", None, "two")], embed=lambda images: None)
+    assert len(k) == 9
     assert cli.main(["kb", "add", str(kb), str(tmp_path / "new.jsonl"), "--strict"]) == 2
     assert "item 'broken'" in capsys.readouterr().err
     assert cli.main(["kb", "build", str(tmp_path / "new.jsonl"), "-o", str(tmp_path / "s"), "--strict"]) == 2

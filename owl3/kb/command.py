@@ -48,8 +48,10 @@ def _items(n: int) -> str:
 def _report(kb, report, verb: str) -> None:
     for item_id, why in report.skipped:
         print(f"skipped item {item_id!r}: {why}", file=sys.stderr)
+    replaced = f"{report.replaced} replaced, " if report.replaced else ""
     print(
-        f"{verb} {_items(report.added)} ({len(report.skipped)} skipped) -> {kb.path} ({_items(len(kb))})",
+        f"{verb} {_items(report.added)} ({replaced}{len(report.skipped)} skipped) -> {kb.path} "
+        f"({_items(len(kb))})",
         file=sys.stderr,
     )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class Hit:
 @dataclass
 class AddReport:
     added: int = 0
+    replaced: int = 0  # of the added, items whose id was there already
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item id, why)
 
 
@@ -170,6 +172,9 @@ class KnowledgeBase:
         """Read, embed (`embed(PIL images)` -> (n, dim) unit vectors, `batch_size` at a time) and store
         `items`, replacing items of the same id. An unreadable image is skipped and reported with its id
         (`strict`: refused)."""
+        twice = [i for i, n in Counter(it.id for it in items).items() if n > 1]
+        if twice:
+            raise Owl3Error(f"item id {twice[0]!r} appears twice in the items to add; ids must be unique")
         report = AddReport()
         dim = int(self.meta["dim"])
         rows: list[dict[str, Any]] = []
@@ -205,7 +210,9 @@ class KnowledgeBase:
             if bar is not None:
                 bar.close()
         if rows:
+            before = len(self)
             self._upsert(rows)
+            report.replaced = len(rows) - (len(self) - before)
         report.added = len(rows)
         return report
 
