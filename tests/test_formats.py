@@ -3,7 +3,6 @@ photos (through pillow-heif), and animated WebP as a video (through Pillow, whic
 
 from __future__ import annotations
 
-import struct
 import sys
 
 import pytest
@@ -11,34 +10,15 @@ from PIL import Image, ImageCms
 
 from owl3 import Owl3Error
 from owl3.errors import MediaTooLarge
+from owl3.processing.colour import icc_profile as make_icc_profile
 from owl3.processing.decode import load_image
 from tests.test_inputs import _close, _px
 
-
-def _s15(x: float) -> bytes:
-    return struct.pack(">i", round(x * 65536))
+LINEAR = (1.0, 1.0, 0.0, 0.0, 0.0)  # a parametric ICC curve: Y = X
 
 
-def icc_profile(colorants, gamma: float = 1.0, name: str = "linear test RGB") -> bytes:
-    """A minimal ICC v2 RGB matrix/TRC display profile (header, tag table, desc, wtpt, r/g/b XYZ and TRC):
-    D50 colorants, one gamma for the three channels."""
-
-    def xyz(v):
-        return b"XYZ " + b"\0" * 4 + b"".join(_s15(c) for c in v)
-
-    curv = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
-    text = name.encode() + b"\0"
-    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 78
-    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(colorants[0])),
-            (b"gXYZ", xyz(colorants[1])), (b"bXYZ", xyz(colorants[2])), (b"rTRC", curv), (b"gTRC", curv),
-            (b"bTRC", curv)]  # fmt: skip
-    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
-    for sig, body in tags:
-        table += sig + struct.pack(">II", offset + len(data), len(body))
-        data += body + b"\0" * (-len(body) % 4)
-    header = struct.pack(">I", offset + len(data)) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
-    header += b"\0" * 12 + b"acsp" + b"\0" * 28 + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
-    return header + b"\0" * (128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+def icc_profile(colorants, curve=LINEAR, name: str = "linear test RGB") -> bytes:
+    return make_icc_profile(colorants, curve, name)
 
 
 SRGB_D50 = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
@@ -92,6 +72,54 @@ def _heic(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     pillow_heif.from_pillow(img).save(buf, quality=-1)  # lossless
     return buf.getvalue()
+
+
+# Display P3: Apple's profile's colorants (D50) and the published linear P3 -> sRGB matrix; both independent
+# of owl3's own conversion from the nclx chromaticities (Bradford to D50)
+P3_D50 = ((0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841))
+P3_TO_SRGB = ((1.2249, -0.2247, 0.0), (-0.0420, 1.0419, 0.0), (-0.0197, -0.0786, 1.0979))
+
+
+def _srgb_linear(v: float) -> float:
+    return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+
+def _srgb_curve(x: float) -> float:
+    x = min(max(x, 0.0), 1.0)
+    return 12.92 * x if x <= 0.0031308 else 1.055 * x ** (1 / 2.4) - 0.055
+
+
+def _heic_nclx(path, colour, primaries: int, transfer: int):
+    """A lossless RGB HEIC whose colours are described by an nclx box (H.273 code points), no ICC."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    heif = pillow_heif.from_pillow(Image.new("RGB", (16, 16), colour))
+    heif.info["nclx_profile"] = {"color_primaries": primaries, "transfer_characteristics": transfer,
+                                 "matrix_coefficients": 0, "full_range_flag": 1}  # fmt: skip
+    heif.save(path, quality=-1, chroma=444)
+    assert not pillow_heif.open_heif(path).info.get("icc_profile")
+    return path
+
+
+def test_a_heic_nclx_colour_description_is_converted_to_srgb(tmp_path):
+    stored = (200, 120, 60)
+    # P3 primaries, linear light: what LittleCMS makes of a PNG tagged with Apple's P3 colorants at gamma 1
+    heic = _heic_nclx(tmp_path / "linear.heic", stored, 12, 8)
+    png = tmp_path / "linear.png"
+    Image.new("RGB", (16, 16), stored).save(png, icc_profile=icc_profile(P3_D50))
+    got, want = _px(load_image(heic), 8, 8), _px(load_image(png), 8, 8)
+    assert all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (got, want)
+    # Display P3 as phones write it (P3 primaries, the sRGB curve): the published matrix between the curves
+    heic = _heic_nclx(tmp_path / "p3.heic", stored, 12, 13)
+    lin = [_srgb_linear(v / 255) for v in stored]
+    srgb = [sum(m * x for m, x in zip(row, lin, strict=True)) for row in P3_TO_SRGB]
+    want = tuple(round(255 * _srgb_curve(x)) for x in srgb)
+    got = _px(load_image(heic), 8, 8)
+    assert want != stored and all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (got, want)
+    assert _px(load_image(heic, official=True), 8, 8) == stored
+    # sRGB's own primaries, and an HDR transfer (PQ) that is not converted here: the stored values
+    for primaries, transfer in ((1, 13), (12, 16)):
+        heic = _heic_nclx(tmp_path / f"keep-{primaries}-{transfer}.heic", stored, primaries, transfer)
+        assert _px(load_image(heic), 8, 8) == stored
 
 
 def test_heic_pictures_are_read_through_pillow_heif(tmp_path, tiny_pipe):

@@ -7,7 +7,7 @@ flags. The pixels are what an image viewer shows:
 - EXIF orientation is applied (a phone photo taken upright is upright);
 - an embedded colour profile other than sRGB (Display P3 from a phone, Adobe RGB from a camera, a CMYK
   press profile) is converted to sRGB, as a colour-managed viewer shows it; a profile that cannot be read
-  is ignored, as viewers ignore it;
+  is ignored, as viewers ignore it; a HEIC's nclx colour description likewise (colour.py);
 - 16-bit and 32-bit integer images are scaled to 8 bits, float images from [0, 1] (a range outside
   [0, 1] is stretched min-to-max), instead of Pillow's `convert("RGB")`, which clips them;
 - transparency (RGBA, LA, palette or colour-key transparency) is composited on white.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import io
 import os
 import struct
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 from owl3.errors import MediaTooLarge, Owl3Error
+from owl3.processing.colour import ICC_MODES, nclx_profile, srgb_transform
 
 # 128 megapixels: a 12000×9000 scan or a 200 MP phone's binned photo pass; 15000×15000 needs max_pixels raised
 DEFAULT_MAX_PIXELS = 128_000_000
@@ -123,7 +123,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def _open_heif(data: bytes, name: str, check_size: Any) -> Image.Image:
     """A HEIC/HEIF picture through pillow-heif (optional: `pip install pillow-heif`), its size checked
-    before decoding; its EXIF and ICC profile come along as Pillow's would."""
+    before decoding; its EXIF and ICC profile come along as Pillow's would, and an nclx colour description
+    (without an ICC profile) comes as the ICC profile it amounts to."""
     try:
         import pillow_heif
     except ImportError:
@@ -136,6 +137,11 @@ def _open_heif(data: bytes, name: str, check_size: Any) -> Image.Image:
         check_size(*heif.size)
         img = heif.to_pillow()
         img.load()
+        nclx = heif.info.get("nclx_profile")
+        if nclx and not img.info.get("icc_profile"):  # colours described by code points, not a profile
+            profile = nclx_profile(nclx)
+            if profile is not None:
+                img.info["icc_profile"] = profile
         return img
     except (OSError, ValueError, RuntimeError, SyntaxError, EOFError) as e:
         raise Owl3Error(f"cannot read {name} ({type(e).__name__}: {e}); pass a valid HEIC file") from None
@@ -225,24 +231,6 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-# image modes whose embedded ICC profile is applied (16-bit and float images keep their values' scaling)
-_ICC_MODES = ("RGB", "RGBA", "CMYK", "L")
-
-
-@functools.lru_cache(maxsize=16)
-def _to_srgb(icc: bytes, mode: str) -> Any:
-    """A cached LittleCMS transform from the profile `icc` (images of `mode`) to sRGB; None when the
-    profile is sRGB already (the pixels stay as they are) or cannot be read or applied to `mode`."""
-    try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if "srgb" in (ImageCms.getProfileDescription(src) or "").lower():
-            return None
-        out = "RGBA" if mode == "RGBA" else "RGB"
-        return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, out)
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-        return None
-
-
 def to_rgb(img: Image.Image, *, official: bool = False) -> Image.Image:
     """8-bit RGB as a viewer shows `img` (see the module docstring); `official=True`: `convert("RGB")`."""
     if official:
@@ -254,8 +242,8 @@ def to_rgb(img: Image.Image, *, official: bool = False) -> Image.Image:
     if orientation in (2, 3, 4, 5, 6, 7, 8):
         img = ImageOps.exif_transpose(img)
     icc = img.info.get("icc_profile")
-    if icc and img.mode in _ICC_MODES:
-        transform = _to_srgb(bytes(icc), img.mode)
+    if icc and img.mode in ICC_MODES:
+        transform = srgb_transform(bytes(icc), img.mode)
         if transform is not None:
             img = ImageCms.applyTransform(img, transform)
     if img.mode == "RGB":
