@@ -11,6 +11,7 @@ from PIL import Image, ImageCms
 from owl3 import Owl3Error
 from owl3.errors import MediaTooLarge
 from owl3.processing.colour import icc_profile as make_icc_profile
+from owl3.processing.colour import nclx_profile
 from owl3.processing.decode import load_image
 from tests.test_inputs import _close, _px
 
@@ -116,6 +117,13 @@ def test_a_heic_nclx_colour_description_is_converted_to_srgb(tmp_path):
     got = _px(load_image(heic), 8, 8)
     assert want != stored and all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (got, want)
     assert _px(load_image(heic, official=True), 8, 8) == stored
+    # descriptions that make no colour space are ignored, as a broken profile is
+    p3 = dict(pytest.importorskip("pillow_heif").open_heif(heic).info["nclx_profile"])
+    assert nclx_profile(p3) is not None
+    assert nclx_profile({**p3, "color_primary_green_x": p3["color_primary_red_x"],
+                         "color_primary_green_y": p3["color_primary_red_y"]}) is None  # fmt: skip
+    assert nclx_profile({**p3, "color_primary_white_y": 0.0}) is None
+    assert nclx_profile({"color_primaries": 12, "transfer_characteristics": 13}) is None
     # sRGB's own primaries, and an HDR transfer (PQ) that is not converted here: the stored values
     for primaries, transfer in ((1, 13), (12, 16)):
         heic = _heic_nclx(tmp_path / f"keep-{primaries}-{transfer}.heic", stored, primaries, transfer)

@@ -21,8 +21,8 @@ ICC_MODES = ("RGB", "RGBA", "CMYK", "L")
 
 D50 = np.array([0.9642, 1.0, 0.8249])  # the ICC profile connection space's white
 BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
-# H.273 transfer characteristics owl3 converts from: as ICC parametric curves (type 3: Y = (aX + b)^g for
-# X >= d, else cX), or None where the primaries are all that differ from sRGB
+# the H.273 transfer characteristics owl3 converts from, as ICC parametric curves (type 3: g, a, b, c, d for
+# Y = (aX + b)^g where X >= d, else Y = cX)
 _TRANSFERS = {
     13: (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045),  # sRGB (IEC 61966-2-1), Display P3's too
     8: (1.0, 1.0, 0.0, 0.0, 0.0),  # linear
@@ -49,20 +49,22 @@ def srgb_transform(icc: bytes, mode: str) -> Any:
 def nclx_profile(nclx: dict[str, Any]) -> bytes | None:
     """An ICC profile (v2 RGB display, matrix/TRC) for pillow-heif's `nclx_profile` info: its primaries and
     white point (chromaticities), Bradford-adapted to D50, and its transfer curve. None when the colours
-    are sRGB's already or the transfer is not one of `_TRANSFERS` (HDR's PQ and HLG are tone-mapped by
-    pillow-heif's 8-bit conversion, not here)."""
+    are sRGB's already, the transfer is not one of `_TRANSFERS` (HDR's PQ and HLG stay as pillow-heif's
+    8-bit conversion gives them) or the chromaticities make no colour space."""
     try:
         if nclx["color_primaries"] in _SRGB_PRIMARIES or nclx["transfer_characteristics"] not in _TRANSFERS:
             return None
         xy = [(nclx[f"color_primary_{c}_x"], nclx[f"color_primary_{c}_y"]) for c in ("red", "green", "blue")]
         white = _xyz(nclx["color_primary_white_x"], nclx["color_primary_white_y"])
-    except (KeyError, TypeError, ZeroDivisionError):
+        rgb = np.stack([_xyz(x, y) for x, y in xy], axis=1)  # columns: the primaries' XYZ, Y = 1
+        to_xyz = rgb * np.linalg.solve(rgb, white)  # scaled so that R = G = B = 1 is the white
+        cone = BRADFORD @ white
+        adapt = np.linalg.solve(BRADFORD, np.diag((BRADFORD @ D50) / cone) @ BRADFORD)
+    except (KeyError, TypeError, ZeroDivisionError, np.linalg.LinAlgError):
         return None
-    rgb = np.stack([_xyz(x, y) for x, y in xy], axis=1)  # columns: the primaries' XYZ, Y = 1
-    to_xyz = rgb * np.linalg.solve(rgb, white)  # scaled so that R = G = B = 1 is the white
-    cone = BRADFORD @ white
-    adapt = np.linalg.solve(BRADFORD, np.diag((BRADFORD @ D50) / cone) @ BRADFORD)
     colorants = (adapt @ to_xyz).T  # rows: red, green, blue in the D50 connection space
+    if not (np.isfinite(colorants).all() and np.abs(colorants).max() < 8):  # e.g. two primaries at one point
+        return None
     return icc_profile(colorants, _TRANSFERS[nclx["transfer_characteristics"]], "owl3 nclx RGB")
 
 
