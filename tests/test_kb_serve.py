@@ -48,16 +48,21 @@ def client(served):
 QUESTION = "What colour is the star?"
 
 
+def _ask(client, content, retrieval, **kw):
+    return client.chat.completions.create(
+        model=DEFAULT_NAME,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=10,
+        extra_body={"retrieval": retrieval},
+        **kw,
+    )
+
+
 def test_retrieval_answers_as_the_python_api_and_cites(client, kb, demo_pipe):
     q = _query("star", "yellow", 2)
     ref = demo_pipe.chat(QUESTION, images=[q], kb=kb, top_k=2, max_new_tokens=10)
     content = [image_part(q), {"type": "text", "text": QUESTION}]
-    resp = client.chat.completions.create(
-        model=DEFAULT_NAME,
-        messages=[{"role": "user", "content": content}],
-        max_tokens=10,
-        extra_body={"retrieval": {"top_k": 2}},
-    )
+    resp = _ask(client, content, {"top_k": 2})
     assert resp.choices[0].message.content == ref.text
     cites = resp.model_extra["citations"]
     assert [c["id"] for c in cites] == [c.id for c in ref.citations]
@@ -65,15 +70,7 @@ def test_retrieval_answers_as_the_python_api_and_cites(client, kb, demo_pipe):
         assert got["share"] == pytest.approx(want.share, abs=1e-4)
         assert got["score"] == pytest.approx(want.score, abs=1e-5)
     # streamed: the same text, and a last chunk without choices that carries the citations
-    chunks = list(
-        client.chat.completions.create(
-            model=DEFAULT_NAME,
-            messages=[{"role": "user", "content": content}],
-            max_tokens=10,
-            stream=True,
-            extra_body={"retrieval": {"top_k": 2}},
-        )
-    )
+    chunks = list(_ask(client, content, {"top_k": 2}, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.text
     tail = [c.model_extra.get("citations") for c in chunks if not c.choices]
     assert [c["id"] for c in tail[-1]] == [c.id for c in ref.citations]
@@ -84,12 +81,7 @@ def test_retrieval_cites_by_the_gradient_share_when_asked(client, kb, demo_pipe,
     ref = demo_pipe.chat(QUESTION, images=[q], kb=kb, top_k=2, attribution="gradient", max_new_tokens=10)
     attention = demo_pipe.chat(QUESTION, images=[q], kb=kb, top_k=2, max_new_tokens=10)
     content = [image_part(q), {"type": "text", "text": QUESTION}]
-    resp = client.chat.completions.create(
-        model=DEFAULT_NAME,
-        messages=[{"role": "user", "content": content}],
-        max_tokens=10,
-        extra_body={"retrieval": {"top_k": 2, "share": "gradient"}},
-    )
+    resp = _ask(client, content, {"top_k": 2, "share": "gradient"})
     cites = resp.model_extra["citations"]
     assert [c["share"] for c in cites] == pytest.approx([c.share for c in ref.citations], abs=1e-4)
     assert [c["share"] for c in cites] != pytest.approx([c.share for c in attention.citations], abs=1e-4)
